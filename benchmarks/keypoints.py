@@ -1,0 +1,146 @@
+"""Fidelity and speed of the keypoint backends (issue: SIFT keypoint counts).
+
+Prints, measured in this one run on this machine:
+
+* fidelity against OpenCV's ``cv2.SIFT_create()`` on real photographs
+  (scikit-image samples + scikit-learn's two photos, 224x224, patch 16):
+  median per-image Spearman rho of the 196 per-patch counts and median share
+  of patches whose Key/Non-key label (t >= 1) agrees; for our ``"kornia"``
+  backend and for kornia's stock ``SIFTFeatureScaleSpace`` detector;
+* speed on a batch of 32 such images, counts included: our time / OpenCV time
+  (OpenCV over the same 32 images, detect + count, same process), and kornia's
+  stock detector for comparison;
+* the blur the detector uses vs ``kornia.filters.gaussian_blur2d``;
+* with ``--device cuda`` (when available) the GPU time per image.
+
+Usage: python benchmarks/keypoints.py [--quick] [--repeats N] [--device cuda]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import numpy as np
+import torch
+
+from captum_sift import count_keypoints
+from captum_sift.data import SAMPLE_PHOTOS, SKLEARN_PHOTOS, sample_images
+from captum_sift.keypoints import keypoints_to_counts
+from captum_sift.keypoints._scale_space import _blur, gaussian_kernel1d
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    from scipy.stats import spearmanr
+
+    return float(spearmanr(a, b).statistic)
+
+
+def agreement(counts: torch.Tensor, ref: torch.Tensor) -> tuple[float, float]:
+    """Median per-image Spearman rho and median Key/Non-key agreement."""
+    rhos, agree = [], []
+    for a, b in zip(counts.flatten(1).cpu().numpy(), ref.flatten(1).cpu().numpy(), strict=True):
+        rhos.append(spearman(a, b))
+        agree.append(float(np.mean((a > 0) == (b > 0))))
+    return statistics.median(rhos), statistics.median(agree)
+
+
+def kornia_stock_counts(images: torch.Tensor, patch: int, top_k: list[int] | None = None) -> torch.Tensor:
+    """Counts from kornia's stock SIFT detector (no contrast or edge test: top responses)."""
+    import kornia
+    from kornia.feature import SIFTFeatureScaleSpace, get_laf_center
+
+    detector = SIFTFeatureScaleSpace(num_features=8000, upright=True).detector.to(images.device)
+    gray = kornia.color.rgb_to_grayscale(images)
+    with torch.no_grad():
+        lafs, responses = detector(gray)
+    centres = get_laf_center(lafs)  # (B, K, 2) x, y
+    kps = []
+    for b in range(images.shape[0]):
+        order = responses[b].abs().argsort(descending=True)
+        keep = order[responses[b].abs()[order] > 0]
+        if top_k is not None:
+            keep = keep[: top_k[b]]
+        kps.append(centres[b, keep])
+    return keypoints_to_counts(kps, tuple(images.shape[2:]), patch)
+
+
+def timed(fn, repeats: int) -> float:
+    """Best-of-``repeats`` wall time of ``fn()`` in seconds (after one warm-up)."""
+    fn()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="a few images, one repeat (for the tests)")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--patch", type=int, default=16)
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+    names = list(SAMPLE_PHOTOS + SKLEARN_PHOTOS)
+    repeats, batch = args.repeats, args.batch
+    if args.quick:
+        names, repeats, batch = names[:3], 1, 4
+    photos = sample_images(names, size=args.size)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {len(names)} photos at {args.size}px")
+
+    # -- fidelity ---------------------------------------------------------
+    ref = count_keypoints(photos, args.patch, backend="opencv")
+    ours = count_keypoints(photos, args.patch)
+    rho, agree = agreement(ours, ref)
+    print(f"fidelity ours  vs OpenCV: median Spearman rho {rho:.3f}, median Key/Non-key agreement {agree:.3f}")
+    stock = kornia_stock_counts(photos, args.patch)
+    rho_s, agree_s = agreement(stock, ref)
+    print(f"fidelity kornia stock SIFTFeatureScaleSpace (as is): rho {rho_s:.3f}, agreement {agree_s:.3f}")
+    stock_k = kornia_stock_counts(photos, args.patch, top_k=ref.flatten(1).sum(1).tolist())
+    rho_k, agree_k = agreement(stock_k, ref)
+    print(f"fidelity kornia stock, top-K with K = OpenCV's count:  rho {rho_k:.3f}, agreement {agree_k:.3f}")
+
+    # -- speed ------------------------------------------------------------
+    idx = torch.arange(batch) % len(names)
+    images = photos[idx].contiguous()
+    t_cv = timed(lambda: count_keypoints(images, args.patch, backend="opencv"), repeats)
+    t_ours = timed(lambda: count_keypoints(images, args.patch), repeats)
+    t_stock = timed(lambda: kornia_stock_counts(images, args.patch), max(1, repeats // 2))
+    print(f"speed batch {batch}x{args.size}px (CPU): OpenCV {t_cv * 1e3:.0f} ms, ours {t_ours * 1e3:.0f} ms, "
+          f"kornia stock {t_stock * 1e3:.0f} ms")  # fmt: skip
+    print(f"RATIO ours / OpenCV time: {t_ours / t_cv:.2f}  (target <= 3.0)")
+    print(f"RATIO kornia stock / OpenCV time: {t_stock / t_cv:.1f}")
+
+    # -- the blur ----------------------------------------------------------
+    import kornia
+
+    side = 2 * args.size
+    layer = torch.rand(side, side, 16)
+    sigma = 1.946
+    kernel = gaussian_kernel1d(sigma, layer.device, layer.dtype)
+    t_dw = timed(lambda: _blur(layer, kernel), repeats)
+    nchw = layer.permute(2, 0, 1).unsqueeze(1).contiguous()
+    k = kernel.numel()
+    t_kb = timed(lambda: kornia.filters.gaussian_blur2d(nchw, (k, k), (sigma, sigma), "reflect"), repeats)
+    print(f"blur 16x{side}x{side}, {k} taps: depthwise channels-last {t_dw * 1e3:.1f} ms, "
+          f"kornia.filters.gaussian_blur2d {t_kb * 1e3:.1f} ms (x{t_kb / t_dw:.1f})")  # fmt: skip
+
+    if args.device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            print("CUDA requested but not available: skipped")
+            return
+        gpu = images.to(args.device)
+        torch.testing.assert_close(count_keypoints(gpu, args.patch).cpu(), count_keypoints(images, args.patch))
+        t_gpu = timed(lambda: count_keypoints(gpu, args.patch), repeats)
+        print(f"CUDA {torch.cuda.get_device_name()}: {t_gpu / batch * 1e3:.2f} ms per image (batch {batch})")
+
+
+if __name__ == "__main__":
+    main()

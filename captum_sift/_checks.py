@@ -1,0 +1,49 @@
+"""Input checks shared by the public functions (private module)."""
+
+from __future__ import annotations
+
+import torch
+
+from .errors import CaptumSiftError
+
+
+def check_images(images: object, name: str = "images") -> torch.Tensor:
+    """Check a float image batch (B, 1 or 3, H, W) with values in [0, 1].
+
+    NaN and Inf are rejected, never replaced; integer tensors are rejected
+    rather than rescaled, so that nothing is silently coerced.
+    """
+    if not isinstance(images, torch.Tensor):
+        raise CaptumSiftError(f"expected {name} to be a torch.Tensor, got {type(images).__name__}")
+    if images.dim() != 4:
+        raise CaptumSiftError(f"expected {name} of shape (B, C, H, W), got {tuple(images.shape)}")
+    if images.shape[1] not in (1, 3):
+        raise CaptumSiftError(
+            f"expected {name} with 1 or 3 channels (B, C, H, W), got C={images.shape[1]} in shape {tuple(images.shape)}"
+        )
+    if not images.is_floating_point():
+        raise CaptumSiftError(
+            f"expected floating-point {name} in [0, 1], got dtype {images.dtype}; "
+            "convert 8-bit images with `images.float() / 255`"
+        )
+    if images.numel() == 0:
+        return images
+    if not bool(torch.isfinite(images).all()):
+        n_bad = int((~torch.isfinite(images)).sum())
+        raise CaptumSiftError(f"expected finite {name}, got {n_bad} NaN or Inf values")
+    lo, hi = float(images.min()), float(images.max())
+    if lo < 0.0 or hi > 1.0:
+        hint = " (this looks like a 0..255 image: divide it by 255)" if hi > 1.0 and hi <= 255.0 else ""
+        raise CaptumSiftError(f"expected {name} with values in [0, 1], got values in [{lo:g}, {hi:g}]{hint}")
+    return images
+
+
+def check_patch_size(patch_size: object, height: int, width: int) -> int:
+    """Check that ``patch_size`` is a positive int that tiles an H x W image."""
+    if isinstance(patch_size, bool) or not isinstance(patch_size, int):
+        raise CaptumSiftError(f"expected patch_size to be an int, got {patch_size!r}")
+    if patch_size < 1:
+        raise CaptumSiftError(f"expected patch_size >= 1, got {patch_size}")
+    if height % patch_size or width % patch_size:
+        raise CaptumSiftError(f"expected H and W to be multiples of patch_size={patch_size}, got H={height}, W={width}")
+    return patch_size

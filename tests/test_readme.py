@@ -1,0 +1,58 @@
+"""The README's two set-up commands, .ci/run and the examples stay in step."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _readme_commands() -> list[str]:
+    text = (ROOT / "README.md").read_text()
+    setup = text.split("## Set up", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```bash\n(.+?)\n```", setup, flags=re.S)
+
+
+def test_readme_has_exactly_two_setup_commands_using_the_constraints():
+    commands = _readme_commands()
+    assert len(commands) == 2
+    for command in commands:
+        assert "\n" not in command and "pip install -c constraints.txt" in command
+    pins = (ROOT / "constraints.txt").read_text()
+    assert "torch==2.14.1" in pins and "torchvision==0.29.1" in pins
+
+
+def test_ci_runs_the_readme_test_command():
+    ci = (ROOT / ".ci" / "run").read_text()
+    install, test = _readme_commands()[1].rsplit(" && ", 1)
+    assert install in ci
+    assert re.search(rf"^{re.escape(test)}$", ci, flags=re.M)
+
+
+def test_example_runs_as_written(tmp_path):
+    out = tmp_path / "kp.png"
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "count_keypoints.py"), "--quick", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "astronaut:" in result.stdout and out.stat().st_size > 10_000
+
+
+def test_benchmark_quick_mode_prints_the_ratios():
+    pytest.importorskip("cv2")
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "keypoints.py"), "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr
+    rho = float(re.search(r"ours  vs OpenCV: median Spearman rho ([\d.]+)", result.stdout).group(1))
+    assert rho >= 0.95
+    assert re.search(r"RATIO ours / OpenCV time: [\d.]+", result.stdout)
