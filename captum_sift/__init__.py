@@ -3,13 +3,20 @@
 The public names; see docs/api.md.
 """
 
+from .analysis import analyze
 from .errors import CaptumSiftError
 from .keypoints import KeypointCounter, count_keypoints, detect_keypoints, keypoints_to_counts
+from .report import InterrelationReport
+from .stages import Stages, find_stages
 
 __version__ = "0.1.0"
 
 __all__ = [
     "CaptumSiftError",
+    "InterrelationReport",
+    "Stages",
+    "analyze",
+    "find_stages",
     "KeypointCounter",
     "__version__",
     "count_keypoints",

@@ -56,3 +56,28 @@ def test_benchmark_quick_mode_prints_the_ratios():
     rho = float(re.search(r"ours  vs OpenCV: median Spearman rho ([\d.]+)", result.stdout).group(1))
     assert rho >= 0.95
     assert re.search(r"RATIO ours / OpenCV time: [\d.]+", result.stdout)
+
+
+def test_analysis_benchmark_quick_mode_prints_ratio_and_memory():
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "analysis.py"), "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr
+    assert re.search(r"RATIO analysis / forward time \[vit_tiny_patch16_224\]: [\d.]+", result.stdout)
+    assert re.search(r"MEMORY extra peak of the analysis \[vit_tiny_patch16_224\]: -?[\d.]+ MiB", result.stdout)
+
+
+def test_analysis_example_runs_as_written(tmp_path):
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "analyze_vit.py"), "--quick", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    names = {"interrelation.png", "focus_index.png", "stages.png", "heatmaps.png", "report.json", "per_layer_head.csv"}
+    assert names <= {p.name for p in tmp_path.iterdir()}
+    assert "stages:" in result.stdout

@@ -1,0 +1,246 @@
+"""InterrelationReport: θ classes and focus index per image x layer x head, mergeable."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import CaptumSiftError
+
+__all__ = ["InterrelationReport"]
+
+#: Quantities kept as sums and counts (θ_KN = 1 − θ_KK and θ_NN = 1 − θ_NK are derived).
+STORED = ("kk", "nk", "focus")
+#: Every quantity :meth:`InterrelationReport.mean` knows.
+QUANTITIES = ("kk", "kn", "nk", "nn", "focus", "focus_normalized")
+_PER_IMAGE = ("kk", "nk", "focus", "patch_theta", "keypoint_counts", "query_patch", "query_attention")
+
+
+@dataclass
+class InterrelationReport:
+    """Result of :func:`captum_sift.analyze` (SPEC §3-5).
+
+    Per image (while kept; ``B`` images, ``L`` analysed layers, ``h`` heads,
+    ``N`` patches): ``kk``, ``nk``, ``focus`` (B, L, h) and the derived ``kn``,
+    ``nn``, ``focus_normalized``; ``patch_theta`` (B, L, N), θ_i averaged over
+    heads; ``keypoint_counts`` (B, N); ``query_patch`` (B,) and
+    ``query_attention`` (B, L, N), the head-mean attention row of one query
+    patch per image (for Fig. 7b).
+
+    Data-set level: float64 ``sums`` and ``counts`` (L, h) of every stored
+    quantity over images, NaN left out, so that :meth:`merge` of reports of
+    several batches gives exactly the means of one big batch.
+    """
+
+    layers: list[int]
+    num_heads: int
+    grid_size: tuple[int, int]
+    settings: dict[str, Any]
+    sums: dict[str, torch.Tensor]
+    counts: dict[str, torch.Tensor]
+    num_images: int
+    kk: torch.Tensor | None = None
+    nk: torch.Tensor | None = None
+    focus: torch.Tensor | None = None
+    patch_theta: torch.Tensor | None = None
+    keypoint_counts: torch.Tensor | None = None
+    query_patch: torch.Tensor | None = None
+    query_attention: torch.Tensor | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    # -- construction --------------------------------------------------------
+    @classmethod
+    def from_per_image(
+        cls,
+        *,
+        layers: list[int],
+        grid_size: tuple[int, int],
+        settings: dict[str, Any],
+        per_image: dict[str, torch.Tensor],
+    ) -> InterrelationReport:
+        """Build a report from per-image tensors; sums and counts are derived."""
+        kk = per_image["kk"]
+        sums, counts = {}, {}
+        for name in STORED:
+            values = per_image[name].double().cpu()
+            valid = ~torch.isnan(values)
+            sums[name] = torch.where(valid, values, torch.zeros_like(values)).sum(0)
+            counts[name] = valid.sum(0)
+        return cls(
+            layers=list(layers),
+            num_heads=int(kk.shape[2]),
+            grid_size=(int(grid_size[0]), int(grid_size[1])),
+            settings=dict(settings),
+            sums=sums,
+            counts=counts,
+            num_images=int(kk.shape[0]),
+            **{name: per_image[name].cpu() for name in _PER_IMAGE},
+        )
+
+    # -- per image -------------------------------------------------------------
+    @property
+    def num_patches(self) -> int:
+        return self.grid_size[0] * self.grid_size[1]
+
+    @property
+    def kn(self) -> torch.Tensor | None:
+        """θ_KN = 1 − θ_KK per image (B, L, h)."""
+        return None if self.kk is None else 1 - self.kk
+
+    @property
+    def nn(self) -> torch.Tensor | None:
+        """θ_NN = 1 − θ_NK per image (B, L, h)."""
+        return None if self.nk is None else 1 - self.nk
+
+    @property
+    def focus_normalized(self) -> torch.Tensor | None:
+        """Focus index / log N per image (B, L, h)."""
+        return None if self.focus is None else self.focus / math.log(self.num_patches)
+
+    @property
+    def has_per_image(self) -> bool:
+        return self.kk is not None
+
+    # -- data-set level --------------------------------------------------------
+    def _check_name(self, name: str) -> None:
+        if name not in QUANTITIES:
+            raise CaptumSiftError(f"expected a quantity in {QUANTITIES}, got {name!r}")
+
+    def mean(self, name: str) -> torch.Tensor:
+        """Mean over images, ignoring NaN, per layer x head: (L, h) float64 (SPEC §4)."""
+        self._check_name(name)
+        base = {"kn": "kk", "nn": "nk", "focus_normalized": "focus"}.get(name, name)
+        value = self.sums[base] / self.counts[base]  # 0 / 0 = NaN: no image contributed
+        if name in ("kn", "nn"):
+            return 1 - value
+        if name == "focus_normalized":
+            return value / math.log(self.num_patches)
+        return value
+
+    def image_count(self, name: str) -> torch.Tensor:
+        """Number of images behind each value of :meth:`mean`: (L, h) int64."""
+        self._check_name(name)
+        return self.counts[{"kn": "kk", "nn": "nk", "focus_normalized": "focus"}.get(name, name)].clone()
+
+    def layer_mean(self, name: str) -> torch.Tensor:
+        """Mean over heads of :meth:`mean` (the solid line of Fig. 5): (L,) float64, NaN heads left out."""
+        return torch.nanmean(self.mean(name), dim=1)
+
+    # -- merging ---------------------------------------------------------------
+    def _same_setup(self, other: InterrelationReport) -> None:
+        mine = (self.layers, self.num_heads, self.grid_size, self.settings)
+        theirs = (other.layers, other.num_heads, other.grid_size, other.settings)
+        if mine != theirs:
+            raise CaptumSiftError(
+                f"expected reports of the same layers, heads, grid and settings to merge, got {mine} and {theirs}"
+            )
+
+    def merge(self, *others: InterrelationReport) -> InterrelationReport:
+        """One report of all images: sums and counts added, per-image data concatenated.
+
+        Per-image tensors are kept only if every report has them.
+        """
+        reports = (self, *others)
+        for other in others:
+            self._same_setup(other)
+        sums = {n: sum((r.sums[n] for r in reports[1:]), reports[0].sums[n].clone()) for n in STORED}
+        counts = {n: sum((r.counts[n] for r in reports[1:]), reports[0].counts[n].clone()) for n in STORED}
+        merged = replace(
+            self,
+            sums=sums,
+            counts=counts,
+            num_images=sum(r.num_images for r in reports),
+            extra=dict(self.extra),
+        )
+        keep = all(r.has_per_image for r in reports)
+        for name in _PER_IMAGE:
+            setattr(merged, name, torch.cat([getattr(r, name) for r in reports]) if keep else None)
+        return merged
+
+    def without_per_image(self) -> InterrelationReport:
+        """A copy holding only the data-set sums and counts (small, for big runs)."""
+        return replace(self, extra=dict(self.extra), **{name: None for name in _PER_IMAGE})
+
+    # -- saving ----------------------------------------------------------------
+    def to_dict(self, per_image: bool = True) -> dict[str, Any]:
+        """JSON-ready dict: setup, sums, counts, per-layer x head means; per-image data if kept."""
+        data: dict[str, Any] = {
+            "layers": self.layers,
+            "num_heads": self.num_heads,
+            "grid_size": list(self.grid_size),
+            "settings": self.settings,
+            "num_images": self.num_images,
+            "sums": {n: self.sums[n].tolist() for n in STORED},
+            "counts": {n: self.counts[n].tolist() for n in STORED},
+            "means": {n: _nan_to_none(self.mean(n).tolist()) for n in QUANTITIES},
+            "extra": self.extra,
+        }
+        if per_image and self.has_per_image:
+            data["per_image"] = {n: _nan_to_none(getattr(self, n).tolist()) for n in _PER_IMAGE}
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> InterrelationReport:
+        """Inverse of :meth:`to_dict`."""
+        per_image = data.get("per_image")
+        kwargs: dict[str, Any] = {}
+        if per_image is not None:
+            for name in _PER_IMAGE:
+                dtype = torch.long if name in ("keypoint_counts", "query_patch") else torch.float32
+                kwargs[name] = torch.tensor(_none_to_nan(per_image[name]), dtype=dtype)
+        return cls(
+            layers=list(data["layers"]),
+            num_heads=int(data["num_heads"]),
+            grid_size=tuple(data["grid_size"]),
+            settings=dict(data["settings"]),
+            sums={n: torch.tensor(data["sums"][n], dtype=torch.float64) for n in STORED},
+            counts={n: torch.tensor(data["counts"][n], dtype=torch.long) for n in STORED},
+            num_images=int(data["num_images"]),
+            extra=dict(data.get("extra", {})),
+            **kwargs,
+        )
+
+    def save_json(self, path: str | Path, per_image: bool = True) -> None:
+        """Write :meth:`to_dict` as JSON (NaN written as null)."""
+        Path(path).write_text(json.dumps(self.to_dict(per_image=per_image)))
+
+    @classmethod
+    def load_json(cls, path: str | Path) -> InterrelationReport:
+        """Read a report written by :meth:`save_json`."""
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+    def save_csv(self, path: str | Path) -> None:
+        """One row per layer x head: the means of every quantity and the image counts."""
+        with open(path, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["layer", "head", *QUANTITIES, "images_kk", "images_nk", "images_focus"])
+            means = {n: self.mean(n) for n in QUANTITIES}
+            for li, layer in enumerate(self.layers):
+                for head in range(self.num_heads):
+                    row = [layer, head, *(f"{float(means[n][li, head]):.6g}" for n in QUANTITIES)]
+                    row += [int(self.counts[n][li, head]) for n in STORED]
+                    writer.writerow(row)
+
+    def __repr__(self) -> str:
+        return (
+            f"InterrelationReport(images={self.num_images}, layers={self.layers}, heads={self.num_heads}, "
+            f"grid={self.grid_size}, per_image={self.has_per_image}, settings={self.settings})"
+        )
+
+
+def _nan_to_none(value: Any) -> Any:
+    if isinstance(value, list):
+        return [_nan_to_none(v) for v in value]
+    return None if isinstance(value, float) and math.isnan(value) else value
+
+
+def _none_to_nan(value: Any) -> Any:
+    if isinstance(value, list):
+        return [_none_to_nan(v) for v in value]
+    return float("nan") if value is None else value

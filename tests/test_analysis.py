@@ -1,0 +1,189 @@
+"""analyze(), InterrelationReport and find_stages."""
+
+import math
+
+import pytest
+import timm
+import torch
+from test_functional import loop_classes, loop_focus, loop_theta
+
+from captum_sift import CaptumSiftError, analyze, count_keypoints, find_stages
+from captum_sift.attention import iter_attention
+from captum_sift.data import sample_images
+from captum_sift.report import InterrelationReport
+from captum_sift.stages import split_stages
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=64, depth=4).eval()
+
+
+@pytest.fixture(scope="module")
+def pixels():
+    return sample_images(["astronaut", "coffee", "chelsea", "camera", "rocket"], size=64)
+
+
+@pytest.fixture(scope="module")
+def counts(pixels):
+    return count_keypoints(pixels, 16)
+
+
+def test_report_equals_loops_on_captured_attention(model, pixels, counts):
+    report = analyze(model, pixels, counts, image_space="pixel", gamma=1.2)
+    mean, std = torch.tensor([0.5] * 3).view(1, 3, 1, 1), torch.tensor([0.5] * 3).view(1, 3, 1, 1)
+    maps = [a.double() for _, a in iter_attention(model, (pixels - mean) / std)]
+    for b in range(2):
+        t = counts[b].flatten().tolist()
+        for layer in range(4):
+            for h in range(3):
+                attn = maps[layer][b, h, 1:, 1:]
+                theta = loop_theta(attn, t, gamma=1.2)
+                kk, kn, nk, nn = loop_classes(theta, t)
+                assert float(report.kk[b, layer, h]) == pytest.approx(kk, abs=1e-5, nan_ok=True)
+                assert float(report.kn[b, layer, h]) == pytest.approx(kn, abs=1e-5, nan_ok=True)
+                assert float(report.nk[b, layer, h]) == pytest.approx(nk, abs=1e-5, nan_ok=True)
+                assert float(report.focus[b, layer, h]) == pytest.approx(loop_focus(attn), rel=1e-5)
+            heads = [loop_theta(maps[layer][b, h, 1:, 1:], t, gamma=1.2) for h in range(3)]
+            expected = torch.tensor(heads, dtype=torch.float64).nanmean(0)
+            torch.testing.assert_close(
+                report.patch_theta[b, layer].double(), expected, atol=1e-5, rtol=0, equal_nan=True
+            )
+
+
+def test_counts_default_to_count_keypoints_in_both_image_spaces(model, pixels, counts):
+    from_pixels = analyze(model, pixels, image_space="pixel")
+    normalised = (pixels - 0.5) / 0.5
+    from_model_space = analyze(model, normalised)
+    assert torch.equal(from_pixels.keypoint_counts, counts.flatten(1))
+    assert torch.equal(from_model_space.keypoint_counts, counts.flatten(1))
+    torch.testing.assert_close(from_model_space.kk, from_pixels.kk, equal_nan=True)
+    with pytest.raises(CaptumSiftError, match="cannot count keypoints"):
+        analyze(model, normalised * 3)
+
+
+def test_batch_equals_single_images(model, pixels, counts):
+    batch = analyze(model, pixels, counts, image_space="pixel")
+    for b in range(pixels.shape[0]):
+        single = analyze(model, pixels[b : b + 1], counts[b : b + 1], image_space="pixel")
+        for name in ("kk", "nk", "focus", "patch_theta", "query_attention"):
+            torch.testing.assert_close(getattr(single, name)[0], getattr(batch, name)[b], equal_nan=True,
+                                       rtol=1e-4, atol=1e-5)  # fmt: skip
+
+
+def test_merged_reports_equal_one_big_batch(model, pixels, counts, tmp_path):
+    whole = analyze(model, pixels, counts, image_space="pixel")
+    parts = [analyze(model, pixels[s], counts[s], image_space="pixel") for s in (slice(0, 2), slice(2, 3), slice(3, 5))]
+    merged = parts[0].merge(*parts[1:])
+    assert merged.num_images == 5
+    for name in ("kk", "kn", "nk", "nn", "focus", "focus_normalized"):
+        torch.testing.assert_close(merged.mean(name), whole.mean(name), equal_nan=True, rtol=1e-5, atol=1e-6)
+        assert torch.equal(merged.image_count(name), whole.image_count(name))
+    torch.testing.assert_close(merged.kk, whole.kk, equal_nan=True, rtol=1e-4, atol=1e-5)
+    small = parts[0].without_per_image().merge(parts[1], parts[2])
+    assert not small.has_per_image
+    torch.testing.assert_close(small.mean("kk"), whole.mean("kk"), equal_nan=True, rtol=1e-5, atol=1e-6)
+    # JSON round trip, with and without per-image data; CSV has one row per layer x head
+    whole.save_json(tmp_path / "r.json")
+    back = InterrelationReport.load_json(tmp_path / "r.json")
+    torch.testing.assert_close(back.mean("nk"), whole.mean("nk"), equal_nan=True)
+    torch.testing.assert_close(back.kk, whole.kk, equal_nan=True)
+    assert back.layers == whole.layers and back.settings == whole.settings
+    whole.save_csv(tmp_path / "r.csv")
+    lines = (tmp_path / "r.csv").read_text().splitlines()
+    assert len(lines) == 1 + 4 * 3 and lines[0].startswith("layer,head,kk,kn,nk,nn")
+    with pytest.raises(CaptumSiftError, match="same layers"):
+        whole.merge(analyze(model, pixels[:1], counts[:1], image_space="pixel", layers=[0, 1]))
+
+
+def test_nan_images_are_left_out_with_their_count(model, pixels, counts):
+    no_key = counts.clone()
+    no_key[1] = 0  # image 1: no Key patch -> θ_KK NaN for it
+    report = analyze(model, pixels[:2], no_key[:2], image_space="pixel")
+    assert torch.isnan(report.kk[1]).all()
+    assert (report.image_count("kk") == 1).all() and (report.image_count("nk") == 2).all()
+    torch.testing.assert_close(report.mean("kk"), report.kk[0].double())
+    torch.testing.assert_close(report.layer_mean("kk"), report.kk[0].double().mean(1))
+
+
+def test_layers_selection_and_early_stop(model, pixels, counts):
+    report = analyze(model, pixels[:2], counts[:2], image_space="pixel", layers=[-1, 1])
+    full = analyze(model, pixels[:2], counts[:2], image_space="pixel")
+    assert report.layers == [1, 3]
+    torch.testing.assert_close(report.kk, full.kk[:, [1, 3]], equal_nan=True)
+    with pytest.raises(CaptumSiftError, match=r"layer indices in \[-4, 4\)"):
+        analyze(model, pixels[:1], counts[:1], image_space="pixel", layers=[4])
+
+
+def test_bad_input_leaves_the_model_untouched(model, pixels, counts):
+    flags = [(m.training, getattr(m, "fused_attn", None)) for m in model.modules()]
+    cases = [
+        (dict(gamma=0.0), r"gamma > 0, got 0.0"),
+        (dict(gamma=-1), r"gamma > 0"),
+        (dict(keypoint_counts=torch.zeros(2, 15, dtype=torch.long)), r"\(B, N\) = \(2, 16\).*got \(2, 15\)"),
+        (dict(keypoint_counts=torch.zeros(3, 16, dtype=torch.long)), r"got \(3, 16\)"),
+        (dict(keypoint_counts=-torch.ones(2, 16)), "keypoint_counts >= 0"),
+        (dict(keypoint_counts=torch.full((2, 16), 0.5)), "integral"),
+        (dict(keypoint_counts=torch.full((2, 16), float("nan"))), "NaN"),
+    ]
+    for kwargs, message in cases:
+        kwargs = {"keypoint_counts": counts[:2], **kwargs}
+        with pytest.raises(CaptumSiftError, match=message):
+            analyze(model, pixels[:2], image_space="pixel", **kwargs)
+    with pytest.raises(CaptumSiftError, match="multiples of its patch size"):
+        analyze(model, torch.rand(1, 3, 60, 64), torch.zeros(1, 15), image_space="pixel")
+    with pytest.raises(CaptumSiftError, match="Vision Transformer"):
+        analyze(torch.nn.Conv2d(3, 3, 1), pixels[:1])
+    report = analyze(model, pixels[:2], counts[:2].double(), image_space="pixel")  # integral floats are fine
+    assert report.num_images == 2
+    assert flags == [(m.training, getattr(m, "fused_attn", None)) for m in model.modules()]
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
+
+
+def test_split_stages_on_synthetic_curves():
+    flat, rise, fall = [0.02, 0.0, 0.01, 0.0], [0.2, 0.3, 0.4, 0.5, 0.6], [0.45, 0.4, 0.38]
+    assert split_stages(torch.tensor(flat + rise + fall)) == (4, 8)
+    assert split_stages(torch.tensor([0.0, 0.5, 0.2])) == (1, 1)
+    # maximum at the last layer: Capture ends one before, so that Coach is non-empty
+    assert split_stages(torch.tensor([0.0, 0.0, 0.1, 0.2, 0.3])) == (2, 3)
+    with pytest.raises(CaptumSiftError, match="at least 3 layers"):
+        split_stages(torch.tensor([0.0, 1.0]))
+    with pytest.raises(CaptumSiftError, match=r"NaN at layer positions \[1\]"):
+        split_stages(torch.tensor([0.0, math.nan, 1.0, 0.0]))
+
+
+def test_find_stages_on_a_report_with_known_curves():
+    layers = list(range(10))
+    gap = torch.tensor([0.0, 0.01, 0.0, 0.15, 0.25, 0.35, 0.45, 0.4, 0.35, 0.35], dtype=torch.float64)
+    nk = torch.full((10, 2), 0.3, dtype=torch.float64)
+    kk = nk + gap.view(10, 1)
+    report = InterrelationReport(
+        layers=layers, num_heads=2, grid_size=(2, 2), settings={}, num_images=1,
+        sums={"kk": kk, "nk": nk, "focus": torch.ones(10, 2, dtype=torch.float64)},
+        counts={n: torch.ones(10, 2, dtype=torch.long) for n in ("kk", "nk", "focus")},
+    )  # fmt: skip
+    stages = find_stages(report)
+    assert (stages.retrieval, stages.capture, stages.coach) == ([0, 1, 2], [3, 4, 5, 6], [7, 8, 9])
+    assert stages.boundaries == (3, 7) and stages["capture"] == [3, 4, 5, 6]
+    assert stages.gap == pytest.approx(gap.tolist()) and "largest" in stages.rule
+    two = InterrelationReport(**{**report.__dict__, "layers": [0, 1]})
+    with pytest.raises(CaptumSiftError, match="at least 3 layers"):
+        find_stages(two)
+
+
+def test_viz_draws_the_report(model, pixels, counts):
+    from captum_sift import viz
+
+    report = analyze(model, pixels, counts, image_space="pixel")
+    stages = find_stages(report)
+    ax = viz.plot_interrelation(report)
+    lines = [line for line in ax.get_lines() if line.get_linestyle() == "-"]
+    torch.testing.assert_close(torch.tensor(lines[0].get_ydata()), report.layer_mean("kk"))
+    torch.testing.assert_close(torch.tensor(lines[1].get_ydata()), report.layer_mean("nk"))
+    assert len(ax.collections) == 2 * 3  # one scatter per head and class
+    ax = viz.plot_focus_index(report, normalized=True)
+    torch.testing.assert_close(torch.tensor(ax.get_lines()[0].get_ydata()), report.layer_mean("focus_normalized"))
+    viz.plot_stages(report, stages)
+    fig = viz.plot_stage_heatmaps(report, stages, image=pixels[0])
+    assert len(fig.axes) == 3
