@@ -4,6 +4,7 @@ The public names; see docs/api.md.
 """
 
 from .analysis import analyze
+from .attr import SIFTInterrelation
 from .errors import CaptumSiftError
 from .keypoints import KeypointCounter, count_keypoints, detect_keypoints, keypoints_to_counts
 from .report import InterrelationReport
@@ -14,6 +15,7 @@ __version__ = "0.1.0"
 __all__ = [
     "CaptumSiftError",
     "InterrelationReport",
+    "SIFTInterrelation",
     "Stages",
     "analyze",
     "find_stages",

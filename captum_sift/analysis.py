@@ -177,3 +177,49 @@ def analyze(
         "model": str(getattr(model, "pretrained_cfg", {}).get("architecture", type(model).__name__)),
     }
     return InterrelationReport.from_per_image(layers=layer_list, grid_size=grid, settings=settings, per_image=per_image)
+
+
+LayerChoice = Literal["retrieval", "capture", "coach"] | int | Iterable[int] | None
+
+
+def patch_scores_from_report(report: InterrelationReport, layers: LayerChoice = None) -> torch.Tensor:
+    """Per-patch score of SPEC §7: θ_i averaged over heads and the chosen layers -> (B, N).
+
+    Args:
+        report: an :class:`InterrelationReport` with per-image data.
+        layers: None (every analysed layer), layer indices (each must be in
+            the report), or a stage name. A stage is found **per image** from
+            that image's own θ_KK − θ_NK curve (:func:`~captum_sift.stages.split_stages`),
+            so a batch gives the same scores as its images one by one; to use
+            one data-set stage for every image, pass ``find_stages(report)["capture"]``.
+    """
+    from .stages import STAGE_NAMES, split_stages
+
+    if not report.has_per_image:
+        raise CaptumSiftError("expected a report with per-image data (patch_theta), got a sums-only report")
+    theta = report.patch_theta  # (B, L, N)
+    if layers is None:
+        return torch.nanmean(theta, dim=1)
+    if isinstance(layers, str):
+        if layers not in STAGE_NAMES:
+            raise CaptumSiftError(f"expected a stage name in {STAGE_NAMES}, got {layers!r}")
+        gap = torch.nanmean(report.kk - report.nk, dim=2)  # (B, L): head means per image
+        scores = []
+        for b in range(report.num_images):
+            try:
+                start, end = split_stages(gap[b])
+            except CaptumSiftError as exc:
+                raise CaptumSiftError(f"cannot find the stages of image {b}: {exc}") from exc
+            span = {"retrieval": (0, start), "capture": (start, end + 1), "coach": (end + 1, gap.shape[1])}[layers]
+            scores.append(torch.nanmean(theta[b, span[0] : span[1]], dim=0))
+        return torch.stack(scores)
+    wanted = resolve_layers(layers, max(report.layers) + 1)
+    missing = [layer for layer in wanted if layer not in report.layers]
+    if missing:
+        raise CaptumSiftError(f"expected layers among the analysed ones {report.layers}, got {missing}")
+    return torch.nanmean(theta[:, [report.layers.index(layer) for layer in wanted]], dim=1)
+
+
+def analysis_layers(layers: LayerChoice, depth: int) -> list[int] | None:
+    """Blocks ``analyze`` must run for a layer choice (all of them for a stage name)."""
+    return None if layers is None or isinstance(layers, str) else resolve_layers(layers, depth)

@@ -17,7 +17,10 @@ from .errors import CaptumSiftError  # noqa: E402
 from .keypoints import keypoints_to_counts  # noqa: E402
 
 __all__ = [
+    "overlay",
     "plot_focus_index",
+    "plot_mask_curve",
+    "plot_mask_grid",
     "plot_interrelation",
     "plot_keypoints",
     "plot_keypoints_grid",
@@ -227,7 +230,7 @@ def plot_stage_heatmaps(report, stages, *, image_index: int = 0, image: torch.Te
         heat = report.query_attention[image_index, report.layers.index(layer)].view(gh, gw).numpy()
         if image is not None:
             h, w = image.shape[-2:]
-            ax.imshow(image.detach().cpu().permute(1, 2, 0).squeeze(), extent=(0, w, h, 0), cmap="gray")
+            ax.imshow(image.detach().cpu().permute(1, 2, 0).squeeze().numpy(), extent=(0, w, h, 0), cmap="gray")
             ax.imshow(heat, cmap="jet", alpha=0.5, extent=(0, w, h, 0), interpolation="nearest")
             py, px = divmod(query, gw)
             ax.add_patch(plt.Rectangle((px * w / gw, py * h / gh), w / gw, h / gh, fill=False, ec="white", lw=1.5))
@@ -241,3 +244,121 @@ def plot_stage_heatmaps(report, stages, *, image_index: int = 0, image: torch.Te
     fig.suptitle(f"Attention of query patch {query} (head mean)", fontsize=9)
     fig.tight_layout()
     return fig
+
+
+# -- attributions and masks (paper Fig. 8) ----------------------------------------
+def overlay(
+    images: torch.Tensor,
+    attributions: torch.Tensor,
+    *,
+    titles: list[str] | None = None,
+    ncols: int = 4,
+    sign: str = "positive",
+    alpha: float = 0.5,
+    minmax: bool = False,
+) -> Figure:
+    """Saliency overlays of a batch: Captum's ``visualize_image_attr`` blended heat maps in a grid.
+
+    Args:
+        images: (B, C, H, W) pixels in [0, 1] (what to show under the heat map).
+        attributions: (B, C, H, W), e.g. from :class:`~captum_sift.attr.SIFTInterrelation`
+            or any Captum method.
+        titles: one per image.
+        ncols: grid columns.
+        sign: Captum's ``sign`` (θ is >= 0: ``"positive"``; use
+            ``"absolute_value"`` for signed methods).
+        alpha: heat-map opacity.
+        minmax: rescale each image's attribution to [0, 1] first. θ scores sit
+            in a narrow band (e.g. 0.6-0.7), which Captum's scaling by the
+            largest value would show as a flat map.
+    """
+    from captum.attr import visualization
+
+    images = check_images(images)
+    if not isinstance(attributions, torch.Tensor) or attributions.shape != images.shape:
+        shape = tuple(attributions.shape) if isinstance(attributions, torch.Tensor) else type(attributions).__name__
+        raise CaptumSiftError(f"expected attributions of the images' shape {tuple(images.shape)}, got {shape}")
+    n = images.shape[0]
+    ncols = max(1, min(ncols, n))
+    nrows = math.ceil(n / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.2 * ncols, 3.3 * nrows), squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        if i >= n:
+            ax.axis("off")
+            continue
+        attr = attributions[i].detach().cpu().double()
+        if minmax:
+            span = attr.max() - attr.min()
+            attr = (attr - attr.min()) / span if span > 0 else torch.zeros_like(attr)
+        attr = attr.permute(1, 2, 0).numpy()
+        pixels = images[i].detach().cpu().permute(1, 2, 0).numpy()
+        visualization.visualize_image_attr(
+            attr, pixels, method="blended_heat_map", sign=sign, plt_fig_axis=(fig, ax), alpha_overlay=alpha,
+            use_pyplot=False, title=titles[i] if titles else None,
+        )  # fmt: skip
+    fig.tight_layout()
+    return fig
+
+
+def plot_mask_grid(
+    image: torch.Tensor,
+    scores: torch.Tensor,
+    patch_size: int,
+    ratios: tuple[float, ...] = (0.05, 0.1, 0.2, 0.3, 0.4),
+    *,
+    table=None,
+    fill: float = 0.5,
+) -> Figure:
+    """Fig. 8: one image masked Top (first row) and Bottom (second row) at each ratio.
+
+    Args:
+        image: (C, H, W) pixels in [0, 1].
+        scores: (N,) SPEC §7 scores of its patches.
+        patch_size: P.
+        ratios: the columns.
+        table: a :class:`~captum_sift.masking.MaskingTable`; its accuracies are
+            written under each panel.
+        fill: display colour of masked patches (gray by default).
+    """
+    from .masking import mask_images, select_patches
+
+    pixels = check_images(image.unsqueeze(0) if image.dim() == 3 else image, "image")
+    scores = scores.reshape(1, -1).to(pixels.device)
+    fig, axes = plt.subplots(2, len(ratios), figsize=(2.2 * len(ratios), 5.0), squeeze=False)
+    for row, mode in enumerate(("top", "bottom")):
+        for col, ratio in enumerate(ratios):
+            masked = mask_images(pixels, select_patches(scores, ratio, mode), patch_size, fill)
+            ax = axes[row, col]
+            ax.imshow(masked[0].detach().cpu().permute(1, 2, 0).squeeze().numpy(), cmap="gray", vmin=0, vmax=1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            label = f"{mode.capitalize()} {ratio:.0%}"
+            if table is not None and (mode, ratio) in table.cells:
+                label += f"\nacc {table.accuracy(mode, ratio):.3f}"
+            ax.set_xlabel(label, fontsize=8)
+    if table is not None:
+        fig.suptitle(f"unmasked accuracy {table.baseline['accuracy']:.3f} (n = {table.total})", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def plot_mask_curve(table, *, ax: Axes | None = None) -> Axes:
+    """Accuracy vs mask ratio per mode, with 95 % confidence bands and the unmasked baseline."""
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6, 3.8))
+    rows = table.rows()
+    base = rows[0]
+    colors = {"top": "tab:red", "bottom": "tab:green", "random": "tab:gray"}
+    ax.axhline(base["accuracy"], color="black", lw=1, ls="--", label="unmasked")
+    ax.axhspan(base["ci_low"], base["ci_high"], color="black", alpha=0.08)
+    for mode in ("top", "bottom", "random"):
+        mine = sorted((r for r in rows[1:] if r["mode"] == mode), key=lambda r: r["ratio"])
+        if not mine:
+            continue
+        x = [r["ratio"] for r in mine]
+        ax.plot(x, [r["accuracy"] for r in mine], "-o", ms=3, color=colors[mode], label=mode)
+        ax.fill_between(x, [r["ci_low"] for r in mine], [r["ci_high"] for r in mine], color=colors[mode], alpha=0.15)
+    ax.set_xlabel("mask ratio")
+    ax.set_ylabel("accuracy")
+    ax.legend(fontsize=8)
+    return ax

@@ -81,3 +81,26 @@ def test_analysis_example_runs_as_written(tmp_path):
     names = {"interrelation.png", "focus_index.png", "stages.png", "heatmaps.png", "report.json", "per_layer_head.csv"}
     assert names <= {p.name for p in tmp_path.iterdir()}
     assert "stages:" in result.stdout
+
+
+def test_captum_quickstart_runs_as_written(tmp_path):
+    out = tmp_path / "qs.png"
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "captum_quickstart.py"), "--quick", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "Spearman rho(theta, FeatureAblation)" in result.stdout and out.stat().st_size > 10_000
+
+
+def test_attribution_benchmark_quick_mode():
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "attribution.py"), "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr
+    assert re.search(r"RATIO SIFTInterrelation / forward: [\d.]+", result.stdout)

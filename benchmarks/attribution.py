@@ -1,0 +1,79 @@
+"""Cost per image of SIFTInterrelation vs Captum's attributions, in plain forwards.
+
+Prints, measured in this one run (random-init timm ViT, CPU, sample photos):
+the time of one plain (fused) forward per image, and the time per image of
+SIFTInterrelation (keypoint counting included), Captum's Saliency,
+IntegratedGradients (50 steps) and FeatureAblation over the patches (the
+same ``feature_mask``), each as a multiple of one forward. Goal: θ <= 1.5.
+
+Usage: python benchmarks/attribution.py [--quick] [--model NAME] [--batch 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import timm
+import torch
+from captum.attr import FeatureAblation, IntegratedGradients, Saliency
+
+from captum_sift.attr import SIFTInterrelation
+from captum_sift.data import SAMPLE_PHOTOS, sample_images
+
+
+def timed(fn, repeats: int) -> float:
+    fn()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="vit_tiny at 64 px, IG with 4 steps (for the tests)")
+    parser.add_argument("--model", default="vit_small_patch16_224")
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--repeats", type=int, default=2)
+    args = parser.parse_args()
+    size, steps, name = 224, 50, args.model
+    if args.quick:
+        size, steps, name, args.batch, args.repeats = 64, 4, "vit_tiny_patch16_224", 2, 1
+    torch.manual_seed(0)
+    model = timm.create_model(name, pretrained=False, img_size=size).eval()
+    pixels = sample_images(list(SAMPLE_PHOTOS[: args.batch]), size=size)
+    config = timm.data.resolve_model_data_config(model)
+    x = (pixels - torch.tensor(config["mean"]).view(1, 3, 1, 1)) / torch.tensor(config["std"]).view(1, 3, 1, 1)
+    with torch.no_grad():
+        target = model(x).argmax(1)
+    sift = SIFTInterrelation(model)
+    mask = sift.feature_mask(x)
+
+    def forward():
+        with torch.no_grad():
+            model(x)
+
+    per_image = {
+        "plain forward": timed(forward, args.repeats),
+        "SIFTInterrelation (counts included)": timed(lambda: sift.attribute(x), args.repeats),
+        "Saliency": timed(lambda: Saliency(model).attribute(x, target=target), args.repeats),
+        f"IntegratedGradients ({steps} steps)": timed(
+            lambda: IntegratedGradients(model).attribute(x, target=target, n_steps=steps, internal_batch_size=16), 1
+        ),
+        "FeatureAblation over patches": timed(
+            lambda: FeatureAblation(model).attribute(x, target=target, feature_mask=mask, perturbations_per_eval=16), 1
+        ),
+    }
+    one = per_image["plain forward"]
+    print(f"{name}, {size}px, batch {args.batch}, CPU, {torch.get_num_threads()} threads")
+    for label, seconds in per_image.items():
+        print(f"{label:>38s}: {seconds / args.batch * 1e3:8.1f} ms/image = {seconds / one:7.2f} forwards")
+    print(f"RATIO SIFTInterrelation / forward: {per_image['SIFTInterrelation (counts included)'] / one:.2f}"
+          "  (goal <= 1.5)")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,117 @@
+"""SIFTInterrelation: Captum's contract, and interplay with Captum's methods and metrics."""
+
+import pytest
+import timm
+import torch
+from captum.attr import FeatureAblation, visualization
+from captum.metrics import infidelity, sensitivity_max
+
+from captum_sift import CaptumSiftError, analyze, count_keypoints
+from captum_sift.attr import SIFTInterrelation
+from captum_sift.data import sample_images
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=64, depth=4, num_classes=5).eval()
+
+
+@pytest.fixture(scope="module")
+def pixels():
+    return sample_images(["astronaut", "coffee", "chelsea"], size=64)
+
+
+@pytest.fixture(scope="module")
+def counts(pixels):
+    return count_keypoints(pixels, 16)
+
+
+def test_shape_contract_and_values_per_patch(model, pixels, counts):
+    explainer = SIFTInterrelation(model, image_space="pixel")
+    attr, report = explainer.attribute(pixels, counts, target=3, return_report=True)
+    assert attr.shape == pixels.shape and attr.dtype == pixels.dtype
+    expected = report.patch_theta.mean(dim=1)  # (B, N): θ over heads (already) and all layers
+    for b in range(3):
+        for row in range(4):
+            for col in range(4):
+                block = attr[b, :, row * 16 : (row + 1) * 16, col * 16 : (col + 1) * 16]
+                assert torch.all(block == expected[b, row * 4 + col])  # constant within the patch, all channels
+    assert torch.isfinite(attr).all()  # gamma = 1: every S_i is non-empty
+    (attr_tuple,) = explainer.attribute((pixels,), counts)
+    assert torch.equal(attr_tuple, attr)
+
+
+def test_batch_equals_single_images_and_target_is_ignored(model, pixels, counts):
+    explainer = SIFTInterrelation(model, image_space="pixel", layers=[1, 2])
+    batch = explainer.attribute(pixels, counts)
+    for b in range(3):
+        single = explainer.attribute(pixels[b : b + 1], counts[b : b + 1], target=b)
+        torch.testing.assert_close(single[0], batch[b], rtol=1e-5, atol=1e-6)
+
+
+def test_layer_choices(model, pixels, counts):
+    report = analyze(model, pixels, counts, image_space="pixel")
+    attr = SIFTInterrelation(model, image_space="pixel", layers=[0, -1]).attribute(pixels, counts)
+    torch.testing.assert_close(attr[:, 0, ::16, ::16].flatten(1), report.patch_theta[:, [0, 3]].mean(1))
+    capture = SIFTInterrelation(model, image_space="pixel", layers="capture").attribute(pixels, counts)
+    assert capture.shape == pixels.shape and torch.isfinite(capture).all()
+    with pytest.raises(CaptumSiftError, match="stage name"):
+        SIFTInterrelation(model, layers="middle").attribute(pixels, counts)
+    with pytest.raises(CaptumSiftError, match=r"layer indices in \[-4, 4\)"):
+        SIFTInterrelation(model, layers=[7])
+
+
+def test_model_flags_and_hooks_restored(model, pixels, counts):
+    flags = [(m.training, getattr(m, "fused_attn", None)) for m in model.modules()]
+    SIFTInterrelation(model, image_space="pixel").attribute(pixels, counts)
+    with pytest.raises(CaptumSiftError):
+        SIFTInterrelation(model, image_space="pixel").attribute(pixels, counts[:2])
+    assert flags == [(m.training, getattr(m, "fused_attn", None)) for m in model.modules()]
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
+
+
+def test_feature_mask_drives_feature_ablation(model, pixels):
+    explainer = SIFTInterrelation(model)
+    x = (pixels - 0.5) / 0.5
+    mask = explainer.feature_mask(x)
+    assert mask.shape == (1, 1, 64, 64) and mask.dtype == torch.long
+    assert mask[0, 0, 17, 33].item() == 1 * 4 + 2 and mask.unique().numel() == 16
+    ablation = FeatureAblation(model).attribute(x, target=0, feature_mask=mask)
+    with torch.no_grad():
+        base = model(x)[:, 0]
+        hole = x.clone()
+        hole[:, :, 16:32, 32:48] = 0  # patch (1, 2), Captum's default baseline 0
+        expected = base - model(hole)[:, 0]
+    torch.testing.assert_close(ablation[:, 0, 20, 40], expected, rtol=1e-4, atol=1e-5)
+
+
+def test_captum_visualizer_and_metrics_accept_the_output(model, pixels, counts):
+    explainer = SIFTInterrelation(model, image_space="pixel")
+    attr = explainer.attribute(pixels, counts)
+    fig, _ = visualization.visualize_image_attr(
+        attr[0].permute(1, 2, 0).numpy(), pixels[0].permute(1, 2, 0).numpy(), method="blended_heat_map",
+        sign="positive", use_pyplot=False,
+    )  # fmt: skip
+    assert fig is not None
+
+    def perturb(inputs):
+        noise = torch.randn_like(inputs) * 0.01
+        return noise, inputs - noise
+
+    x = (pixels - 0.5) / 0.5
+    model_attr = SIFTInterrelation(model).attribute(x, counts)
+    torch.testing.assert_close(model_attr, attr)  # model space and pixel space agree
+    inf = infidelity(model, perturb, x, model_attr, target=0)
+    assert inf.shape == (3,) and torch.isfinite(inf).all()
+
+    def explain(inputs):  # sensitivity_max repeats each image n_perturb_samples times, not the counts
+        return SIFTInterrelation(model).attribute(inputs, counts.repeat_interleave(inputs[0].shape[0] // 3, dim=0))
+
+    sens = sensitivity_max(explain, x, n_perturb_samples=2)
+    assert sens.shape == (3,) and torch.isfinite(sens).all()
+
+
+def test_not_a_vit():
+    with pytest.raises(CaptumSiftError, match="Vision Transformer"):
+        SIFTInterrelation(torch.nn.Linear(2, 2))
