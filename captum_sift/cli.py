@@ -1,8 +1,13 @@
-"""The ``captum-sift`` command (also ``python -m captum_sift``).
+"""The ``captum-sift`` command (also ``python -m captum_sift``; runs under ``torchrun`` too).
 
 Sub-commands:
-    keypoints   count SIFT keypoints per patch on sample photos and write
-                an overlay PNG (paper Fig. 3) and a CSV of the counts.
+    analyze     the patch-interrelation analysis -> a report folder (JSON, CSV, figures, index.html)
+    mask-eval   Top / Bottom / Random masking "as prompts" -> accuracy table and figures
+    pretrain    MAE pre-training with random or guided curriculum masking (SPEC §8)
+    keypoints   SIFT keypoint counts per patch on sample photos (Fig. 3)
+
+With no model or data option, analyze and mask-eval use the embedded default:
+a small ViT trained on Fashion-MNIST and 1,000 test images shipped in the package.
 """
 
 from __future__ import annotations
@@ -18,9 +23,56 @@ from pathlib import Path
 from .errors import CaptumSiftError
 
 
+def _add_model_data_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", required=True, type=Path, help="output folder (created if missing)")
+    p.add_argument("--model", default=None, help="timm model name (random weights unless --checkpoint)")
+    p.add_argument("--checkpoint", default=None, type=Path, help="state dict for --model (or the default architecture)")
+    p.add_argument("--images", default=None, type=Path, help="image folder (jpg/png/webp, labels from sub-folders)")
+    p.add_argument("--data", choices=("embedded", "fashion-mnist-full"), default="embedded",
+                   help="data without --images: the 1,000 shipped test images, or Debian's full test set")  # fmt: skip
+    p.add_argument("--img-size", type=int, default=None, help="input size (default: the model's)")
+    p.add_argument("--limit", type=int, default=None, help="use the first N images")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--gamma", type=float, default=1.0, help="detection-line height (eq. 2)")
+    p.add_argument("--unweighted", action="store_true", help="unweighted θ (eq. 3, left)")
+    p.add_argument("--backend", choices=("kornia", "opencv"), default="kornia", help="keypoint backend")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    p.add_argument("--checkpoint-every", type=int, default=5, help="save partial sums every N batches")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="captum-sift", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
+    analyze = sub.add_parser("analyze", help="patch-interrelation analysis -> report folder")
+    _add_model_data_options(analyze)
+    mask = sub.add_parser("mask-eval", help="Top/Bottom/Random masking accuracy -> table and figures")
+    _add_model_data_options(mask)
+    mask.add_argument("--ratios", type=float, nargs="+", default=[0.05, 0.1, 0.2, 0.3, 0.4])
+    mask.add_argument("--modes", default="top,bottom,random", help="comma-separated: top,bottom,random")
+    mask.add_argument("--fill", default="0.0", help="a number (model space), mean, blur or drop")
+    mask.add_argument("--seed", type=int, default=0, help="seed of the random mode")
+    pre = sub.add_parser("pretrain", help="MAE pre-training with random or guided masking (Fig. 9)")
+    pre.add_argument("--masking", choices=("guided", "random"), required=True)
+    pre.add_argument("--epochs", type=int, default=20)
+    pre.add_argument("--out", required=True, type=Path, help="output folder: history.csv, checkpoint.pt")
+    pre.add_argument("--data", choices=("embedded", "fashion-mnist-full"), default="embedded",
+                     help="embedded: 800 of the shipped images to pre-train and probe, 200 to test the probe; "
+                     "fashion-mnist-full: Debian's train set (--limit of them) and 2,000 test images")  # fmt: skip
+    pre.add_argument("--limit", type=int, default=10000, help="training images of fashion-mnist-full")
+    pre.add_argument("--img-size", type=int, default=112)
+    pre.add_argument("--patch-size", type=int, default=16)
+    pre.add_argument("--batch-size", type=int, default=128)
+    pre.add_argument("--lr", type=float, default=1e-3)
+    pre.add_argument("--mask-ratio", type=float, default=0.75)
+    pre.add_argument("--schedule-every", type=int, default=10, help="epochs per step of the key share β")
+    pre.add_argument("--probe-every", type=int, default=1, help="linear probe every N epochs")
+    pre.add_argument("--seed", type=int, default=0)
+    pre.add_argument("--resume", action="store_true", help="continue from --out/checkpoint.pt")
+    pre.add_argument("--cache-dir", type=Path, default=None, help="keypoint-count cache (default: --out)")
+    pre.add_argument("--device", default="cpu")
+    pre.add_argument("--quiet", action="store_true")
     kp = sub.add_parser("keypoints", help="SIFT keypoint counts per patch on sample photos (Fig. 3)")
     kp.add_argument("--out", required=True, type=Path, help="output folder (created if missing)")
     kp.add_argument("--photos", nargs="+", default=None, help="sample photo names (default: all shipped ones)")
@@ -29,6 +81,26 @@ def _parser() -> argparse.ArgumentParser:
     kp.add_argument("--backend", choices=("kornia", "opencv"), default="kornia")
     kp.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``captum-sift`` console script."""
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "keypoints":
+            _run_keypoints(args)
+        else:
+            from .runs import run_analyze, run_mask_eval, run_pretrain
+
+            {"analyze": run_analyze, "mask-eval": run_mask_eval, "pretrain": run_pretrain}[args.command](args)
+    except CaptumSiftError as exc:
+        print(f"captum-sift: error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        from ._dist import finish
+
+        finish()
+    return 0
 
 
 def _run_keypoints(args: argparse.Namespace) -> None:
@@ -69,18 +141,6 @@ def _run_keypoints(args: argparse.Namespace) -> None:
     for name, k, share in zip(names, summary["keypoints"], summary["key_patch_share"], strict=True):
         print(f"{name:>22s}: {k:4d} keypoints, {share:6.1%} of patches are Key")
     print(f"wrote {args.out / 'keypoints.png'}, {args.out / 'counts.csv'}, {args.out / 'summary.json'}")
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``captum-sift`` console script."""
-    args = _parser().parse_args(argv)
-    try:
-        if args.command == "keypoints":
-            _run_keypoints(args)
-    except CaptumSiftError as exc:
-        print(f"captum-sift: error: {exc}", file=sys.stderr)
-        return 2
-    return 0
 
 
 if __name__ == "__main__":  # pragma: no cover

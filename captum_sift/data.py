@@ -1,8 +1,12 @@
-"""Sample data: real photographs from scikit-image (and scikit-learn) as tensors."""
+"""Data: sample photographs, Fashion-MNIST, and the embedded default model and data set."""
 
 from __future__ import annotations
 
+import gzip
+import hashlib
+import json
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -10,7 +14,21 @@ import torchvision.transforms.v2.functional as TF
 
 from .errors import CaptumSiftError
 
-__all__ = ["SAMPLE_PHOTOS", "SKLEARN_PHOTOS", "load_sample_photo", "sample_images"]
+__all__ = [
+    "DEFAULT_IMG_SIZE",
+    "DEFAULT_PATCH_SIZE",
+    "FASHION_MNIST_CLASSES",
+    "FASHION_MNIST_ROOT",
+    "SAMPLE_PHOTOS",
+    "SKLEARN_PHOTOS",
+    "create_default_architecture",
+    "default_dataset",
+    "default_model",
+    "fashion_mnist_to_model_size",
+    "load_fashion_mnist",
+    "load_sample_photo",
+    "sample_images",
+]
 
 #: Photographs of ``skimage.data`` that ship with scikit-image (no download).
 SAMPLE_PHOTOS: tuple[str, ...] = (
@@ -86,3 +104,204 @@ def sample_images(names: Sequence[str] | None = None, size: int = 224) -> torch.
         image = TF.resize(image, [size, size], antialias=True)
         batch.append(image)
     return torch.stack(batch).float() / 255.0
+
+
+# -- Fashion-MNIST and the embedded default -------------------------------------------
+#: Where Debian's ``dataset-fashion-mnist`` package puts the idx files.
+FASHION_MNIST_ROOT = Path("/usr/share/datasets/fashion-mnist")
+FASHION_MNIST_CLASSES = (
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+)  # fmt: skip
+#: Input size and patch size of the default model: 28 px upsampled to 112 px, 7 x 7 patches of 16 px,
+#: so that SIFT finds keypoints on the garments (~29 % of patches are Key).
+DEFAULT_IMG_SIZE = 112
+DEFAULT_PATCH_SIZE = 16
+#: Fashion-MNIST training-set mean and std of the pixels in [0, 1] (the model's normalisation).
+FASHION_MNIST_MEAN, FASHION_MNIST_STD = 0.2860, 0.3530
+_PACKAGE_DATA = Path(__file__).parent / "_data"
+_MANIFEST = _PACKAGE_DATA / "manifest.json"
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    """An idx file (optionally gzipped) as a numpy array."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        data = f.read()
+    ndim = data[3]
+    dims = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
+    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
+
+
+def load_fashion_mnist(split: str = "test", root: str | Path | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Fashion-MNIST from idx files: (N, 28, 28) uint8 images and (N,) uint8 labels.
+
+    Args:
+        split: ``"train"`` (60,000) or ``"test"`` (10,000).
+        root: folder of the idx files; default Debian's ``dataset-fashion-mnist``
+            location (``apt-get install dataset-fashion-mnist``).
+    """
+    if split not in ("train", "test"):
+        raise CaptumSiftError(f"expected split 'train' or 'test', got {split!r}")
+    folder = Path(root) if root is not None else FASHION_MNIST_ROOT
+    prefix = "train" if split == "train" else "t10k"
+    files = [folder / f"{prefix}-{kind}-idx{n}-ubyte.gz" for kind, n in (("images", 3), ("labels", 1))]
+    files = [f if f.exists() else f.with_suffix("") for f in files]
+    missing = [str(f) for f in files if not f.exists()]
+    if missing:
+        raise CaptumSiftError(
+            f"Fashion-MNIST idx files not found: {missing}; install Debian's dataset-fashion-mnist or pass root=FOLDER"
+        )
+    return _read_idx(files[0]), _read_idx(files[1])
+
+
+def fashion_mnist_to_model_size(images: np.ndarray | torch.Tensor, size: int = DEFAULT_IMG_SIZE) -> torch.Tensor:
+    """(N, 28, 28) uint8 -> (N, 1, S, S) float in [0, 1]: bilinear upsampling, kept on 8-bit steps.
+
+    This is the image "as the model sees it": keypoints are counted on it, and
+    the default model takes it after normalisation.
+    """
+    x = torch.as_tensor(np.asarray(images)).float().unsqueeze(1) / 255.0
+    x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+    return (x.clamp(0, 1) * 255).round() / 255
+
+
+def create_default_architecture(config: dict | None = None) -> torch.nn.Module:
+    """The default model's architecture (random weights): a small timm ViT for 1-channel 112 px images.
+
+    ``config`` (timm.create_model arguments) defaults to the shipped manifest's.
+    """
+    import timm
+
+    if config is None:
+        config = json.loads(_MANIFEST.read_text())["architecture"] if _MANIFEST.exists() else _DEFAULT_ARCH
+    model = timm.create_model(**config, pretrained=False)
+    model.pretrained_cfg = {
+        **model.pretrained_cfg,
+        "mean": (FASHION_MNIST_MEAN,),
+        "std": (FASHION_MNIST_STD,),
+        "input_size": (1, DEFAULT_IMG_SIZE, DEFAULT_IMG_SIZE),
+        "num_classes": 10,
+        "label_names": FASHION_MNIST_CLASSES,
+    }
+    return model
+
+
+_DEFAULT_ARCH = {
+    "model_name": "vit_tiny_patch16_224",
+    "img_size": DEFAULT_IMG_SIZE,
+    "patch_size": DEFAULT_PATCH_SIZE,
+    "in_chans": 1,
+    "num_classes": 10,
+    "embed_dim": 64,
+    "depth": 6,
+    "num_heads": 4,
+    "mlp_ratio": 2.0,
+}
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _checked_file(key: str) -> Path:
+    if not _MANIFEST.exists():
+        raise CaptumSiftError(f"the embedded default is missing ({_MANIFEST}); reinstall captum_sift")
+    entry = json.loads(_MANIFEST.read_text())["files"][key]
+    path = _PACKAGE_DATA / entry["name"]
+    if not path.exists() or _sha256(path) != entry["sha256"]:
+        raise CaptumSiftError(f"embedded file {path.name} is missing or its sha256 does not match the manifest")
+    return path
+
+
+def default_model() -> torch.nn.Module:
+    """The embedded default: a small timm ViT trained on Fashion-MNIST (eval mode, CPU).
+
+    Weights are loaded with ``weights_only=True`` after a sha256 check; how
+    they were made and how good they are is in ``docs/default_model.md`` and
+    in the package's ``_data/manifest.json``.
+    """
+    model = create_default_architecture()
+    state = torch.load(_checked_file("weights"), map_location="cpu", weights_only=True)
+    model.load_state_dict({k: v.float() for k, v in state.items()})
+    return model.eval()
+
+
+def default_dataset(limit: int | None = None, full: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fashion-MNIST test images at the default model's size, with labels.
+
+    Args:
+        limit: keep the first ``limit`` images.
+        full: the whole 10,000-image test set from Debian's package instead
+            of the 1,000 images shipped in the package (100 per class).
+
+    Returns:
+        images (N, 1, 112, 112) float in [0, 1] and labels (N,) long.
+    """
+    if full:
+        images, labels = load_fashion_mnist("test")
+    else:
+        with np.load(_checked_file("subset")) as data:
+            images, labels = data["images"], data["labels"]
+    if limit is not None:
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise CaptumSiftError(f"expected limit to be an int >= 1, got {limit!r}")
+        images, labels = images[:limit], labels[:limit]
+    return fashion_mnist_to_model_size(images), torch.as_tensor(np.asarray(labels)).long()
+
+
+# -- image folders -------------------------------------------------------------------
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
+
+
+class ImageFolder:
+    """Images of a folder, read lazily batch by batch (labels from sub-folder names).
+
+    Files with a suffix in :data:`IMAGE_SUFFIXES` are found recursively and
+    sorted; the label of a file is the index of its first-level sub-folder
+    among the sorted sub-folder names (torchvision's ImageFolder convention;
+    -1 for files directly in the folder). Each image is resized (shorter side
+    to ``size``, antialiased) and centre-cropped to ``size`` x ``size``, as
+    timm's eval transform does, and kept on 8-bit steps.
+    """
+
+    def __init__(self, root: str | Path, size: int, channels: int = 3) -> None:
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise CaptumSiftError(f"image folder not found: {self.root}")
+        if channels not in (1, 3):
+            raise CaptumSiftError(f"expected 1 or 3 channels, got {channels}")
+        self.size, self.channels = size, channels
+        self.files = sorted(p for p in self.root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        if not self.files:
+            raise CaptumSiftError(f"no {'/'.join(IMAGE_SUFFIXES)} images found under {self.root}")
+        self.classes = sorted({p.relative_to(self.root).parts[0] for p in self.files if p.parent != self.root})
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def label(self, path: Path) -> int:
+        return -1 if path.parent == self.root else self.classes.index(path.relative_to(self.root).parts[0])
+
+    def load(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor, list[int], list[tuple[str, str]]]:
+        """Images (n, C, S, S) in [0, 1], labels (n,), the indices read, and (path, reason) of unreadable files."""
+        from PIL import Image
+
+        images, labels, read, skipped = [], [], [], []
+        for i in indices:
+            path = self.files[i]
+            try:
+                with Image.open(path) as im:
+                    im = im.convert("L" if self.channels == 1 else "RGB")
+                    array = np.asarray(im, dtype=np.uint8)
+            except Exception as exc:  # a corrupt file is reported and skipped, never ends the run
+                skipped.append((str(path), f"{type(exc).__name__}: {exc}"))
+                continue
+            tensor = torch.from_numpy(array.copy())
+            tensor = tensor.unsqueeze(0) if tensor.dim() == 2 else tensor.permute(2, 0, 1)
+            tensor = TF.resize(tensor, self.size, antialias=True)
+            images.append(TF.center_crop(tensor, [self.size, self.size]))
+            labels.append(self.label(path))
+            read.append(i)
+        if not images:
+            return torch.zeros(0, self.channels, self.size, self.size), torch.zeros(0, dtype=torch.long), read, skipped
+        return torch.stack(images).float() / 255.0, torch.tensor(labels), read, skipped

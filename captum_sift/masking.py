@@ -309,18 +309,71 @@ class MaskingTable:
 
 def _batches(
     images_or_loader: torch.Tensor | Iterable, labels: torch.Tensor | None, batch_size: int
-) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
+) -> Iterable[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """(images, labels, global image indices) per batch."""
     if isinstance(images_or_loader, torch.Tensor):
         if labels is None or not isinstance(labels, torch.Tensor) or labels.shape != (images_or_loader.shape[0],):
             got = tuple(labels.shape) if isinstance(labels, torch.Tensor) else labels
             raise CaptumSiftError(f"expected labels of shape ({images_or_loader.shape[0]},), got {got}")
         for start in range(0, images_or_loader.shape[0], batch_size):
-            yield images_or_loader[start : start + batch_size], labels[start : start + batch_size]
+            stop = min(start + batch_size, images_or_loader.shape[0])
+            yield images_or_loader[start:stop], labels[start:stop], torch.arange(start, stop)
     else:
         if labels is not None:
             raise CaptumSiftError("expected labels=None with a loader (it yields (images, labels) pairs)")
+        seen = 0
         for batch in images_or_loader:
-            yield batch[0], batch[1]
+            images = batch[0]
+            yield images, batch[1], torch.arange(seen, seen + images.shape[0])
+            seen += images.shape[0]
+
+
+def random_scores(indices: torch.Tensor, num_patches: int, seed: int) -> torch.Tensor:
+    """Per-image random scores (B, N) that depend only on (seed, image index).
+
+    The random mode masks the top of these, so an image gets the same random
+    mask whatever batch or process it is in (same numbers under torchrun).
+    """
+    rows = [
+        torch.rand(num_patches, generator=torch.Generator().manual_seed(seed * 1_000_003 + int(i)))
+        for i in indices.tolist()
+    ]
+    return torch.stack(rows) if rows else torch.zeros(0, num_patches)
+
+
+def evaluate_batch(
+    table: MaskingTable,
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    indices: torch.Tensor,
+    *,
+    ratios: Sequence[float],
+    modes: Sequence[str],
+    fill: float | str | torch.Tensor,
+    seed: int,
+    score_kwargs: dict[str, Any],
+) -> None:
+    """Add one batch to ``table`` (the body of :func:`evaluate_masking`; the model in eval mode)."""
+    image_space = score_kwargs.get("image_space", "model")
+    scores = patch_scores(model, images, **score_kwargs)
+    model_input, _ = _split_spaces(model, images, image_space)
+    noise = random_scores(indices, scores.shape[1], seed).to(scores.device) if "random" in modes else None
+    patch = patch_size_of(model)
+    with torch.no_grad():
+        base_ok = model(model_input).argmax(dim=1).cpu() == labels.cpu()
+        table.baseline_correct += int(base_ok.sum())
+        table.total += int(base_ok.numel())
+        for mode in modes:
+            for ratio in ratios:
+                selected = (
+                    select_patches(noise, ratio, "top") if mode == "random" else select_patches(scores, ratio, mode)
+                )
+                if isinstance(fill, str) and fill == "drop":
+                    logits = drop_tokens(model, model_input, selected)
+                else:
+                    logits = model(mask_images(model_input, selected, patch, fill))
+                table.add(mode, ratio, logits.argmax(dim=1).cpu() == labels.cpu(), base_ok)
 
 
 def evaluate_masking(
@@ -363,7 +416,8 @@ def evaluate_masking(
         image_space: ``"model"`` (default) or ``"pixel"`` (inputs in [0, 1],
             normalised here; fill values are still in the model's space).
         batch_size: for a tensor input.
-        seed: of the random mode's generator.
+        seed: of the random mode: image i gets the top of
+            :func:`random_scores` for (seed, i), whatever its batch or process.
         progress: tqdm bar (None: only on a terminal).
 
     Returns:
@@ -378,27 +432,15 @@ def evaluate_masking(
         if mode not in MODES:
             raise CaptumSiftError(f"expected modes among {MODES}, got {mode!r}")
     _blocks(model)
-    patch = patch_size_of(model)
-    generator = torch.Generator().manual_seed(seed)
     table = MaskingTable(settings={"fill": str(fill), "layers": str(layers), "gamma": gamma, "seed": seed})
-    batches = _batches(images_or_loader, labels, batch_size)
+    score_kwargs = {
+        "layers": layers, "gamma": gamma, "weighted": weighted, "min_keypoints": min_keypoints,
+        "image_space": image_space, "keypoint_backend": keypoint_backend,
+    }  # fmt: skip
     with _eval_mode(model):
-        bar = tqdm(batches, desc="mask-eval", unit="batch", disable=None if progress is None else not progress)
-        for images, batch_labels in bar:
-            scores = patch_scores(model, images, layers=layers, gamma=gamma, weighted=weighted,
-                                  min_keypoints=min_keypoints, image_space=image_space,
-                                  keypoint_backend=keypoint_backend)  # fmt: skip
-            model_input, _ = _split_spaces(model, images, image_space)
-            with torch.no_grad():
-                base_ok = model(model_input).argmax(dim=1).cpu() == batch_labels.cpu()
-                table.baseline_correct += int(base_ok.sum())
-                table.total += int(base_ok.numel())
-                for mode in modes:
-                    for ratio in ratios:
-                        selected = select_patches(scores, ratio, mode, generator)
-                        if isinstance(fill, str) and fill == "drop":
-                            logits = drop_tokens(model, model_input, selected)
-                        else:
-                            logits = model(mask_images(model_input, selected, patch, fill))
-                        table.add(mode, ratio, logits.argmax(dim=1).cpu() == batch_labels.cpu(), base_ok)
+        bar = tqdm(_batches(images_or_loader, labels, batch_size), desc="mask-eval", unit="batch",
+                   disable=None if progress is None else not progress)  # fmt: skip
+        for images, batch_labels, indices in bar:
+            evaluate_batch(table, model, images, batch_labels, indices, ratios=ratios, modes=modes, fill=fill,
+                           seed=seed, score_kwargs=score_kwargs)  # fmt: skip
     return table

@@ -21,3 +21,19 @@ def blob_image(size: int, centre: tuple[float, float], sigma: float = 2.5) -> to
     yy, xx = torch.meshgrid(torch.arange(size).float(), torch.arange(size).float(), indexing="ij")
     d2 = (yy - centre[0]) ** 2 + (xx - centre[1]) ** 2
     return torch.exp(-d2 / (2 * sigma**2))[None, None]
+
+
+@pytest.fixture(scope="session")
+def image_folder(tmp_path_factory):
+    """Two class folders of sample photos and one corrupt file."""
+    from PIL import Image
+
+    from captum_sift.data import load_sample_photo
+
+    root = tmp_path_factory.mktemp("images")
+    for cls, names in (("a", ["astronaut", "coffee", "rocket"]), ("b", ["chelsea", "camera", "coins"])):
+        (root / cls).mkdir()
+        for name in names:
+            Image.fromarray(load_sample_photo(name)).save(root / cls / f"{name}.png")
+    (root / "b" / "broken.jpg").write_bytes(b"not an image")
+    return root

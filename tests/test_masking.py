@@ -15,6 +15,7 @@ from captum_sift.masking import (
     mcnemar_exact,
     num_masked,
     patch_scores,
+    random_scores,
     select_patches,
     wilson_interval,
 )
@@ -131,7 +132,7 @@ def test_evaluate_masking_table_equals_a_manual_loop(model, pixels, tmp_path):
     again = evaluate_masking(model, loader, ratios=(0.25, 0.5), modes=("top", "bottom"), progress=False)
     assert again.rows() == table.rows()
     dropped = evaluate_masking(model, x, labels, ratios=(0.25,), modes=("random",), fill="drop", progress=False)
-    selected = select_patches(scores, 0.25, "random", torch.Generator().manual_seed(0))  # the same seed
+    selected = select_patches(random_scores(torch.arange(4), 16, seed=0), 0.25, "top")  # the same seed
     with torch.no_grad():
         pred = drop_tokens(model, x, selected).argmax(1)
     assert dropped.accuracy("random", 0.25) == pytest.approx(float((pred == labels).float().mean()))

@@ -1,0 +1,116 @@
+"""captum-sift analyze / mask-eval: outputs, errors, resume, torchrun."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from captum_sift.cli import main
+
+TINY = ["--model", "vit_tiny_patch16_224", "--img-size", "64", "--batch-size", "2", "--quiet"]
+
+
+def _means(path):
+    return {k: np.array(v, dtype=float) for k, v in json.loads((path / "report.json").read_text())["means"].items()}
+
+
+def test_analyze_writes_the_report_folder(tmp_path, image_folder):
+    out = tmp_path / "out"
+    assert main(["analyze", "--out", str(out), "--images", str(image_folder), *TINY]) == 0
+    names = {"report.json", "per_layer_head.csv", "keypoints.png", "interrelation.png", "focus_index.png",
+             "stages.png", "heatmaps.png", "index.html"}  # fmt: skip
+    assert names <= {p.name for p in out.iterdir()}
+    report = json.loads((out / "report.json").read_text())
+    assert report["num_images"] == 6 and report["layers"] == list(range(12)) and report["num_heads"] == 3
+    assert [p.endswith("broken.jpg") for p, _ in report["skipped_files"]] == [True]
+    assert set(report["stages"]) >= {"retrieval", "capture", "coach", "rule"}
+    assert np.array(report["means"]["kk"]).shape == (12, 3)
+    assert report["versions"]["captum_sift"] and report["settings"]["weighted"] is True
+    assert "broken.jpg" in (out / "index.html").read_text()
+    assert len((out / "per_layer_head.csv").read_text().splitlines()) == 1 + 12 * 3
+
+
+def test_mask_eval_writes_table_and_figures(tmp_path, image_folder):
+    out = tmp_path / "out"
+    args = ["mask-eval", "--out", str(out), "--images", str(image_folder), *TINY, "--ratios", "0.25", "0.5"]
+    assert main([*args, "--modes", "top,random", "--fill", "mean"]) == 0
+    rows = (out / "mask_eval.csv").read_text().splitlines()
+    assert len(rows) == 1 + 1 + 4 and rows[1].startswith("none")
+    assert {"mask_eval.png", "masked_examples.png", "index.html", "report.json"} <= {p.name for p in out.iterdir()}
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--images", "/no/such/folder"], "image folder not found: /no/such/folder"),
+        (["--model", "vit_no_such_model"], "cannot create timm model 'vit_no_such_model'"),
+        (["--model", "vit_tiny_patch16_224", "--img-size", "60"], "multiples of its patch size 16"),
+        (["--checkpoint", "/no/such.pt"], "checkpoint not found"),
+        (["--limit", "0"], "--limit >= 1"),
+    ],
+)
+def test_clear_one_line_errors(tmp_path, capsys, args, message):
+    assert main(["analyze", "--out", str(tmp_path), "--quiet", *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and err.count("\n") == 1
+
+
+def test_checkpoint_that_does_not_fit(tmp_path, capsys):
+    import timm
+    import torch
+
+    path = tmp_path / "small.pt"
+    torch.save(timm.create_model("vit_tiny_patch16_224", pretrained=False, depth=2).state_dict(), path)
+    assert main(["analyze", "--out", str(tmp_path), "--model", "vit_small_patch16_224", "--checkpoint", str(path)]) == 2
+    assert "does not fit vit_small_patch16_224" in capsys.readouterr().err
+
+
+def test_resume_ends_with_the_numbers_of_an_uninterrupted_run(tmp_path, image_folder, monkeypatch):
+    from captum_sift.data import ImageFolder
+
+    whole = tmp_path / "whole"
+    args = ["--images", str(image_folder), *TINY, "--batch-size", "1", "--checkpoint-every", "1"]
+    assert main(["analyze", "--out", str(whole), *args]) == 0
+    real_load = ImageFolder.load
+    calls = {"n": 0}
+
+    def flaky(self, indices):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt  # the run is killed in the middle
+        return real_load(self, indices)
+
+    monkeypatch.setattr(ImageFolder, "load", flaky)
+    cut = tmp_path / "cut"
+    with pytest.raises(KeyboardInterrupt):
+        main(["analyze", "--out", str(cut), *args])
+    assert not (cut / "report.json").exists()
+    monkeypatch.setattr(ImageFolder, "load", real_load)
+    assert main(["analyze", "--out", str(cut), *args, "--resume"]) == 0
+    a, b = json.loads((whole / "report.json").read_text()), json.loads((cut / "report.json").read_text())
+    assert a["sums"] == b["sums"] and a["counts"] == b["counts"] and a["means"] == b["means"]
+    assert a["skipped_files"] == b["skipped_files"]
+
+
+def test_torchrun_two_processes_give_the_numbers_of_one(tmp_path, image_folder):
+    one, two = tmp_path / "one", tmp_path / "two"
+    common = ["--images", str(image_folder), *TINY]
+    assert main(["analyze", "--out", str(one), *common]) == 0
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "captum_sift", "analyze", "--out", str(two), *common]  # fmt: skip
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    a, b = _means(one), _means(two)
+    for name in a:
+        np.testing.assert_allclose(b[name], a[name], rtol=0, atol=1e-6)
+    report = json.loads((two / "report.json").read_text())
+    assert report["num_images"] == 6 and report["settings"]["world_size"] == 2
+    assert len(report["skipped_files"]) == 1  # gathered from the rank that read it
+    masks = [tmp_path / "m1", tmp_path / "m2"]
+    assert main(["mask-eval", "--out", str(masks[0]), *common, "--ratios", "0.25"]) == 0
+    cmd = [*cmd[:8], "mask-eval", "--out", str(masks[1]), *common, "--ratios", "0.25"]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (masks[0] / "mask_eval.csv").read_text() == (masks[1] / "mask_eval.csv").read_text()
