@@ -21,10 +21,10 @@ import argparse
 import json
 import subprocess
 import sys
-import time
 
 import timm
 import torch
+from _timing import best_time
 
 from captum_sift import analyze
 
@@ -41,16 +41,6 @@ def inputs(batch: int, img: int, grid: int) -> tuple[torch.Tensor, torch.Tensor]
         torch.rand(batch, grid * grid, generator=g) > 0.5
     )
     return x, counts
-
-
-def best_time(fn, repeats: int) -> float:
-    fn()
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
 
 
 def _vm_hwm() -> int:

@@ -12,24 +12,14 @@ Usage: python benchmarks/attribution.py [--quick] [--model NAME] [--batch 4]
 from __future__ import annotations
 
 import argparse
-import time
 
 import timm
 import torch
+from _timing import best_time
 from captum.attr import FeatureAblation, IntegratedGradients, Saliency
 
 from captum_sift.attr import SIFTInterrelation
 from captum_sift.data import SAMPLE_PHOTOS, sample_images
-
-
-def timed(fn, repeats: int) -> float:
-    fn()
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
 
 
 def main() -> None:
@@ -57,13 +47,13 @@ def main() -> None:
             model(x)
 
     per_image = {
-        "plain forward": timed(forward, args.repeats),
-        "SIFTInterrelation (counts included)": timed(lambda: sift.attribute(x), args.repeats),
-        "Saliency": timed(lambda: Saliency(model).attribute(x, target=target), args.repeats),
-        f"IntegratedGradients ({steps} steps)": timed(
+        "plain forward": best_time(forward, args.repeats),
+        "SIFTInterrelation (counts included)": best_time(lambda: sift.attribute(x), args.repeats),
+        "Saliency": best_time(lambda: Saliency(model).attribute(x, target=target), args.repeats),
+        f"IntegratedGradients ({steps} steps)": best_time(
             lambda: IntegratedGradients(model).attribute(x, target=target, n_steps=steps, internal_batch_size=16), 1
         ),
-        "FeatureAblation over patches": timed(
+        "FeatureAblation over patches": best_time(
             lambda: FeatureAblation(model).attribute(x, target=target, feature_mask=mask, perturbations_per_eval=16), 1
         ),
     }

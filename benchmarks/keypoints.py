@@ -20,10 +20,10 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import numpy as np
 import torch
+from _timing import best_time
 
 from captum_sift import count_keypoints
 from captum_sift.data import SAMPLE_PHOTOS, SKLEARN_PHOTOS, sample_images
@@ -66,19 +66,6 @@ def kornia_stock_counts(images: torch.Tensor, patch: int, top_k: list[int] | Non
     return keypoints_to_counts(kps, tuple(images.shape[2:]), patch)
 
 
-def timed(fn, repeats: int) -> float:
-    """Best-of-``repeats`` wall time of ``fn()`` in seconds (after one warm-up)."""
-    fn()
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - start)
-    return best
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="a few images, one repeat (for the tests)")
@@ -110,9 +97,9 @@ def main() -> None:
     # -- speed ------------------------------------------------------------
     idx = torch.arange(batch) % len(names)
     images = photos[idx].contiguous()
-    t_cv = timed(lambda: count_keypoints(images, args.patch, backend="opencv"), repeats)
-    t_ours = timed(lambda: count_keypoints(images, args.patch), repeats)
-    t_stock = timed(lambda: kornia_stock_counts(images, args.patch), max(1, repeats // 2))
+    t_cv = best_time(lambda: count_keypoints(images, args.patch, backend="opencv"), repeats)
+    t_ours = best_time(lambda: count_keypoints(images, args.patch), repeats)
+    t_stock = best_time(lambda: kornia_stock_counts(images, args.patch), max(1, repeats // 2))
     print(f"speed batch {batch}x{args.size}px (CPU): OpenCV {t_cv * 1e3:.0f} ms, ours {t_ours * 1e3:.0f} ms, "
           f"kornia stock {t_stock * 1e3:.0f} ms")  # fmt: skip
     print(f"RATIO ours / OpenCV time: {t_ours / t_cv:.2f}  (target <= 3.0)")
@@ -125,10 +112,10 @@ def main() -> None:
     layer = torch.rand(side, side, 16)
     sigma = 1.946
     kernel = gaussian_kernel1d(sigma, layer.device, layer.dtype)
-    t_dw = timed(lambda: _blur(layer, kernel), repeats)
+    t_dw = best_time(lambda: _blur(layer, kernel), repeats)
     nchw = layer.permute(2, 0, 1).unsqueeze(1).contiguous()
     k = kernel.numel()
-    t_kb = timed(lambda: kornia.filters.gaussian_blur2d(nchw, (k, k), (sigma, sigma), "reflect"), repeats)
+    t_kb = best_time(lambda: kornia.filters.gaussian_blur2d(nchw, (k, k), (sigma, sigma), "reflect"), repeats)
     print(f"blur 16x{side}x{side}, {k} taps: depthwise channels-last {t_dw * 1e3:.1f} ms, "
           f"kornia.filters.gaussian_blur2d {t_kb * 1e3:.1f} ms (x{t_kb / t_dw:.1f})")  # fmt: skip
 
@@ -138,7 +125,7 @@ def main() -> None:
             return
         gpu = images.to(args.device)
         torch.testing.assert_close(count_keypoints(gpu, args.patch).cpu(), count_keypoints(images, args.patch))
-        t_gpu = timed(lambda: count_keypoints(gpu, args.patch), repeats)
+        t_gpu = best_time(lambda: count_keypoints(gpu, args.patch), repeats)
         print(f"CUDA {torch.cuda.get_device_name()}: {t_gpu / batch * 1e3:.2f} ms per image (batch {batch})")
 
 

@@ -129,7 +129,7 @@ def _read_idx(path: Path) -> np.ndarray:
         data = f.read()
     ndim = data[3]
     dims = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
-    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
+    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims).copy()  # writable
 
 
 def load_fashion_mnist(split: str = "test", root: str | Path | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -160,7 +160,8 @@ def fashion_mnist_to_model_size(images: np.ndarray | torch.Tensor, size: int = D
     This is the image "as the model sees it": keypoints are counted on it, and
     the default model takes it after normalisation.
     """
-    x = torch.as_tensor(np.asarray(images)).float().unsqueeze(1) / 255.0
+    x = images if isinstance(images, torch.Tensor) else torch.from_numpy(np.array(images, dtype=np.uint8))
+    x = x.float().unsqueeze(1) / 255.0
     x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
     return (x.clamp(0, 1) * 255).round() / 255
 
@@ -246,7 +247,7 @@ def default_dataset(limit: int | None = None, full: bool = False) -> tuple[torch
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
             raise CaptumSiftError(f"expected limit to be an int >= 1, got {limit!r}")
         images, labels = images[:limit], labels[:limit]
-    return fashion_mnist_to_model_size(images), torch.as_tensor(np.asarray(labels)).long()
+    return fashion_mnist_to_model_size(images), torch.from_numpy(np.array(labels, dtype=np.int64))
 
 
 # -- image folders -------------------------------------------------------------------

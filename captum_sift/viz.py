@@ -100,6 +100,16 @@ def plot_keypoints(
     return ax
 
 
+def _grid(n: int, ncols: int) -> tuple[Figure, list[Axes]]:
+    """A figure with one axes per image in rows of ``ncols``; spare axes switched off."""
+    ncols = max(1, min(ncols, n))
+    nrows = math.ceil(n / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.2 * ncols, 3.4 * nrows), squeeze=False)
+    for ax in axes.flat[n:]:
+        ax.axis("off")
+    return fig, list(axes.flat[:n])
+
+
 def plot_keypoints_grid(
     images: torch.Tensor,
     keypoints: list[torch.Tensor],
@@ -112,14 +122,8 @@ def plot_keypoints_grid(
     images = check_images(images)
     if len(keypoints) != images.shape[0]:
         raise CaptumSiftError(f"expected {images.shape[0]} keypoint tensors (one per image), got {len(keypoints)}")
-    n = images.shape[0]
-    ncols = max(1, min(ncols, n))
-    nrows = math.ceil(n / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(3.2 * ncols, 3.4 * nrows), squeeze=False)
-    for i, ax in enumerate(axes.flat):
-        if i >= n:
-            ax.axis("off")
-            continue
+    fig, axes = _grid(images.shape[0], ncols)
+    for i, ax in enumerate(axes):
         title = None
         if titles is not None:
             title = f"{titles[i]}: {keypoints[i].shape[0]} keypoints"
@@ -278,14 +282,8 @@ def overlay(
     if not isinstance(attributions, torch.Tensor) or attributions.shape != images.shape:
         shape = tuple(attributions.shape) if isinstance(attributions, torch.Tensor) else type(attributions).__name__
         raise CaptumSiftError(f"expected attributions of the images' shape {tuple(images.shape)}, got {shape}")
-    n = images.shape[0]
-    ncols = max(1, min(ncols, n))
-    nrows = math.ceil(n / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(3.2 * ncols, 3.3 * nrows), squeeze=False)
-    for i, ax in enumerate(axes.flat):
-        if i >= n:
-            ax.axis("off")
-            continue
+    fig, axes = _grid(images.shape[0], ncols)
+    for i, ax in enumerate(axes):
         attr = attributions[i].detach().cpu().double()
         if minmax:
             span = attr.max() - attr.min()

@@ -10,6 +10,11 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def run_script(path: str, *args: str) -> subprocess.CompletedProcess:
+    """Run an example or benchmark script as a user would, with this Python."""
+    return subprocess.run([sys.executable, str(ROOT / path), *args], capture_output=True, text=True, timeout=600)
+
+
 def _readme_commands() -> list[str]:
     text = (ROOT / "README.md").read_text()
     setup = text.split("## Set up", 1)[1].split("\n## ", 1)[0]
@@ -34,24 +39,14 @@ def test_ci_runs_the_readme_test_command():
 
 def test_example_runs_as_written(tmp_path):
     out = tmp_path / "kp.png"
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "examples" / "count_keypoints.py"), "--quick", "--out", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    result = run_script("examples/count_keypoints.py", "--quick", "--out", str(out))
     assert result.returncode == 0, result.stderr
     assert "astronaut:" in result.stdout and out.stat().st_size > 10_000
 
 
 def test_benchmark_quick_mode_prints_the_ratios():
     pytest.importorskip("cv2")
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "keypoints.py"), "--quick"],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    result = run_script("benchmarks/keypoints.py", "--quick")
     assert result.returncode == 0, result.stderr
     rho = float(re.search(r"ours  vs OpenCV: median Spearman rho ([\d.]+)", result.stdout).group(1))
     assert rho >= 0.95
@@ -59,24 +54,14 @@ def test_benchmark_quick_mode_prints_the_ratios():
 
 
 def test_analysis_benchmark_quick_mode_prints_ratio_and_memory():
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "analysis.py"), "--quick"],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    result = run_script("benchmarks/analysis.py", "--quick")
     assert result.returncode == 0, result.stderr
     assert re.search(r"RATIO analysis / forward time \[vit_tiny_patch16_224\]: [\d.]+", result.stdout)
     assert re.search(r"MEMORY extra peak of the analysis \[vit_tiny_patch16_224\]: -?[\d.]+ MiB", result.stdout)
 
 
 def test_analysis_example_runs_as_written(tmp_path):
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "examples" / "analyze_vit.py"), "--quick", "--out", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    result = run_script("examples/analyze_vit.py", "--quick", "--out", str(tmp_path))
     assert result.returncode == 0, result.stderr
     names = {"interrelation.png", "focus_index.png", "stages.png", "heatmaps.png", "report.json", "per_layer_head.csv"}
     assert names <= {p.name for p in tmp_path.iterdir()}
@@ -85,22 +70,12 @@ def test_analysis_example_runs_as_written(tmp_path):
 
 def test_captum_quickstart_runs_as_written(tmp_path):
     out = tmp_path / "qs.png"
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "examples" / "captum_quickstart.py"), "--quick", "--out", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    result = run_script("examples/captum_quickstart.py", "--quick", "--out", str(out))
     assert result.returncode == 0, result.stderr
     assert "Spearman rho(theta, FeatureAblation)" in result.stdout and out.stat().st_size > 10_000
 
 
 def test_attribution_benchmark_quick_mode():
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "attribution.py"), "--quick"],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    result = run_script("benchmarks/attribution.py", "--quick")
     assert result.returncode == 0, result.stderr
     assert re.search(r"RATIO SIFTInterrelation / forward: [\d.]+", result.stdout)

@@ -97,11 +97,7 @@ class MaskedAutoencoder(nn.Module):
         generator: torch.Generator | None = None,
         noise: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        enc = self.encoder
-        x = enc.patch_embed(images)
-        if x.dim() == 4:  # NHWC output formats
-            x = x.flatten(1, 2)
-        x = x + enc.pos_embed[:, 1:]
+        x = self._patch_tokens(images)
         if self.masking == "guided":
             if keypoint_counts is None or key_share is None:
                 raise CaptumSiftError("guided masking needs keypoint_counts and key_share")
@@ -111,9 +107,20 @@ class MaskedAutoencoder(nn.Module):
             )  # fmt: skip
         else:
             x, mask, ids_restore = random_masking(x, self.mask_ratio, generator=generator, noise=noise)
-        cls = (enc.cls_token + enc.pos_embed[:, :1]).expand(x.shape[0], -1, -1)
-        x = enc.norm(enc.blocks(torch.cat([cls, x], dim=1)))
-        return x, mask, ids_restore
+        return self._encode(x), mask, ids_restore
+
+    def _patch_tokens(self, images: torch.Tensor) -> torch.Tensor:
+        """Patch embeddings plus their position embeddings, (B, N, D): what MAE masks."""
+        x = self.encoder.patch_embed(images)
+        if x.dim() == 4:  # NHWC output formats
+            x = x.flatten(1, 2)
+        return x + self.encoder.pos_embed[:, 1:]
+
+    def _encode(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The class token (with its position) in front of the visible tokens, through the blocks and norm."""
+        enc = self.encoder
+        cls = (enc.cls_token + enc.pos_embed[:, :1]).expand(tokens.shape[0], -1, -1)
+        return enc.norm(enc.blocks(torch.cat([cls, tokens], dim=1)))
 
     def forward_decoder(self, latent: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:
         x = self.decoder_embed(latent)
@@ -151,11 +158,4 @@ class MaskedAutoencoder(nn.Module):
     @torch.no_grad()
     def features(self, images: torch.Tensor) -> torch.Tensor:
         """Frozen-encoder features for a linear probe: the mean of the patch tokens, all patches visible."""
-        enc = self.encoder
-        x = enc.patch_embed(images)
-        if x.dim() == 4:
-            x = x.flatten(1, 2)
-        x = x + enc.pos_embed[:, 1:]
-        cls = (enc.cls_token + enc.pos_embed[:, :1]).expand(x.shape[0], -1, -1)
-        x = enc.norm(enc.blocks(torch.cat([cls, x], dim=1)))
-        return x[:, 1:].mean(dim=1)
+        return self._encode(self._patch_tokens(images))[:, 1:].mean(dim=1)
