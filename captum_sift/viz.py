@@ -322,7 +322,7 @@ def plot_mask_grid(
 
     pixels = check_images(image.unsqueeze(0) if image.dim() == 3 else image, "image")
     scores = scores.reshape(1, -1).to(pixels.device)
-    fig, axes = plt.subplots(2, len(ratios), figsize=(2.2 * len(ratios), 5.0), squeeze=False)
+    fig, axes = plt.subplots(2, len(ratios), figsize=(2.2 * len(ratios), 5.4), squeeze=False)
     for row, mode in enumerate(("top", "bottom")):
         for col, ratio in enumerate(ratios):
             masked = mask_images(pixels, select_patches(scores, ratio, mode), patch_size, fill)
@@ -333,7 +333,7 @@ def plot_mask_grid(
             label = f"{mode.capitalize()} {ratio:.0%}"
             if table is not None and (mode, ratio) in table.cells:
                 label += f"\nacc {table.accuracy(mode, ratio):.3f}"
-            ax.set_xlabel(label, fontsize=8)
+            ax.set_title(label, fontsize=8)
     if table is not None:
         fig.suptitle(f"unmasked accuracy {table.baseline['accuracy']:.3f} (n = {table.total})", fontsize=9)
     fig.tight_layout()

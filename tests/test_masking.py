@@ -178,7 +178,7 @@ def test_mask_figures(model, pixels):
     assert list(top.get_ydata()) == [table.accuracy("top", 0.25), table.accuracy("top", 0.5)]
     scores = patch_scores(model, x)
     fig = viz.plot_mask_grid(pixels[0], scores[0], 16, ratios=(0.25, 0.5), table=table)
-    assert len(fig.axes) == 4 and "acc" in fig.axes[0].get_xlabel()
+    assert len(fig.axes) == 4 and "acc" in fig.axes[0].get_title() and "Bottom" in fig.axes[2].get_title()
     # the Top 25 % panel shows exactly 4 gray patches
     shown = torch.tensor(fig.axes[0].get_images()[0].get_array())
     gray = (shown == 0.5).all(dim=-1).float().view(4, 16, 4, 16).mean(dim=(1, 3))
