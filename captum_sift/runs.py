@@ -97,7 +97,7 @@ def load_data(args: argparse.Namespace, model: nn.Module) -> tuple[Any, str]:
     from .attention import patch_size_of
     from .data import DEFAULT_IMG_SIZE, ImageFolder, default_dataset
 
-    channels = int(getattr(getattr(model, "patch_embed", None), "proj", nn.Conv2d(3, 1, 1)).in_channels)
+    channels = int(getattr(getattr(model.patch_embed, "proj", None), "in_channels", 3))
     size = args.img_size or int(getattr(model, "pretrained_cfg", {}).get("input_size", (3, 224, 224))[-1])
     patch_size_of(model)
     if args.images is not None:

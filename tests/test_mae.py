@@ -121,7 +121,7 @@ def test_one_training_step_lowers_the_loss_on_a_fixed_batch():
     optimizer.step()
     with torch.no_grad():
         after = loss()
-    assert float(after) < float(before)
+    assert after.item() < before.item()
 
 
 def test_patchify_and_loss_by_hand():
