@@ -94,12 +94,12 @@ class _InMemory:
 
 def load_data(args: argparse.Namespace, model: nn.Module) -> tuple[Any, str]:
     """The data source the options name (lazy for folders), and a description."""
-    from .attention import patch_size_of
+    from .attention import _blocks
     from .data import DEFAULT_IMG_SIZE, ImageFolder, default_dataset
 
+    _blocks(model)  # a clear error for a model that is not a ViT
     channels = int(getattr(getattr(model.patch_embed, "proj", None), "in_channels", 3))
     size = args.img_size or int(getattr(model, "pretrained_cfg", {}).get("input_size", (3, 224, 224))[-1])
-    patch_size_of(model)
     if args.images is not None:
         return ImageFolder(args.images, size, channels), f"image folder {args.images}"
     images, labels = default_dataset(full=args.data == "fashion-mnist-full")

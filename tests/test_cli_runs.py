@@ -49,6 +49,7 @@ def test_mask_eval_writes_table_and_figures(tmp_path, image_folder):
         (["--model", "vit_tiny_patch16_224", "--img-size", "60"], "multiples of its patch size 16"),
         (["--checkpoint", "/no/such.pt"], "checkpoint not found"),
         (["--limit", "0"], "--limit >= 1"),
+        (["--model", "resnet18"], "expected a timm Vision Transformer"),
     ],
 )
 def test_clear_one_line_errors(tmp_path, capsys, args, message):
