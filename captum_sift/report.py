@@ -216,16 +216,46 @@ class InterrelationReport:
         return cls.from_dict(json.loads(Path(path).read_text()))
 
     def save_csv(self, path: str | Path) -> None:
-        """One row per layer x head: the means of every quantity and the image counts."""
+        """One row per layer x head: the means of every quantity, the image counts, and the exact sums.
+
+        The sums (written with full precision), the image count, grid and
+        settings make the file loadable by :meth:`load_csv` (without per-image data).
+        """
         with open(path, "w", newline="") as f:
             writer = csv.writer(f)
-            writer.writerow(["layer", "head", *QUANTITIES, "images_kk", "images_nk", "images_focus"])
+            writer.writerow(["layer", "head", *QUANTITIES, *(f"images_{n}" for n in STORED),
+                             *(f"sum_{n}" for n in STORED), "num_images", "grid_h", "grid_w", "settings"])  # fmt: skip
             means = {n: self.mean(n) for n in QUANTITIES}
+            settings = json.dumps(self.settings, sort_keys=True)
             for li, layer in enumerate(self.layers):
                 for head in range(self.num_heads):
                     row = [layer, head, *(f"{float(means[n][li, head]):.6g}" for n in QUANTITIES)]
                     row += [int(self.counts[n][li, head]) for n in STORED]
+                    row += [repr(float(self.sums[n][li, head])) for n in STORED]
+                    row += [self.num_images, *self.grid_size, settings]
                     writer.writerow(row)
+
+    @classmethod
+    def load_csv(cls, path: str | Path) -> InterrelationReport:
+        """Read a report written by :meth:`save_csv`: data-set sums and counts, no per-image data."""
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+        if not rows or "sum_kk" not in rows[0]:
+            raise CaptumSiftError(f"expected a CSV written by InterrelationReport.save_csv, got {path}")
+        layers = sorted({int(r["layer"]) for r in rows})
+        heads = max(int(r["head"]) for r in rows) + 1
+        sums = {n: torch.zeros(len(layers), heads, dtype=torch.float64) for n in STORED}
+        counts = {n: torch.zeros(len(layers), heads, dtype=torch.long) for n in STORED}
+        for r in rows:
+            li, head = layers.index(int(r["layer"])), int(r["head"])
+            for n in STORED:
+                sums[n][li, head] = float(r[f"sum_{n}"])
+                counts[n][li, head] = int(r[f"images_{n}"])
+        first = rows[0]
+        return cls(
+            layers=layers, num_heads=heads, grid_size=(int(first["grid_h"]), int(first["grid_w"])),
+            settings=json.loads(first["settings"]), sums=sums, counts=counts, num_images=int(first["num_images"]),
+        )  # fmt: skip
 
     def __repr__(self) -> str:
         return (

@@ -93,6 +93,11 @@ def test_merged_reports_equal_one_big_batch(model, pixels, counts, tmp_path):
     whole.save_csv(tmp_path / "r.csv")
     lines = (tmp_path / "r.csv").read_text().splitlines()
     assert len(lines) == 1 + 4 * 3 and lines[0].startswith("layer,head,kk,kn,nk,nn")
+    from_csv = InterrelationReport.load_csv(tmp_path / "r.csv")
+    assert not from_csv.has_per_image and from_csv.settings == whole.settings and from_csv.layers == whole.layers
+    for name in ("sums", "counts"):
+        for key in ("kk", "nk", "focus"):
+            assert torch.equal(getattr(from_csv, name)[key], getattr(whole, name)[key])  # exact round trip
     with pytest.raises(CaptumSiftError, match="same layers"):
         whole.merge(analyze(model, pixels[:1], counts[:1], image_space="pixel", layers=[0, 1]))
 
