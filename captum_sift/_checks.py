@@ -2,9 +2,30 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from .errors import CaptumSiftError
+
+
+def shape_of(value: object) -> object:
+    """What to print for a value that should have been a tensor: its shape, else its type name."""
+    return tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+
+
+def check_min_keypoints(min_keypoints: object) -> int:
+    """The Key bar: an int >= 1."""
+    if isinstance(min_keypoints, bool) or not isinstance(min_keypoints, int) or min_keypoints < 1:
+        raise CaptumSiftError(f"expected min_keypoints to be an int >= 1, got {min_keypoints!r}")
+    return min_keypoints
+
+
+def check_gamma(gamma: object) -> float:
+    """The detection-line height of eq. 2: a finite number > 0."""
+    if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not math.isfinite(gamma) or gamma <= 0:
+        raise CaptumSiftError(f"expected gamma > 0, got {gamma!r}")
+    return float(gamma)
 
 
 def check_images(images: object, name: str = "images") -> torch.Tensor:

@@ -8,7 +8,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from ._checks import check_images
+from ._checks import check_gamma, check_images, check_min_keypoints, shape_of
 from .attention import _blocks, iter_attention, model_grid, num_prefix_tokens, patch_size_of
 from .errors import CaptumSiftError
 from .functional import _check_counts, focus_index, interrelation, patch_block, patch_theta
@@ -119,13 +119,10 @@ def analyze(
     """
     blocks = _blocks(model)
     layer_list = resolve_layers(layers, len(blocks))
-    if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not gamma > 0 or gamma == float("inf"):
-        raise CaptumSiftError(f"expected gamma > 0, got {gamma!r}")
-    if isinstance(min_keypoints, bool) or not isinstance(min_keypoints, int) or min_keypoints < 1:
-        raise CaptumSiftError(f"expected min_keypoints to be an int >= 1, got {min_keypoints!r}")
+    check_gamma(gamma)  # checked before the forward pass, not at its first layer
+    check_min_keypoints(min_keypoints)
     if not isinstance(images, torch.Tensor) or images.dim() != 4:
-        shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
-        raise CaptumSiftError(f"expected images of shape (B, C, H, W), got {shape}")
+        raise CaptumSiftError(f"expected images of shape (B, C, H, W), got {shape_of(images)}")
     if images.shape[0] == 0:
         raise CaptumSiftError(f"expected at least one image, got shape {tuple(images.shape)}")
     grid = model_grid(model, images)

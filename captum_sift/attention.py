@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ._checks import shape_of
 from .errors import CaptumSiftError
 
 __all__ = ["iter_attention", "model_grid", "num_prefix_tokens", "patch_size_of"]
@@ -152,8 +153,7 @@ def iter_attention(model: nn.Module, images: torch.Tensor) -> Iterator[tuple[int
     """
     blocks = _blocks(model)
     if not isinstance(images, torch.Tensor) or images.dim() != 4:
-        shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
-        raise CaptumSiftError(f"expected images of shape (B, C, H, W), got {shape}")
+        raise CaptumSiftError(f"expected images of shape (B, C, H, W), got {shape_of(images)}")
     if not images.is_floating_point() or not bool(torch.isfinite(images).all()):
         raise CaptumSiftError("expected finite floating-point images")
     grid = model_grid(model, images)

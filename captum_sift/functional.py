@@ -12,6 +12,7 @@ from typing import NamedTuple
 
 import torch
 
+from ._checks import check_gamma, check_min_keypoints, shape_of
 from .errors import CaptumSiftError
 
 __all__ = ["Interrelation", "focus_index", "interrelation", "patch_block", "patch_theta"]
@@ -75,12 +76,6 @@ def _check_counts(keypoint_counts: torch.Tensor, batch: int, num_patches: int) -
     return counts
 
 
-def _check_min_keypoints(min_keypoints: object) -> int:
-    if isinstance(min_keypoints, bool) or not isinstance(min_keypoints, int) or min_keypoints < 1:
-        raise CaptumSiftError(f"expected min_keypoints to be an int >= 1, got {min_keypoints!r}")
-    return min_keypoints
-
-
 def patch_theta(
     attn_patch: torch.Tensor,
     keypoint_counts: torch.Tensor,
@@ -129,9 +124,8 @@ def patch_theta(
     _check_attention(attn_patch, "attn_patch")
     batch, _, n, _ = attn_patch.shape
     counts = _check_counts(keypoint_counts, batch, n).to(device=attn_patch.device, dtype=attn_patch.dtype)
-    min_keypoints = _check_min_keypoints(min_keypoints)
-    if not (isinstance(gamma, (int, float)) and math.isfinite(gamma) and gamma > 0):
-        raise CaptumSiftError(f"expected gamma > 0, got {gamma!r}")
+    min_keypoints = check_min_keypoints(min_keypoints)
+    gamma = check_gamma(gamma)
     line = attn_patch.mean(dim=-1, keepdim=True) * gamma  # (B, h, N, 1): eq. 2
     attended = attn_patch >= line  # S_i, (B, h, N, N)
     if not include_self:
@@ -180,11 +174,10 @@ def interrelation(theta: torch.Tensor, keypoint_counts: torch.Tensor, min_keypoi
         tensor([[nan]])
     """
     if not isinstance(theta, torch.Tensor) or theta.dim() != 3:
-        shape = tuple(theta.shape) if isinstance(theta, torch.Tensor) else type(theta).__name__
-        raise CaptumSiftError(f"expected theta of shape (B, heads, N), got {shape}")
+        raise CaptumSiftError(f"expected theta of shape (B, heads, N), got {shape_of(theta)}")
     batch, _, n = theta.shape
     counts = _check_counts(keypoint_counts, batch, n).to(theta.device)
-    is_key = (counts >= _check_min_keypoints(min_keypoints)).unsqueeze(1)  # (B, 1, N)
+    is_key = (counts >= check_min_keypoints(min_keypoints)).unsqueeze(1)  # (B, 1, N)
     valid = ~torch.isnan(theta)
 
     def class_mean(start: torch.Tensor) -> torch.Tensor:

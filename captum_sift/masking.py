@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ._checks import shape_of
 from .analysis import LayerChoice, _split_spaces, analysis_layers, analyze, patch_scores_from_report
 from .attention import _blocks, _eval_mode, model_grid, num_prefix_tokens, patch_size_of
 from .attr.sift_interrelation import patch_scores_to_pixels
@@ -70,8 +71,7 @@ def num_masked(ratio: float, num_patches: int) -> int:
 
 def _check_2d(name: str, value: object) -> torch.Tensor:
     if not isinstance(value, torch.Tensor) or value.dim() != 2:
-        shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
-        raise CaptumSiftError(f"expected {name} of shape (B, N), got {shape}")
+        raise CaptumSiftError(f"expected {name} of shape (B, N), got {shape_of(value)}")
     return value
 
 
@@ -162,8 +162,7 @@ def mask_images(
         - output: (B, C, H, W)
     """
     if not isinstance(images, torch.Tensor) or images.dim() != 4 or not images.is_floating_point():
-        shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
-        raise CaptumSiftError(f"expected float images of shape (B, C, H, W), got {shape}")
+        raise CaptumSiftError(f"expected float images of shape (B, C, H, W), got {shape_of(images)}")
     selected = _check_2d("selected", selected)
     if isinstance(patch_size, bool) or not isinstance(patch_size, int) or patch_size < 1:
         raise CaptumSiftError(f"expected patch_size to be an int >= 1, got {patch_size!r}")

@@ -12,7 +12,7 @@ import torch  # noqa: E402
 from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from ._checks import check_images, check_patch_size  # noqa: E402
+from ._checks import check_images, check_patch_size, shape_of  # noqa: E402
 from .errors import CaptumSiftError  # noqa: E402
 from .keypoints import keypoints_to_counts  # noqa: E402
 
@@ -280,8 +280,9 @@ def overlay(
 
     images = check_images(images)
     if not isinstance(attributions, torch.Tensor) or attributions.shape != images.shape:
-        shape = tuple(attributions.shape) if isinstance(attributions, torch.Tensor) else type(attributions).__name__
-        raise CaptumSiftError(f"expected attributions of the images' shape {tuple(images.shape)}, got {shape}")
+        raise CaptumSiftError(
+            f"expected attributions of the images' shape {tuple(images.shape)}, got {shape_of(attributions)}"
+        )
     fig, axes = _grid(images.shape[0], ncols)
     for i, ax in enumerate(axes):
         attr = attributions[i].detach().cpu().double()

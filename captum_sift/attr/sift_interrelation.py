@@ -8,6 +8,7 @@ import torch
 from captum.attr import Attribution
 from torch import nn
 
+from .._checks import shape_of
 from ..analysis import LayerChoice, analysis_layers, analyze, patch_scores_from_report
 from ..attention import _blocks, model_grid, patch_size_of
 from ..errors import CaptumSiftError
@@ -149,7 +150,6 @@ class SIFTInterrelation(Attribution):
         if isinstance(inputs, tuple):
             inputs = inputs[0]
         if not isinstance(inputs, torch.Tensor) or inputs.dim() != 4:
-            shape = tuple(inputs.shape) if isinstance(inputs, torch.Tensor) else type(inputs).__name__
-            raise CaptumSiftError(f"expected inputs of shape (B, C, H, W), got {shape}")
+            raise CaptumSiftError(f"expected inputs of shape (B, C, H, W), got {shape_of(inputs)}")
         model_grid(self.model, inputs)
         return patch_feature_mask(inputs.shape[2], inputs.shape[3], patch_size_of(self.model), inputs.device)

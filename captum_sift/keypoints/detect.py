@@ -7,7 +7,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from .._checks import check_images, check_patch_size
+from .._checks import check_images, check_min_keypoints, check_patch_size
 from ..errors import CaptumSiftError
 from ._opencv import detect_opencv
 from ._scale_space import SiftParams, Workspace, detect_chunk
@@ -215,8 +215,7 @@ def count_keypoints(
     images = check_images(images)
     grid_h, grid_w = images.shape[2], images.shape[3]
     patch_size = check_patch_size(patch_size, grid_h, grid_w)
-    if isinstance(min_keypoints, bool) or not isinstance(min_keypoints, int) or min_keypoints < 1:
-        raise CaptumSiftError(f"expected min_keypoints to be an int >= 1, got {min_keypoints!r}")
+    check_min_keypoints(min_keypoints)
     grid_h, grid_w = grid_h // patch_size, grid_w // patch_size
     if images.shape[0] == 0:
         return torch.zeros(0, grid_h, grid_w, dtype=torch.long, device=images.device)

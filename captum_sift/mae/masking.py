@@ -7,8 +7,9 @@ from dataclasses import dataclass
 
 import torch
 
+from .._checks import check_min_keypoints, shape_of
 from ..errors import CaptumSiftError
-from ..functional import _check_counts, _check_min_keypoints
+from ..functional import _check_counts
 
 __all__ = ["KeyShareSchedule", "guided_masking", "mask_counts", "random_masking"]
 
@@ -21,8 +22,7 @@ def _num_masked(mask_ratio: float, n: int) -> int:
 
 def _check_tokens(x: torch.Tensor) -> None:
     if not isinstance(x, torch.Tensor) or x.dim() != 3:
-        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-        raise CaptumSiftError(f"expected patch tokens x of shape (B, N, D), got {shape}")
+        raise CaptumSiftError(f"expected patch tokens x of shape (B, N, D), got {shape_of(x)}")
 
 
 def _shuffle(
@@ -44,8 +44,7 @@ def _noise(x: torch.Tensor, generator: torch.Generator | None, noise: torch.Tens
         device = generator.device if generator is not None else "cpu"
         return torch.rand(2, b, n, generator=generator, device=device).to(x.device)
     if not isinstance(noise, torch.Tensor) or tuple(noise.shape) != (2, b, n):
-        shape = tuple(noise.shape) if isinstance(noise, torch.Tensor) else type(noise).__name__
-        raise CaptumSiftError(f"expected noise of shape (2, B, N) = (2, {b}, {n}), got {shape}")
+        raise CaptumSiftError(f"expected noise of shape (2, B, N) = (2, {b}, {n}), got {shape_of(noise)}")
     return noise.to(x.device)
 
 
@@ -131,7 +130,7 @@ def guided_masking(
     n_mask = _num_masked(mask_ratio, n)
     if isinstance(key_share, bool) or not isinstance(key_share, (int, float)) or not 0.0 <= key_share <= 1.0:
         raise CaptumSiftError(f"expected key_share in [0, 1], got {key_share!r}")
-    is_key = counts >= _check_min_keypoints(min_keypoints)
+    is_key = counts >= check_min_keypoints(min_keypoints)
     n_key, n_non = mask_counts(is_key, n_mask, key_share)
     noise = _noise(x, generator, noise)
     # Rank every patch within its group (Key first, each group in random order) ...
