@@ -69,6 +69,16 @@ def num_masked(ratio: float, num_patches: int) -> int:
     return min(num_patches, math.floor(ratio * num_patches + 0.5))
 
 
+def check_plan(ratios: Sequence[float], modes: Sequence[str], name: str = "modes") -> tuple[list[float], list[str]]:
+    """Ratios as floats in [0, 1] and modes among :data:`MODES`, before any work is done."""
+    for ratio in ratios:
+        num_masked(ratio, 1)  # validates the range
+    for mode in modes:
+        if mode not in MODES:
+            raise CaptumSiftError(f"expected {name} among {MODES}, got {mode!r}")
+    return [float(r) for r in ratios], list(modes)
+
+
 def _check_2d(name: str, value: object) -> torch.Tensor:
     if not isinstance(value, torch.Tensor) or value.dim() != 2:
         raise CaptumSiftError(f"expected {name} of shape (B, N), got {shape_of(value)}")
@@ -355,9 +365,11 @@ def evaluate_batch(
 ) -> None:
     """Add one batch to ``table`` (the body of :func:`evaluate_masking`; the model in eval mode)."""
     image_space = score_kwargs.get("image_space", "model")
-    scores = patch_scores(model, images, **score_kwargs)
+    # θ needs the analysis and the keypoints: only when a ranked mode asks for it.
+    scores = patch_scores(model, images, **score_kwargs) if set(modes) - {"random"} else None
     model_input, _ = _split_spaces(model, images, image_space)
-    noise = random_scores(indices, scores.shape[1], seed).to(scores.device) if "random" in modes else None
+    grid = model_grid(model, images)
+    noise = random_scores(indices, grid[0] * grid[1], seed).to(images.device) if "random" in modes else None
     patch = patch_size_of(model)
     with torch.no_grad():
         base_ok = model(model_input).argmax(dim=1).cpu() == labels.cpu()
@@ -424,12 +436,7 @@ def evaluate_masking(
     """
     from tqdm.auto import tqdm
 
-    ratios = [float(r) for r in ratios]
-    for r in ratios:
-        num_masked(r, 1)  # validates the range
-    for mode in modes:
-        if mode not in MODES:
-            raise CaptumSiftError(f"expected modes among {MODES}, got {mode!r}")
+    ratios, modes = check_plan(ratios, modes)
     _blocks(model)
     table = MaskingTable(settings={"fill": str(fill), "layers": str(layers), "gamma": gamma, "seed": seed})
     score_kwargs = {

@@ -178,11 +178,11 @@ class InterrelationReport:
             "num_images": self.num_images,
             "sums": {n: self.sums[n].tolist() for n in STORED},
             "counts": {n: self.counts[n].tolist() for n in STORED},
-            "means": {n: _nan_to_none(self.mean(n).tolist()) for n in QUANTITIES},
+            "means": {n: nan_to_none(self.mean(n).tolist()) for n in QUANTITIES},
             "extra": self.extra,
         }
         if per_image and self.has_per_image:
-            data["per_image"] = {n: _nan_to_none(getattr(self, n).tolist()) for n in _PER_IMAGE}
+            data["per_image"] = {n: nan_to_none(getattr(self, n).tolist()) for n in _PER_IMAGE}
         return data
 
     @classmethod
@@ -264,9 +264,12 @@ class InterrelationReport:
         )
 
 
-def _nan_to_none(value: Any) -> Any:
+def nan_to_none(value: Any) -> Any:
+    """JSON-ready copy of nested lists and dicts: NaN becomes null (JSON has no NaN)."""
+    if isinstance(value, dict):
+        return {k: nan_to_none(v) for k, v in value.items()}
     if isinstance(value, list):
-        return [_nan_to_none(v) for v in value]
+        return [nan_to_none(v) for v in value]
     return None if isinstance(value, float) and math.isnan(value) else value
 
 

@@ -23,6 +23,7 @@ from torch import nn
 from . import __version__
 from ._dist import all_reduce_sum, barrier, init_from_env
 from .errors import CaptumSiftError
+from .report import nan_to_none
 
 
 # -- model and data -------------------------------------------------------------------
@@ -294,21 +295,11 @@ def _write_analysis(run: Run, report, settings: dict[str, Any], skipped: list[li
         "layer_means": {n: report.layer_mean(n).tolist() for n in QUANTITIES},
         "sums": data["sums"], "counts": data["counts"], "stages": stage_info, "skipped_files": skipped,
     }  # fmt: skip
-    (out / "report.json").write_text(json.dumps(_json_safe(document), indent=1))
+    (out / "report.json").write_text(json.dumps(nan_to_none(document), indent=1))
     report.save_csv(out / "per_layer_head.csv")
     _write_index(out, "captum-sift analyze", document, figures)
     print(f"analysed {report.num_images} images; stages {stage_info.get('retrieval')}, "
           f"{stage_info.get('capture')}, {stage_info.get('coach')}; wrote {out}/index.html")  # fmt: skip
-
-
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, float) and value != value:
-        return None
-    return value
 
 
 def _write_index(out: Path, title: str, document: dict[str, Any], figures: dict[str, str]) -> None:
@@ -346,14 +337,9 @@ table{{border-collapse:collapse}} th,td{{border:1px solid #ccc;padding:2px 8px;t
 
 # -- mask-eval -----------------------------------------------------------------------
 def run_mask_eval(args: argparse.Namespace) -> None:
-    from .masking import MODES, MaskingTable, evaluate_batch, num_masked
+    from .masking import MaskingTable, check_plan, evaluate_batch
 
-    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
-    for mode in modes:
-        if mode not in MODES:
-            raise CaptumSiftError(f"expected --modes among {MODES}, got {mode!r}")
-    for ratio in args.ratios:
-        num_masked(ratio, 1)
+    args.ratios, modes = check_plan(args.ratios, [m.strip() for m in args.modes.split(",") if m.strip()], "--modes")
     fill: Any = args.fill if args.fill in ("mean", "blur", "drop") else _number(args.fill)
     run = setup(args)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -435,7 +421,7 @@ def _write_mask_eval(run: Run, table, settings: dict[str, Any], skipped: list[li
     plt.close("all")
     document = {"settings": settings, "versions": _versions(), "num_images": table.total, "rows": table.rows(),
                 "skipped_files": skipped, "table": str(table)}  # fmt: skip
-    (out / "report.json").write_text(json.dumps(_json_safe(document), indent=1))
+    (out / "report.json").write_text(json.dumps(nan_to_none(document), indent=1))
     _write_index(out, "captum-sift mask-eval", document, figures)
     print(table)
     print(f"wrote {out}/mask_eval.csv, mask_eval.png, masked_examples.png, index.html")

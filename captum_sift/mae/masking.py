@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -10,14 +9,16 @@ import torch
 from .._checks import check_min_keypoints, shape_of
 from ..errors import CaptumSiftError
 from ..functional import _check_counts
+from ..masking import num_masked
 
 __all__ = ["KeyShareSchedule", "guided_masking", "mask_counts", "random_masking"]
 
 
 def _num_masked(mask_ratio: float, n: int) -> int:
+    """round(mask_ratio * N) as in SPEC §7, with MAE's open range (0, 1)."""
     if isinstance(mask_ratio, bool) or not isinstance(mask_ratio, (int, float)) or not 0.0 < mask_ratio < 1.0:
         raise CaptumSiftError(f"expected mask_ratio in (0, 1), got {mask_ratio!r}")
-    return min(n, math.floor(mask_ratio * n + 0.5))
+    return num_masked(mask_ratio, n)
 
 
 def _check_tokens(x: torch.Tensor) -> None:
@@ -69,7 +70,7 @@ def mask_counts(is_key: torch.Tensor, n_mask: int, key_share: float) -> tuple[to
     """(n_key, n_non) masked per image (SPEC §8): round(key_share * n) Key, the rest Non-key, with spill-over."""
     available_key = is_key.sum(dim=1)
     available_non = is_key.shape[1] - available_key
-    want_key = math.floor(key_share * n_mask + 0.5)
+    want_key = num_masked(key_share, n_mask)
     n_key = torch.clamp(torch.full_like(available_key, want_key), max=available_key)
     n_non = torch.clamp(n_mask - n_key, max=available_non)
     n_key = n_mask - n_non  # a group too small: the rest comes from the other one
