@@ -83,10 +83,7 @@ def cached_keypoint_counts(
         path = Path(cache_dir) / f"keypoints-{dataset}-{images.shape[-1]}px-p{patch_size}-{digest[:16]}.pt"
         if path.exists():
             return torch.load(path, weights_only=True)
-    counts = torch.cat(
-        [count_keypoints(images[i : i + 256], patch_size, **detector) for i in range(0, len(images), 256)]
-    )
-    counts = counts.flatten(1)
+    counts = count_keypoints(images, patch_size, **detector).flatten(1)  # it works in chunks itself
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
