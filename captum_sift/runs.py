@@ -88,6 +88,10 @@ class _InMemory:
     def __len__(self) -> int:
         return self.images.shape[0]
 
+    @property
+    def size(self) -> int:
+        return self.images.shape[-1]
+
     def load(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor, list[int], list[tuple[str, str]]]:
         idx = torch.tensor(indices, dtype=torch.long)
         return self.images[idx], self.labels[idx], list(indices), []
@@ -230,16 +234,33 @@ def run_analyze(args: argparse.Namespace) -> None:
             report_dict = total.to_dict(per_image=False) if total is not None else None
             _save_partial(run, {"settings": settings, "batches_done": b + 1, "skipped": skipped, "report": report_dict})
     bar.close()
-    if total is None:
-        raise CaptumSiftError("no image could be analysed (all were unreadable or the selection is empty)")
+    if total is None:  # this rank read no image: it still takes part in the reduction
+        total = _empty_report(run)
     for name in STORED:  # float64 sums and int64 counts over ranks
         total.sums[name] = all_reduce_sum(total.sums[name], run.device)
         total.counts[name] = all_reduce_sum(total.counts[name], run.device)
     total.num_images = int(all_reduce_sum(torch.tensor([total.num_images]), run.device)[0])
+    if total.num_images == 0:  # the same on every rank, so no rank is left waiting
+        raise CaptumSiftError("no image could be analysed (all were unreadable or the selection is empty)")
     skipped = _gather_skipped(skipped)
     if run.main:
         _write_analysis(run, total, settings, skipped)
     barrier()
+
+
+def _empty_report(run: Run):
+    """A report of no image with this run's layers, heads and grid (zero sums and counts)."""
+    from .attention import _blocks, patch_size_of
+    from .report import STORED, InterrelationReport
+
+    blocks = _blocks(run.model)
+    shape = (len(blocks), int(blocks[0].attn.num_heads))
+    side = run.source.size // patch_size_of(run.model)
+    return InterrelationReport(
+        layers=list(range(len(blocks))), num_heads=shape[1], grid_size=(side, side), settings={}, num_images=0,
+        sums={n: torch.zeros(shape, dtype=torch.float64) for n in STORED},
+        counts={n: torch.zeros(shape, dtype=torch.long) for n in STORED},
+    )  # fmt: skip
 
 
 def _first_images(run: Run, n: int = 8) -> torch.Tensor:
@@ -372,6 +393,8 @@ def run_mask_eval(args: argparse.Namespace) -> None:
                                     "baseline_correct": table.baseline_correct, "total": table.total})  # fmt: skip
     bar.close()
     _reduce_table(table, modes, args.ratios, run.device)
+    if table.total == 0:  # checked on every rank after the reduction, so no rank is left waiting
+        raise CaptumSiftError("no image could be evaluated (all were unreadable or the selection is empty)")
     skipped = _gather_skipped(skipped)
     if run.main:
         _write_mask_eval(run, table, settings, skipped)
@@ -404,8 +427,6 @@ def _write_mask_eval(run: Run, table, settings: dict[str, Any], skipped: list[li
     from .masking import patch_scores
 
     out = run.args.out
-    if table.total == 0:
-        raise CaptumSiftError("no image could be evaluated (all were unreadable or the selection is empty)")
     table.save_csv(out / "mask_eval.csv")
     viz.plot_mask_curve(table).figure.savefig(out / "mask_eval.png", dpi=110)
     figures = {"mask_eval.png": "accuracy vs mask ratio per mode, 95 % bands, unmasked baseline"}

@@ -115,3 +115,24 @@ def test_torchrun_two_processes_give_the_numbers_of_one(tmp_path, image_folder):
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
     assert (masks[0] / "mask_eval.csv").read_text() == (masks[1] / "mask_eval.csv").read_text()
+
+
+def test_torchrun_with_a_rank_that_reads_no_image(tmp_path, image_folder):
+    one, two = tmp_path / "one", tmp_path / "two"
+    common = ["--images", str(image_folder), *TINY, "--limit", "1"]  # rank 1 of 2 gets no image
+    assert main(["analyze", "--out", str(one), *common]) == 0
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "captum_sift", "analyze", "--out", str(two), *common]  # fmt: skip
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    a, b = _means(one), _means(two)
+    for name in a:
+        np.testing.assert_allclose(b[name], a[name], rtol=0, atol=1e-6)
+
+
+def test_no_readable_image_is_a_clear_error(tmp_path, capsys):
+    folder = tmp_path / "bad" / "a"
+    folder.mkdir(parents=True)
+    (folder / "x.png").write_bytes(b"not a png")
+    assert main(["analyze", "--out", str(tmp_path / "out"), "--images", str(folder.parent), *TINY]) == 2
+    assert "no image could be analysed" in capsys.readouterr().err
