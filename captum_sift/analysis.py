@@ -2,84 +2,97 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import Literal
+from collections.abc import Sequence
+from typing import Any, Literal
 
 import torch
 from torch import nn
 
-from ._checks import check_gamma, check_images, check_min_keypoints, shape_of
-from .attention import _blocks, iter_attention, model_grid, num_prefix_tokens, patch_size_of
+from ._checks import check_images, shape_of
 from .errors import CaptumSiftError
 from .functional import _check_counts, focus_index, interrelation, patch_block, patch_theta
 from .keypoints import count_keypoints
 from .report import InterrelationReport
+from .settings import LayerChoice, ThetaSettings, resolve_layers
+from .vit import ViTAdapter, as_vit
 
-__all__ = ["analyze", "model_normalization", "resolve_layers"]
+__all__ = ["analyze", "model_normalization", "resolve_layers", "to_model_and_pixels"]
 
-
-def resolve_layers(layers: int | Iterable[int] | None, depth: int) -> list[int]:
-    """Sorted, de-duplicated layer indices; negative indices count from the end."""
-    if layers is None:
-        return list(range(depth))
-    items = [layers] if isinstance(layers, int) else list(layers)
-    resolved = set()
-    for layer in items:
-        if isinstance(layer, bool) or not isinstance(layer, int) or not -depth <= layer < depth:
-            raise CaptumSiftError(
-                f"expected layer indices in [-{depth}, {depth}) for a {depth}-block model, got {layer!r}"
-            )
-        resolved.add(layer % depth)
-    if not resolved:
-        raise CaptumSiftError("expected at least one layer, got an empty selection")
-    return sorted(resolved)
+# Undoing the normalisation of a normalised image gives back [0, 1] up to rounding.
+_TOL = 1e-4
+# A normalised image whose normalisation is undone spans most of [0, 1]; raw pixels
+# taken for normalised ones, or other statistics, squeeze it into a narrow band.
+_MIN_SPAN = 0.5
 
 
-def model_normalization(model: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
-    """The model's input mean and std (timm's data config), each (3,)."""
-    from timm.data import resolve_model_data_config
-
-    config = resolve_model_data_config(model)
-    return torch.tensor(config["mean"]), torch.tensor(config["std"])
+def model_normalization(model: nn.Module | ViTAdapter) -> tuple[torch.Tensor, torch.Tensor]:
+    """The model's input mean and std, each (C,) (see :func:`captum_sift.vit.as_vit`)."""
+    vit = as_vit(model)
+    return torch.tensor(vit.mean), torch.tensor(vit.std)
 
 
-def _split_spaces(model: nn.Module, images: torch.Tensor, image_space: str) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(model input, pixel images in [0, 1] or None if they cannot be had exactly)."""
+def _stats_hint(vit: ViTAdapter) -> str:
+    return f"mean={list(vit.mean)}, std={list(vit.std)}"
+
+
+def check_model_space(vit: ViTAdapter, images: torch.Tensor) -> torch.Tensor:
+    """Pixels in [0, 1] behind model-space ``images``; a clear error when they cannot be normalised ones."""
+    mean, std = vit.stats(images)
+    pixels = images.detach() * std + mean
+    lo, hi = float(pixels.min()), float(pixels.max())
+    span = float((pixels.flatten(1).amax(1) - pixels.flatten(1).amin(1)).max())
+    advice = (
+        "if they are pixels in [0, 1], pass image_space='pixel'; if they were normalised with other "
+        "statistics, pass those as mean=/std=; or pass keypoint_counts counted on the pixel images"
+    )
+    if lo < -_TOL or hi > 1 + _TOL:
+        raise CaptumSiftError(
+            f"images given as model input (image_space='model') are not normalised with the model's statistics "
+            f"({_stats_hint(vit)}): undoing that normalisation gives values in [{lo:.3g}, {hi:.3g}], not [0, 1]; "
+            + advice
+        )
+    if span < _MIN_SPAN:
+        raise CaptumSiftError(
+            f"images given as model input (image_space='model') look un-normalised or normalised with other "
+            f"statistics than the model's ({_stats_hint(vit)}): undoing it squeezes every image into a band at most "
+            f"{span:.3f} wide (values in [{lo:.3g}, {hi:.3g}]); " + advice
+        )
+    return pixels.clamp(0, 1)
+
+
+def to_model_and_pixels(
+    vit: ViTAdapter, images: torch.Tensor, image_space: str, need_pixels: bool = True
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(model input, pixel images in [0, 1] or None when not needed) for images in ``image_space``."""
     if image_space not in ("model", "pixel"):
         raise CaptumSiftError(f"expected image_space 'model' or 'pixel', got {image_space!r}")
-    mean, std = model_normalization(model)
-    shape = (1, -1, 1, 1)
-    mean = mean.to(images.device, images.dtype).view(shape)
-    std = std.to(images.device, images.dtype).view(shape)
+    if not isinstance(images, torch.Tensor) or images.dim() != 4:
+        raise CaptumSiftError(f"expected images of shape (B, C, H, W), got {shape_of(images)}")
+    if images.shape[1] != vit.in_chans:
+        raise CaptumSiftError(f"expected {vit.in_chans}-channel images for this model, got shape {tuple(images.shape)}")
+    images = images.detach()
     if image_space == "pixel":
         pixels = check_images(images)
-        if pixels.shape[1] != mean.shape[1]:
-            raise CaptumSiftError(f"expected {mean.shape[1]}-channel images for this model, got {pixels.shape[1]}")
+        mean, std = vit.stats(pixels)
         return (pixels - mean) / std, pixels
-    pixels = images * std + mean
-    # Undoing timm's normalisation leaves rounding error only: anything more
-    # means the images were not normalised for this model.
-    tol = 1e-4
-    if bool(((pixels < -tol) | (pixels > 1 + tol)).any()):
-        return images, None
-    return images, pixels.clamp(0, 1)
+    if not images.is_floating_point() or not bool(torch.isfinite(images).all()):
+        raise CaptumSiftError("expected finite floating-point images")
+    return images, (check_model_space(vit, images) if need_pixels else None)
 
 
 def analyze(
-    model: nn.Module,
+    model: nn.Module | ViTAdapter,
     images: torch.Tensor,
     keypoint_counts: torch.Tensor | None = None,
+    settings: ThetaSettings | None = None,
     *,
-    gamma: float = 1.0,
-    weighted: bool = True,
-    include_self: bool = True,
-    min_keypoints: int = 1,
-    layers: int | Iterable[int] | None = None,
     image_space: Literal["model", "pixel"] = "model",
-    keypoint_backend: str = "kornia",
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
     query_patch: int | None = None,
+    **options: Any,
 ) -> InterrelationReport:
-    """Patch-interrelation analysis of a timm ViT on a batch (paper §3-4, SPEC §2-5).
+    """Patch-interrelation analysis of a ViT on a batch (paper §3-4, SPEC §2-5).
 
     One non-fused forward, streamed layer by layer (:func:`iter_attention`):
     for every analysed layer and head, θ_i (eq. 3), the classes θ_KK, θ_KN,
@@ -87,23 +100,23 @@ def analyze(
     layer's attention is alive at a time.
 
     Args:
-        model: a timm Vision Transformer (any prefix tokens, patch size, grid).
+        model: a timm, torchvision or Hugging Face ViT, or a
+            :class:`~captum_sift.vit.ViTAdapter` (any prefix tokens, patch
+            size, grid).
         images: a batch in the model's input space (``image_space="model"``,
-            normalised as timm's transforms do) or pixels in [0, 1]
-            (``image_space="pixel"``: normalised here with the model's
-            mean/std from its timm data config).
+            normalised with ``mean``/``std``) or pixels in [0, 1]
+            (``image_space="pixel"``: normalised here).
         keypoint_counts: t_j of every patch, (B, N) or (B, Gh, Gw). If None,
             :func:`~captum_sift.count_keypoints` counts them on the pixel
-            images (model-space images are un-normalised with the model's
-            mean/std first).
-        gamma: detection-line height (eq. 2), > 0.
-        weighted: weighted θ (eq. 3, default) or unweighted.
-        include_self: whether patch i may be in its own attended set.
-        min_keypoints: Key(j) <=> t_j >= min_keypoints.
-        layers: indices of the blocks to analyse (default all; negative count
-            from the end). Blocks after the last one are not run.
+            images (model-space images are un-normalised first; images that
+            cannot have been normalised with ``mean``/``std`` are refused).
+        settings: a :class:`~captum_sift.ThetaSettings` (gamma, weighted,
+            include_self, min_keypoints, layers, keypoint_backend); its
+            fields may also be given as keyword ``options``, which replace
+            them. A stage name as ``layers`` analyses every block.
         image_space: ``"model"`` or ``"pixel"``, see ``images``.
-        keypoint_backend: backend of :func:`~captum_sift.count_keypoints`.
+        mean, std: the model's input statistics per channel (default: the
+            adapter's, see :func:`~captum_sift.vit.as_vit`).
         query_patch: patch whose attention row is kept for Fig. 7b (default:
             the patch with the most keypoints of each image).
 
@@ -117,24 +130,18 @@ def analyze(
         >>> report.kk.shape, report.patch_theta.shape
         (torch.Size([2, 3, 3]), torch.Size([2, 3, 4]))
     """
-    blocks = _blocks(model)
-    layer_list = resolve_layers(layers, len(blocks))
-    check_gamma(gamma)  # checked before the forward pass, not at its first layer
-    check_min_keypoints(min_keypoints)
+    vit = as_vit(model, mean=mean, std=std)
+    theta_settings = ThetaSettings.resolve(settings, **options)
+    layer_list = theta_settings.layer_list(vit.depth)
     if not isinstance(images, torch.Tensor) or images.dim() != 4:
         raise CaptumSiftError(f"expected images of shape (B, C, H, W), got {shape_of(images)}")
     if images.shape[0] == 0:
         raise CaptumSiftError(f"expected at least one image, got shape {tuple(images.shape)}")
-    grid = model_grid(model, images)
+    grid = vit.grid(images)
     n = grid[0] * grid[1]
-    model_input, pixels = _split_spaces(model, images, image_space)
+    model_input, pixels = to_model_and_pixels(vit, images, image_space, need_pixels=keypoint_counts is None)
     if keypoint_counts is None:
-        if pixels is None:
-            raise CaptumSiftError(
-                "cannot count keypoints: images * std + mean with the model's normalisation is outside [0, 1]; "
-                "pass keypoint_counts, or pixel images with image_space='pixel'"
-            )
-        keypoint_counts = count_keypoints(pixels, patch_size_of(model), backend=keypoint_backend)
+        keypoint_counts = count_keypoints(pixels, vit.patch_size, backend=theta_settings.keypoint_backend)
     counts = _check_counts(keypoint_counts, images.shape[0], n).to(images.device).long()
     if query_patch is None:
         query = counts.argmax(dim=1)  # first patch with the most keypoints
@@ -142,17 +149,19 @@ def analyze(
         query = torch.full((images.shape[0],), query_patch, device=images.device)
     else:
         raise CaptumSiftError(f"expected query_patch in [0, {n}), got {query_patch!r}")
-    prefix = num_prefix_tokens(model)
+    prefix = vit.num_prefix_tokens
+    gamma, min_keypoints = theta_settings.gamma, theta_settings.min_keypoints
     wanted = set(layer_list)
     per_layer: dict[str, list[torch.Tensor]] = {k: [] for k in ("kk", "nk", "focus", "patch_theta", "query_attention")}
     rows = torch.arange(images.shape[0], device=images.device)
-    for index, attn in iter_attention(model, model_input):
+    for index, attn in vit.iter_attention(model_input):
         if index not in wanted:
             continue
         attn_patch = patch_block(attn.float(), prefix)  # (B, h, N, N)
         theta = patch_theta(
-            attn_patch, counts, gamma=gamma, weighted=weighted, include_self=include_self, min_keypoints=min_keypoints
-        )
+            attn_patch, counts, gamma=gamma, weighted=theta_settings.weighted,
+            include_self=theta_settings.include_self, min_keypoints=min_keypoints,
+        )  # fmt: skip
         classes = interrelation(theta, counts, min_keypoints)
         per_layer["kk"].append(classes.kk)
         per_layer["nk"].append(classes.nk)
@@ -165,18 +174,18 @@ def analyze(
     per_image = {k: torch.stack(v, dim=1) for k, v in per_layer.items()}
     per_image["keypoint_counts"] = counts
     per_image["query_patch"] = query
-    settings = {
-        "gamma": float(gamma),
-        "weighted": bool(weighted),
-        "include_self": bool(include_self),
-        "min_keypoints": int(min_keypoints),
+    report_settings = {
+        "gamma": gamma,
+        "weighted": theta_settings.weighted,
+        "include_self": theta_settings.include_self,
+        "min_keypoints": min_keypoints,
         "num_prefix_tokens": prefix,
-        "model": str(getattr(model, "pretrained_cfg", {}).get("architecture", type(model).__name__)),
+        "model": vit.name,
+        "family": vit.family,
     }
-    return InterrelationReport.from_per_image(layers=layer_list, grid_size=grid, settings=settings, per_image=per_image)
-
-
-LayerChoice = Literal["retrieval", "capture", "coach"] | int | Iterable[int] | None
+    return InterrelationReport.from_per_image(
+        layers=layer_list, grid_size=grid, settings=report_settings, per_image=per_image
+    )
 
 
 def patch_scores_from_report(report: InterrelationReport, layers: LayerChoice = None) -> torch.Tensor:
@@ -215,8 +224,3 @@ def patch_scores_from_report(report: InterrelationReport, layers: LayerChoice = 
     if missing:
         raise CaptumSiftError(f"expected layers among the analysed ones {report.layers}, got {missing}")
     return torch.nanmean(theta[:, [report.layers.index(layer) for layer in wanted]], dim=1)
-
-
-def analysis_layers(layers: LayerChoice, depth: int) -> list[int] | None:
-    """Blocks ``analyze`` must run for a layer choice (all of them for a stage name)."""
-    return None if layers is None or isinstance(layers, str) else resolve_layers(layers, depth)

@@ -22,11 +22,28 @@ from pathlib import Path
 
 from .errors import CaptumSiftError
 
+_DESCRIPTION = "The captum-sift command: explain Vision Transformers with SIFT keypoints and attention."
+
 
 def _add_model_data_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, type=Path, help="output folder (created if missing)")
-    p.add_argument("--model", default=None, help="timm model name (random weights unless --checkpoint)")
-    p.add_argument("--checkpoint", default=None, type=Path, help="state dict for --model (or the default architecture)")
+    p.add_argument("--model", default=None,
+                   help="a timm name, torchvision:NAME or hf:PATH_OR_ID (a save_pretrained folder; offline). "
+                   "Random weights unless --weights or --pretrained (a warning says so)")  # fmt: skip
+    p.add_argument("--weights", "--checkpoint", dest="weights", default=None, type=Path,
+                   help="state dict for --model (or the default architecture); old alias: --checkpoint")  # fmt: skip
+    p.add_argument(
+        "--pretrained",
+        action="store_true",
+        help="the library's own pretrained weights (timm, torchvision; needs them cached offline)",
+    )
+    p.add_argument(
+        "--model-kwargs",
+        nargs="+",
+        default=None,
+        metavar="KEY=VALUE",
+        help="constructor options, e.g. class_token=False global_pool=avg reg_tokens=4",
+    )
     p.add_argument("--images", default=None, type=Path, help="image folder (jpg/png/webp, labels from sub-folders)")
     p.add_argument("--data", choices=("embedded", "fashion-mnist-full"), default="embedded",
                    help="data without --images: the 1,000 shipped test images, or Debian's full test set")  # fmt: skip
@@ -39,11 +56,18 @@ def _add_model_data_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
-    p.add_argument("--checkpoint-every", type=int, default=5, help="save partial sums every N batches")
+    p.add_argument(
+        "--save-every",
+        "--checkpoint-every",
+        dest="save_every",
+        type=int,
+        default=5,
+        help="save partial sums every N batches (for --resume); --checkpoint-every is an old alias",
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="captum-sift", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="captum-sift", description=_DESCRIPTION)
     sub = parser.add_subparsers(dest="command", required=True)
     analyze = sub.add_parser("analyze", help="patch-interrelation analysis -> report folder")
     _add_model_data_options(analyze)
@@ -90,9 +114,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "keypoints":
             _run_keypoints(args)
         else:
-            from .runs import run_analyze, run_mask_eval, run_pretrain
+            from .runs import RunConfig, run_analyze, run_mask_eval, run_pretrain
 
-            {"analyze": run_analyze, "mask-eval": run_mask_eval, "pretrain": run_pretrain}[args.command](args)
+            if args.command == "pretrain":
+                run_pretrain(args)
+            else:
+                {"analyze": run_analyze, "mask-eval": run_mask_eval}[args.command](RunConfig.from_args(args))
     except CaptumSiftError as exc:
         print(f"captum-sift: error: {exc}", file=sys.stderr)
         return 2

@@ -163,6 +163,20 @@ class InterrelationReport:
             setattr(merged, name, torch.cat([getattr(r, name) for r in reports]) if keep else None)
         return merged
 
+    def all_reduce(self, device: torch.device | str = "cpu") -> None:
+        """Sum the float64 sums, int64 counts and image count over torch.distributed ranks, in place.
+
+        A no-op in one process; every rank must call it (a rank with no image
+        passes an empty report of the same layers and heads).
+        """
+        from ._dist import all_reduce_sum
+
+        device = torch.device(device)
+        for name in STORED:
+            self.sums[name] = all_reduce_sum(self.sums[name], device)
+            self.counts[name] = all_reduce_sum(self.counts[name], device)
+        self.num_images = int(all_reduce_sum(torch.tensor([self.num_images]), device)[0])
+
     def without_per_image(self) -> InterrelationReport:
         """A copy holding only the data-set sums and counts (small, for big runs)."""
         return replace(self, extra=dict(self.extra), **{name: None for name in _PER_IMAGE})

@@ -13,7 +13,8 @@ import html
 import json
 import os
 import platform
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,19 +22,91 @@ import torch
 from torch import nn
 
 from . import __version__
-from ._dist import all_reduce_sum, barrier, init_from_env
+from ._dist import barrier, init_from_env
 from .errors import CaptumSiftError
 from .report import nan_to_none
+from .settings import ThetaSettings
+from .vit import ViTAdapter, as_vit, eval_mode
+
+
+# -- settings ------------------------------------------------------------------------
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything ``captum-sift analyze`` / ``mask-eval`` does, typed (built from the command line once)."""
+
+    command: str
+    out: Path
+    model: str | None = None
+    weights: Path | None = None
+    pretrained: bool = False
+    model_kwargs: tuple[tuple[str, Any], ...] = ()
+    images: Path | None = None
+    data: str = "embedded"
+    img_size: int | None = None
+    limit: int | None = None
+    batch_size: int = 64
+    theta: ThetaSettings = field(default_factory=ThetaSettings)
+    device: str = "cpu"
+    quiet: bool = False
+    resume: bool = False
+    save_every: int = 5
+    ratios: tuple[float, ...] = ()
+    modes: tuple[str, ...] = ()
+    fill: str = "0.0"
+    seed: int = 0
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> RunConfig:
+        """The config of parsed ``captum-sift analyze`` / ``mask-eval`` arguments."""
+        for name in ("limit", "batch_size", "save_every"):
+            value = getattr(args, name)
+            if value is not None and value < 1:
+                raise CaptumSiftError(f"expected --{name.replace('_', '-')} >= 1, got {value}")
+        theta = ThetaSettings(gamma=args.gamma, weighted=not args.unweighted, keypoint_backend=args.backend)
+        extra: dict[str, Any] = {}
+        if args.command == "mask-eval":
+            from .masking import check_plan
+
+            modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+            ratios, modes = check_plan(args.ratios, modes, "--modes")
+            if args.fill not in ("mean", "blur", "drop"):
+                _number(args.fill)
+            extra = {"ratios": tuple(ratios), "modes": tuple(modes), "fill": args.fill, "seed": args.seed}
+        return cls(
+            command=args.command, out=args.out, model=args.model, weights=args.weights, pretrained=args.pretrained,
+            model_kwargs=parse_model_kwargs(args.model_kwargs or []), images=args.images, data=args.data,
+            img_size=args.img_size, limit=args.limit, batch_size=args.batch_size, theta=theta, device=args.device,
+            quiet=args.quiet, resume=args.resume, save_every=args.save_every, **extra,
+        )  # fmt: skip
+
+
+def parse_model_kwargs(items: list[str]) -> tuple[tuple[str, Any], ...]:
+    """``key=value`` strings -> (key, value) pairs; values read as Python literals, else kept as text."""
+    import ast
+
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key.isidentifier():
+            raise CaptumSiftError(f"expected --model-kwargs as key=value (e.g. global_pool=avg), got {item!r}")
+        if key in out:
+            raise CaptumSiftError(f"--model-kwargs gives {key!r} twice")
+        try:
+            value = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            value = text
+        out[key] = value
+    return tuple(out.items())
 
 
 # -- model and data -------------------------------------------------------------------
 def _load_state(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
-        raise CaptumSiftError(f"checkpoint not found: {path}")
+        raise CaptumSiftError(f"weights file not found: {path}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise CaptumSiftError(f"cannot read checkpoint {path} with weights_only=True: {exc}") from exc
+        raise CaptumSiftError(f"cannot read weights file {path} with weights_only=True: {exc}") from exc
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
@@ -42,42 +115,118 @@ def _load_state(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def load_model(args: argparse.Namespace) -> tuple[nn.Module, str]:
-    """The model the options name, and a description of it."""
-    import timm
+@dataclass(frozen=True)
+class LoadedModel:
+    vit: ViTAdapter
+    name: str
+    random_weights: bool
+    img_size: int | None
 
+
+RANDOM_WARNING = (
+    "WARNING: the model has random weights (no --weights, no --pretrained): its attention, stages and "
+    "accuracy describe an untrained network, not a trained ViT"
+)
+
+
+def _create(config: RunConfig, num_classes: int | None) -> tuple[nn.Module, Any, str]:
+    """(network, Hugging Face image processor or None, name) for ``--model``."""
+    spec, kwargs = config.model or "", dict(config.model_kwargs)
+    if num_classes is not None:
+        kwargs.setdefault("num_classes", num_classes)
+    with torch.random.fork_rng():  # the same random weights in every process and run
+        torch.manual_seed(0)
+        if spec.startswith("hf:"):
+            return _create_hf(spec[3:], config)
+        if spec.startswith("torchvision:"):
+            import torchvision
+
+            name = spec[len("torchvision:") :]
+            if config.img_size:
+                kwargs.setdefault("image_size", config.img_size)
+            try:
+                model = torchvision.models.get_model(name, weights="DEFAULT" if config.pretrained else None, **kwargs)
+            except Exception as exc:  # unknown name, bad option, or weights that cannot be downloaded
+                raise CaptumSiftError(f"cannot create torchvision model {name!r}: {_one_line(exc)}") from exc
+            return model, None, spec
+        import timm
+
+        if config.img_size:
+            kwargs.setdefault("img_size", config.img_size)
+        try:
+            model = timm.create_model(spec, pretrained=config.pretrained, **kwargs)
+        except Exception as exc:
+            raise CaptumSiftError(f"cannot create timm model {spec!r}: {_one_line(exc)}") from exc
+        return model, None, spec
+
+
+def _create_hf(path: str, config: RunConfig) -> tuple[nn.Module, Any, str]:
+    try:
+        import transformers
+    except ImportError as exc:
+        raise CaptumSiftError("--model hf:... needs transformers: pip install 'captum_sift[hf]'") from exc
+    if config.pretrained:
+        raise CaptumSiftError("--pretrained does not apply to hf: models: their weights are read from the folder")
+    options = {"local_files_only": True, **dict(config.model_kwargs)}
+    try:
+        hf_config = transformers.AutoConfig.from_pretrained(path, **options)
+        architectures = hf_config.architectures or []
+        auto = (
+            transformers.AutoModelForImageClassification
+            if any(a.endswith(("ForImageClassification", "ForImageClassificationWithTeacher")) for a in architectures)
+            else transformers.AutoModel
+        )
+        model = auto.from_pretrained(path, config=hf_config, local_files_only=True)
+    except Exception as exc:
+        raise CaptumSiftError(f"cannot load Hugging Face model {path!r} offline: {_one_line(exc)}") from exc
+    processor = None
+    if (Path(path) / "preprocessor_config.json").is_file():
+        processor = transformers.AutoImageProcessor.from_pretrained(path, local_files_only=True)
+    return model, processor, f"hf:{path}"
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:400]
+
+
+def load_model(config: RunConfig) -> LoadedModel:
+    """The model the config names, its adapter, and whether its weights are random."""
     from .data import create_default_architecture, default_model
 
-    if args.model is None and args.checkpoint is None:
-        return default_model(), "embedded default: ViT trained on Fashion-MNIST"
-    state = _load_state(args.checkpoint) if args.checkpoint else None
-    if args.model is None:
+    if config.model is None and config.weights is None and not config.model_kwargs:
+        if config.pretrained:
+            raise CaptumSiftError("--pretrained needs --model: the embedded default is already trained")
+        vit = as_vit(default_model())
+        return LoadedModel(vit, "embedded default: ViT trained on Fashion-MNIST", False, vit.img_size)
+    state = _load_state(config.weights) if config.weights else None
+    processor = None
+    if config.model is None:
         model, name = create_default_architecture(), "default architecture"
     else:
-        kwargs: dict[str, Any] = {}
-        if args.img_size:
-            kwargs["img_size"] = args.img_size
-        if state is not None and isinstance(state.get("head.weight"), torch.Tensor):
-            kwargs["num_classes"] = state["head.weight"].shape[0]
-        try:
-            with torch.random.fork_rng():  # the same random weights in every process and run
-                torch.manual_seed(0)
-                model = timm.create_model(args.model, pretrained=False, **kwargs)
-        except (RuntimeError, ValueError, TypeError) as exc:
-            raise CaptumSiftError(f"cannot create timm model {args.model!r}: {exc}") from exc
-        name = args.model
+        num_classes = None
+        if state is not None:
+            head = next((state[k] for k in ("head.weight", "heads.head.weight") if k in state), None)
+            num_classes = int(head.shape[0]) if isinstance(head, torch.Tensor) else None
+        model, processor, name = _create(config, num_classes)
     if state is not None:
         try:
             model.load_state_dict(state)
         except RuntimeError as exc:
             first = str(exc).strip().splitlines()
-            raise CaptumSiftError(
-                f"checkpoint {args.checkpoint} does not fit {name}: {' '.join(first[:3])[:400]}"
-            ) from exc
-        name += f" + {args.checkpoint}"
-    elif args.model is not None:
-        name += " (random weights, seed 0: no --checkpoint)"
-    return model.eval(), name
+            raise CaptumSiftError(f"weights {config.weights} do not fit {name}: {' '.join(first[:3])[:400]}") from exc
+        name += f" + {config.weights}"
+    hf = (config.model or "").startswith("hf:")
+    random_weights = state is None and not config.pretrained and not hf
+    if random_weights:
+        name += " (random weights, seed 0)"
+    elif config.pretrained:
+        name += " (pretrained)"
+    vit = as_vit(model.eval(), image_processor=processor)
+    img_size = vit.img_size
+    size = getattr(processor, "crop_size", None) or getattr(processor, "size", None)
+    if isinstance(size, dict) and size.get("height"):
+        img_size = int(size["height"])
+    return LoadedModel(vit, name, random_weights, img_size)
 
 
 @dataclass
@@ -97,34 +246,32 @@ class _InMemory:
         return self.images[idx], self.labels[idx], list(indices), []
 
 
-def load_data(args: argparse.Namespace, model: nn.Module) -> tuple[Any, str]:
-    """The data source the options name (lazy for folders), and a description."""
-    from .attention import _blocks
+def load_data(config: RunConfig, loaded: LoadedModel) -> tuple[Any, str]:
+    """The data source the config names (lazy for folders), and a description."""
     from .data import DEFAULT_IMG_SIZE, ImageFolder, default_dataset
 
-    _blocks(model)  # a clear error for a model that is not a ViT
-    channels = int(getattr(getattr(model.patch_embed, "proj", None), "in_channels", 3))
-    size = args.img_size or int(getattr(model, "pretrained_cfg", {}).get("input_size", (3, 224, 224))[-1])
-    if args.images is not None:
-        return ImageFolder(args.images, size, channels), f"image folder {args.images}"
-    images, labels = default_dataset(full=args.data == "fashion-mnist-full")
+    channels = loaded.vit.in_chans
+    size = config.img_size or loaded.img_size or 224
+    if config.images is not None:
+        return ImageFolder(config.images, size, channels), f"image folder {config.images}"
+    images, labels = default_dataset(full=config.data == "fashion-mnist-full")
     if channels == 3:
         images = images.expand(-1, 3, -1, -1)
     if size != DEFAULT_IMG_SIZE:
         images = torch.nn.functional.interpolate(images, size=(size, size), mode="bilinear", align_corners=False)
         images = (images.clamp(0, 1) * 255).round() / 255
-    name = "Fashion-MNIST test set (10,000)" if args.data == "fashion-mnist-full" else "embedded Fashion-MNIST (1,000)"
+    full = config.data == "fashion-mnist-full"
+    name = "Fashion-MNIST test set (10,000)" if full else "embedded Fashion-MNIST (1,000)"
     return _InMemory(images.contiguous(), labels), name
 
 
 @dataclass
 class Run:
-    args: argparse.Namespace
+    config: RunConfig
     device: torch.device
     rank: int
     world: int
-    model: nn.Module
-    model_name: str
+    loaded: LoadedModel
     source: Any
     data_name: str
     batches: list[list[int]]
@@ -133,28 +280,30 @@ class Run:
     def main(self) -> bool:
         return self.rank == 0
 
+    @property
+    def vit(self) -> ViTAdapter:
+        return self.loaded.vit
 
-def setup(args: argparse.Namespace) -> Run:
-    device = torch.device(args.device)
+
+def setup(config: RunConfig) -> Run:
+    device = torch.device(config.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise CaptumSiftError("--device cuda asked for, but CUDA is not available")
-    for name in ("limit", "batch_size", "checkpoint_every"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            raise CaptumSiftError(f"expected --{name.replace('_', '-')} >= 1, got {value}")
     rank, world = init_from_env(device)
-    model, model_name = load_model(args)
-    model = model.to(device)
-    source, data_name = load_data(args, model)
-    indices = list(range(len(source)))[: args.limit]
+    loaded = load_model(config)
+    loaded.vit.model.to(device)
+    if loaded.random_weights and rank == 0:
+        print(RANDOM_WARNING, flush=True)
+    source, data_name = load_data(config, loaded)
+    indices = list(range(len(source)))[: config.limit]
     shard = indices[rank::world]  # every image on exactly one rank
-    batches = [shard[i : i + args.batch_size] for i in range(0, len(shard), args.batch_size)]
-    return Run(args, device, rank, world, model, model_name, source, data_name, batches)
+    batches = [shard[i : i + config.batch_size] for i in range(0, len(shard), config.batch_size)]
+    return Run(config, device, rank, world, loaded, source, data_name, batches)
 
 
-# -- checkpoints ----------------------------------------------------------------------
+# -- checkpoints and the batch loop ----------------------------------------------------
 def _partial_path(run: Run) -> Path:
-    return run.args.out / f".partial-{run.args.command}-rank{run.rank}-of-{run.world}.json"
+    return run.config.out / f".partial-{run.config.command}-rank{run.rank}-of-{run.world}.json"
 
 
 def _save_partial(run: Run, state: dict[str, Any]) -> None:
@@ -166,32 +315,87 @@ def _save_partial(run: Run, state: dict[str, Any]) -> None:
 
 def _load_partial(run: Run, settings: dict[str, Any]) -> dict[str, Any] | None:
     path = _partial_path(run)
-    if not run.args.resume or not path.exists():
+    if not run.config.resume or not path.exists():
         return None
     state = json.loads(path.read_text())
     if state["settings"] != settings:
-        raise CaptumSiftError(f"--resume: {path} was written with other settings: {state['settings']} != {settings}")
+        old = state["settings"]
+        differ = sorted(k for k in set(settings) | set(old) if settings.get(k) != old.get(k))
+        raise CaptumSiftError(f"--resume: {path} was written by another run; these settings differ: {differ}")
     return state
 
 
-def _settings(run: Run, extra: dict[str, Any]) -> dict[str, Any]:
-    a = run.args
-    return {
-        "model": run.model_name, "data": run.data_name, "images": len(run.source), "limit": a.limit,
-        "batch_size": a.batch_size, "gamma": a.gamma, "weighted": not a.unweighted, "backend": a.backend,
-        "world_size": run.world, **extra,
+def _file_digest(path: Path | None) -> str | None:
+    if path is None:
+        return None
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _settings(run: Run) -> dict[str, Any]:
+    c = run.config
+    settings = {
+        "model": run.loaded.name, "model_kwargs": [list(kv) for kv in c.model_kwargs],
+        "weights_sha256": _file_digest(c.weights), "random_weights": run.loaded.random_weights,
+        "data": run.data_name, "images": len(run.source), "img_size": run.source.size, "limit": c.limit,
+        "batch_size": c.batch_size, "gamma": c.theta.gamma, "weighted": c.theta.weighted,
+        "backend": c.theta.keypoint_backend, "mean": list(run.vit.mean), "std": list(run.vit.std),
+        "world_size": run.world, "captum_sift": __version__,
     }  # fmt: skip
+    if c.command == "mask-eval":
+        settings |= {"ratios": list(c.ratios), "modes": list(c.modes), "fill": c.fill, "seed": c.seed}
+    return settings
+
+
+def _batch_loop(
+    run: Run,
+    settings: dict[str, Any],
+    restore: Callable[[dict[str, Any]], None],
+    step: Callable[[torch.Tensor, torch.Tensor, list[int]], None],
+    snapshot: Callable[[], dict[str, Any]],
+) -> list[list[str]]:
+    """Resume, run ``step`` on every batch of this rank, save partial sums every few batches; -> skipped files."""
+    from tqdm.auto import tqdm
+
+    run.config.out.mkdir(parents=True, exist_ok=True)
+    partial = _load_partial(run, settings)
+    done, skipped = 0, []
+    if partial:
+        restore(partial)
+        done, skipped = partial["batches_done"], partial["skipped"]
+    bar = tqdm(total=len(run.batches), initial=done, desc=run.config.command, unit="batch",
+               disable=run.config.quiet or not run.main)  # fmt: skip
+    for b in range(done, len(run.batches)):
+        images, labels, read, bad = run.source.load(run.batches[b])
+        skipped += [list(item) for item in bad]
+        if images.shape[0]:
+            step(images.to(run.device), labels, read)
+        bar.update(1)
+        if (b + 1) % run.config.save_every == 0 or b + 1 == len(run.batches):
+            _save_partial(run, {"settings": settings, "batches_done": b + 1, "skipped": skipped, **snapshot()})
+    bar.close()
+    return skipped
 
 
 def _versions() -> dict[str, str]:
     import captum
     import kornia
     import timm
+    import torchvision
 
-    return {
-        "captum_sift": __version__, "torch": torch.__version__, "timm": timm.__version__,
-        "captum": captum.__version__, "kornia": kornia.__version__, "python": platform.python_version(),
+    versions = {
+        "captum_sift": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
+        "timm": timm.__version__, "captum": captum.__version__, "kornia": kornia.__version__,
+        "python": platform.python_version(),
     }  # fmt: skip
+    try:
+        import transformers
+
+        versions["transformers"] = transformers.__version__
+    except ImportError:
+        pass
+    return versions
 
 
 def _gather_skipped(skipped: list[list[str]]) -> list[list[str]]:
@@ -204,42 +408,28 @@ def _gather_skipped(skipped: list[list[str]]) -> list[list[str]]:
     return skipped
 
 
-def _progress(run: Run, total: int, initial: int, desc: str):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, initial=initial, desc=desc, unit="batch", disable=run.args.quiet or not run.main)
-
-
 # -- analyze -------------------------------------------------------------------------
-def run_analyze(args: argparse.Namespace) -> None:
+def run_analyze(config: RunConfig) -> None:
     from .analysis import analyze
-    from .report import STORED, InterrelationReport
+    from .report import InterrelationReport
 
-    run = setup(args)
-    args.out.mkdir(parents=True, exist_ok=True)
-    settings = _settings(run, {})
-    partial = _load_partial(run, settings)
-    total = InterrelationReport.from_dict(partial["report"]) if partial and partial["report"] else None
-    done, skipped = (partial["batches_done"], partial["skipped"]) if partial else (0, [])
-    bar = _progress(run, len(run.batches), done, "analyze")
-    for b in range(done, len(run.batches)):
-        images, _, _, bad = run.source.load(run.batches[b])
-        skipped += [list(s) for s in bad]
-        if images.shape[0]:
-            part = analyze(run.model, images.to(run.device), gamma=args.gamma, weighted=not args.unweighted,
-                           image_space="pixel", keypoint_backend=args.backend).without_per_image()  # fmt: skip
-            total = part if total is None else total.merge(part)
-        bar.update(1)
-        if (b + 1) % args.checkpoint_every == 0 or b + 1 == len(run.batches):
-            report_dict = total.to_dict(per_image=False) if total is not None else None
-            _save_partial(run, {"settings": settings, "batches_done": b + 1, "skipped": skipped, "report": report_dict})
-    bar.close()
-    if total is None:  # this rank read no image: it still takes part in the reduction
-        total = _empty_report(run)
-    for name in STORED:  # float64 sums and int64 counts over ranks
-        total.sums[name] = all_reduce_sum(total.sums[name], run.device)
-        total.counts[name] = all_reduce_sum(total.counts[name], run.device)
-    total.num_images = int(all_reduce_sum(torch.tensor([total.num_images]), run.device)[0])
+    run = setup(config)
+    settings = _settings(run)
+    holder: dict[str, InterrelationReport | None] = {"total": None}
+
+    def restore(partial: dict[str, Any]) -> None:
+        holder["total"] = InterrelationReport.from_dict(partial["report"]) if partial["report"] else None
+
+    def step(images: torch.Tensor, _labels: torch.Tensor, _read: list[int]) -> None:
+        part = analyze(run.vit, images, settings=config.theta, image_space="pixel").without_per_image()
+        holder["total"] = part if holder["total"] is None else holder["total"].merge(part)
+
+    def snapshot() -> dict[str, Any]:
+        return {"report": holder["total"].to_dict(per_image=False) if holder["total"] is not None else None}
+
+    skipped = _batch_loop(run, settings, restore, step, snapshot)
+    total = holder["total"] if holder["total"] is not None else _empty_report(run)  # a rank with no image joins too
+    total.all_reduce(run.device)
     if total.num_images == 0:  # the same on every rank, so no rank is left waiting
         raise CaptumSiftError("no image could be analysed (all were unreadable or the selection is empty)")
     skipped = _gather_skipped(skipped)
@@ -250,17 +440,19 @@ def run_analyze(args: argparse.Namespace) -> None:
 
 def _empty_report(run: Run):
     """A report of no image with this run's layers, heads and grid (zero sums and counts)."""
-    from .attention import _blocks, patch_size_of
     from .report import STORED, InterrelationReport
 
-    blocks = _blocks(run.model)
-    shape = (len(blocks), int(blocks[0].attn.num_heads))
-    side = run.source.size // patch_size_of(run.model)
+    shape = (run.vit.depth, run.vit.num_heads)
+    side = run.source.size // run.vit.patch_size
     return InterrelationReport(
-        layers=list(range(len(blocks))), num_heads=shape[1], grid_size=(side, side), settings={}, num_images=0,
+        layers=list(range(run.vit.depth)), num_heads=shape[1], grid_size=(side, side), settings={}, num_images=0,
         sums={n: torch.zeros(shape, dtype=torch.float64) for n in STORED},
         counts={n: torch.zeros(shape, dtype=torch.long) for n in STORED},
     )  # fmt: skip
+
+
+def _warnings(run: Run) -> list[str]:
+    return [RANDOM_WARNING] if run.loaded.random_weights else []
 
 
 def _first_images(run: Run, n: int = 8) -> torch.Tensor:
@@ -274,13 +466,12 @@ def _write_analysis(run: Run, report, settings: dict[str, Any], skipped: list[li
 
     from . import viz
     from .analysis import analyze
-    from .attention import patch_size_of
     from .keypoints import detect_keypoints
     from .report import QUANTITIES
     from .stages import find_stages
 
-    out = run.args.out
-    patch = patch_size_of(run.model)
+    out = run.config.out
+    patch = run.vit.patch_size
     figures = {}
     try:
         stages = find_stages(report)
@@ -290,7 +481,7 @@ def _write_analysis(run: Run, report, settings: dict[str, Any], skipped: list[li
         stages, stage_info = None, {"error": str(exc)}
     examples = _first_images(run)
     if examples.shape[0]:
-        keypoints = detect_keypoints(examples, backend=run.args.backend)
+        keypoints = detect_keypoints(examples, backend=run.config.theta.keypoint_backend)
         fig = viz.plot_keypoints_grid(examples, keypoints, patch)
         fig.savefig(out / "keypoints.png", dpi=100)
         figures["keypoints.png"] = "SIFT keypoints and the count of every Key patch (Fig. 3)"
@@ -302,9 +493,7 @@ def _write_analysis(run: Run, report, settings: dict[str, Any], skipped: list[li
         viz.plot_stages(report, stages).figure.savefig(out / "stages.png", dpi=110)
         figures["stages.png"] = "Retrieval / Capture / Coach stages over the four classes (Fig. 7a)"
         if examples.shape[0]:
-            sample = analyze(run.model, examples[:1].to(run.device), gamma=run.args.gamma,
-                             weighted=not run.args.unweighted, image_space="pixel",
-                             keypoint_backend=run.args.backend)  # fmt: skip
+            sample = analyze(run.vit, examples[:1].to(run.device), settings=run.config.theta, image_space="pixel")
             viz.plot_stage_heatmaps(sample, stages, image=examples[0]).savefig(out / "heatmaps.png", dpi=110)
             figures["heatmaps.png"] = "attention of one query patch at a layer of each stage (Fig. 7b)"
     plt.close("all")
@@ -315,6 +504,7 @@ def _write_analysis(run: Run, report, settings: dict[str, Any], skipped: list[li
         "means": data["means"], "image_counts": {n: report.image_count(n).tolist() for n in ("kk", "nk", "focus")},
         "layer_means": {n: report.layer_mean(n).tolist() for n in QUANTITIES},
         "sums": data["sums"], "counts": data["counts"], "stages": stage_info, "skipped_files": skipped,
+        "warnings": _warnings(run),
     }  # fmt: skip
     (out / "report.json").write_text(json.dumps(nan_to_none(document), indent=1))
     report.save_csv(out / "per_layer_head.csv")
@@ -328,13 +518,15 @@ def _write_index(out: Path, title: str, document: dict[str, Any], figures: dict[
     rows = "".join(
         f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>" for k, v in settings.items()
     )
-    summary = ""
+    summary = "".join(
+        f'<p style="color:#b00;font-weight:bold">{html.escape(w)}</p>' for w in document.get("warnings", [])
+    )
     if "stages" in document and "error" not in document["stages"]:
         st = document["stages"]
-        summary = (f"<p>Stages: Retrieval {st['retrieval']}, Capture {st['capture']}, Coach {st['coach']}.</p>"
+        summary += (f"<p>Stages: Retrieval {st['retrieval']}, Capture {st['capture']}, Coach {st['coach']}.</p>"
                    f"<p>{html.escape(st['rule'])}</p>")  # fmt: skip
     elif "stages" in document:
-        summary = f"<p>No stages: {html.escape(document['stages']['error'])}</p>"
+        summary += f"<p>No stages: {html.escape(document['stages']['error'])}</p>"
     if "table" in document:
         summary += "<pre>" + html.escape(document["table"]) + "</pre>"
     skipped = document.get("skipped_files") or []
@@ -357,42 +549,23 @@ table{{border-collapse:collapse}} th,td{{border:1px solid #ccc;padding:2px 8px;t
 
 
 # -- mask-eval -----------------------------------------------------------------------
-def run_mask_eval(args: argparse.Namespace) -> None:
-    from .masking import MaskingTable, check_plan, evaluate_batch
+def run_mask_eval(config: RunConfig) -> None:
+    from .evaluation import MaskingTable, evaluate_batch
 
-    args.ratios, modes = check_plan(args.ratios, [m.strip() for m in args.modes.split(",") if m.strip()], "--modes")
-    fill: Any = args.fill if args.fill in ("mean", "blur", "drop") else _number(args.fill)
-    run = setup(args)
-    args.out.mkdir(parents=True, exist_ok=True)
-    settings = _settings(run, {"ratios": args.ratios, "modes": modes, "fill": args.fill, "seed": args.seed})
-    partial = _load_partial(run, settings)
+    fill: Any = config.fill if config.fill in ("mean", "blur", "drop") else _number(config.fill)
+    run = setup(config)
+    settings = _settings(run)
     table = MaskingTable(settings=settings)
-    done, skipped = 0, []
-    if partial:
-        table.baseline_correct, table.total = partial["baseline_correct"], partial["total"]
-        table.cells = {(m, float(r)): c for m, r, c in partial["cells"]}
-        done, skipped = partial["batches_done"], partial["skipped"]
-    score_kwargs = {"gamma": args.gamma, "weighted": not args.unweighted, "image_space": "pixel",
-                    "keypoint_backend": args.backend}  # fmt: skip
-    from .attention import _eval_mode
 
-    bar = _progress(run, len(run.batches), done, "mask-eval")
-    with _eval_mode(run.model):
-        for b in range(done, len(run.batches)):
-            images, labels, read, bad = run.source.load(run.batches[b])
-            skipped += [list(s) for s in bad]
-            if bool((labels < 0).any()):
-                raise CaptumSiftError("mask-eval needs labels: put the images in one sub-folder per class")
-            if images.shape[0]:
-                evaluate_batch(table, run.model, images.to(run.device), labels, torch.tensor(read), ratios=args.ratios,
-                               modes=modes, fill=fill, seed=args.seed, score_kwargs=score_kwargs)  # fmt: skip
-            bar.update(1)
-            if (b + 1) % args.checkpoint_every == 0 or b + 1 == len(run.batches):
-                cells = [[m, r, c] for (m, r), c in table.cells.items()]
-                _save_partial(run, {"settings": settings, "batches_done": b + 1, "skipped": skipped, "cells": cells,
-                                    "baseline_correct": table.baseline_correct, "total": table.total})  # fmt: skip
-    bar.close()
-    _reduce_table(table, modes, args.ratios, run.device)
+    def step(images: torch.Tensor, labels: torch.Tensor, read: list[int]) -> None:
+        if bool((labels < 0).any()):
+            raise CaptumSiftError("mask-eval needs labels: put the images in one sub-folder per class")
+        evaluate_batch(table, run.vit, images, labels, torch.tensor(read), ratios=config.ratios, modes=config.modes,
+                       fill=fill, seed=config.seed, settings=config.theta, image_space="pixel")  # fmt: skip
+
+    with eval_mode(run.vit.model):
+        skipped = _batch_loop(run, settings, table.load_state, step, table.state)
+    table.all_reduce(config.modes, config.ratios, run.device)
     if table.total == 0:  # checked on every rank after the reduction, so no rank is left waiting
         raise CaptumSiftError("no image could be evaluated (all were unreadable or the selection is empty)")
     skipped = _gather_skipped(skipped)
@@ -408,40 +581,27 @@ def _number(text: str) -> float:
         raise CaptumSiftError(f"expected --fill to be a number, mean, blur or drop, got {text!r}") from exc
 
 
-def _reduce_table(table, modes: list[str], ratios: list[float], device: torch.device) -> None:
-    keys = [(m, float(r)) for m in modes for r in ratios]
-    fields = ("correct", "total", "worse", "better")
-    flat = [table.baseline_correct, table.total]
-    flat += [table.cells.get(k, dict.fromkeys(fields, 0))[f] for k in keys for f in fields]
-    summed = all_reduce_sum(torch.tensor(flat, dtype=torch.long), device).tolist()
-    table.baseline_correct, table.total = summed[0], summed[1]
-    for i, key in enumerate(keys):
-        table.cells[key] = dict(zip(fields, summed[2 + 4 * i : 6 + 4 * i], strict=True))
-
-
 def _write_mask_eval(run: Run, table, settings: dict[str, Any], skipped: list[list[str]]) -> None:
     import matplotlib.pyplot as plt
 
     from . import viz
-    from .attention import patch_size_of
     from .masking import patch_scores
 
-    out = run.args.out
+    out = run.config.out
     table.save_csv(out / "mask_eval.csv")
     viz.plot_mask_curve(table).figure.savefig(out / "mask_eval.png", dpi=110)
     figures = {"mask_eval.png": "accuracy vs mask ratio per mode, 95 % bands, unmasked baseline"}
     examples = _first_images(run, 1)
     if examples.shape[0]:
-        scores = patch_scores(run.model, examples.to(run.device), image_space="pixel", gamma=run.args.gamma,
-                              weighted=not run.args.unweighted, keypoint_backend=run.args.backend)  # fmt: skip
-        ratios = tuple(float(r) for r in run.args.ratios)
-        viz.plot_mask_grid(examples[0], scores[0].cpu(), patch_size_of(run.model), ratios, table=table).savefig(
+        scores = patch_scores(run.vit, examples.to(run.device), settings=run.config.theta, image_space="pixel")
+        ratios = tuple(float(r) for r in run.config.ratios)
+        viz.plot_mask_grid(examples[0], scores[0].cpu(), run.vit.patch_size, ratios, table=table).savefig(
             out / "masked_examples.png", dpi=110
         )
         figures["masked_examples.png"] = "one image masked Top (row 1) and Bottom (row 2) at each ratio (Fig. 8)"
     plt.close("all")
     document = {"settings": settings, "versions": _versions(), "num_images": table.total, "rows": table.rows(),
-                "skipped_files": skipped, "table": str(table)}  # fmt: skip
+                "skipped_files": skipped, "table": str(table), "warnings": _warnings(run)}  # fmt: skip
     (out / "report.json").write_text(json.dumps(nan_to_none(document), indent=1))
     _write_index(out, "captum-sift mask-eval", document, figures)
     print(table)

@@ -8,10 +8,9 @@ import torch
 
 from .errors import CaptumSiftError
 from .report import InterrelationReport
+from .settings import STAGE_NAMES
 
-__all__ = ["STAGE_NAMES", "Stages", "find_stages", "split_stages"]
-
-STAGE_NAMES = ("retrieval", "capture", "coach")
+__all__ = ["RULE", "STAGE_NAMES", "Stages", "find_stages", "split_stages"]
 
 
 @dataclass(frozen=True)
@@ -40,6 +39,16 @@ class Stages:
     def boundaries(self) -> tuple[int, int]:
         """First layer of Capture and first layer of Coach."""
         return self.capture[0], self.coach[0]
+
+
+RULE = (
+    "Capture ends at the layer where the head-mean gap θ_KK − θ_NK is largest (first maximum, searched over "
+    "layers 2..L-1 so that Coach is non-empty); Retrieval is the longest flat start: the first Capture layer s "
+    "minimises the squared error of a constant fit on layers [1, s) plus a least-squares line on [s, end of "
+    "Capture] (largest s on ties); Coach is every layer after Capture. The focus-index curve is returned for "
+    "plotting and does not move the boundaries."
+)
+"""The rule of :func:`find_stages`, stated in words; returned with every result (a constant, so ``-OO`` keeps it)."""
 
 
 def _sse_constant(y: torch.Tensor) -> float:
@@ -106,9 +115,5 @@ def find_stages(report: InterrelationReport) -> Stages:
         layers=list(layers),
         gap=gap.tolist(),
         focus=report.layer_mean("focus").tolist(),
-        rule=_RULE,
+        rule=RULE,
     )
-
-
-# The rule as stated in find_stages' docstring, returned with every result.
-_RULE = " ".join((find_stages.__doc__ or "").split("Rule (deterministic):")[1].split("Needs at least")[0].split())

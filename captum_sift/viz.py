@@ -4,17 +4,14 @@ from __future__ import annotations
 
 import math
 
-import matplotlib
+import matplotlib.pyplot as plt
+import torch
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg", force=False)
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-from matplotlib.axes import Axes  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-
-from ._checks import check_images, check_patch_size, shape_of  # noqa: E402
-from .errors import CaptumSiftError  # noqa: E402
-from .keypoints import keypoints_to_counts  # noqa: E402
+from ._checks import check_images, check_patch_size, shape_of
+from .errors import CaptumSiftError
+from .keypoints import keypoints_to_counts
 
 __all__ = [
     "overlay",

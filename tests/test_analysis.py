@@ -59,7 +59,7 @@ def test_counts_default_to_count_keypoints_in_both_image_spaces(model, pixels, c
     assert torch.equal(from_pixels.keypoint_counts, counts.flatten(1))
     assert torch.equal(from_model_space.keypoint_counts, counts.flatten(1))
     torch.testing.assert_close(from_model_space.kk, from_pixels.kk, equal_nan=True)
-    with pytest.raises(CaptumSiftError, match="cannot count keypoints"):
+    with pytest.raises(CaptumSiftError, match="not normalised with the model.s statistics"):
         analyze(model, normalised * 3)
 
 

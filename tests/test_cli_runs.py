@@ -47,9 +47,9 @@ def test_mask_eval_writes_table_and_figures(tmp_path, image_folder):
         (["--images", "/no/such/folder"], "image folder not found: /no/such/folder"),
         (["--model", "vit_no_such_model"], "cannot create timm model 'vit_no_such_model'"),
         (["--model", "vit_tiny_patch16_224", "--img-size", "60"], "multiples of its patch size 16"),
-        (["--checkpoint", "/no/such.pt"], "checkpoint not found"),
+        (["--checkpoint", "/no/such.pt"], "weights file not found"),
         (["--limit", "0"], "--limit >= 1"),
-        (["--model", "resnet18"], "expected a timm Vision Transformer"),
+        (["--model", "resnet18"], "expected a Vision Transformer from timm, torchvision or Hugging Face"),
     ],
 )
 def test_clear_one_line_errors(tmp_path, capsys, args, message):
@@ -65,7 +65,7 @@ def test_checkpoint_that_does_not_fit(tmp_path, capsys):
     path = tmp_path / "small.pt"
     torch.save(timm.create_model("vit_tiny_patch16_224", pretrained=False, depth=2).state_dict(), path)
     assert main(["analyze", "--out", str(tmp_path), "--model", "vit_small_patch16_224", "--checkpoint", str(path)]) == 2
-    assert "does not fit vit_small_patch16_224" in capsys.readouterr().err
+    assert "do not fit vit_small_patch16_224" in capsys.readouterr().err
 
 
 def test_resume_ends_with_the_numbers_of_an_uninterrupted_run(tmp_path, image_folder, monkeypatch):

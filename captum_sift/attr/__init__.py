@@ -1,5 +1,6 @@
-"""Captum Attribution classes."""
+"""Captum Attribution classes and the patch-grid helpers they use."""
 
+from ..patches import patch_feature_mask, patch_scores_to_pixels
 from .sift_interrelation import SIFTInterrelation
 
-__all__ = ["SIFTInterrelation"]
+__all__ = ["SIFTInterrelation", "patch_feature_mask", "patch_scores_to_pixels"]

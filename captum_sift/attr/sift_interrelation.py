@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -9,37 +10,17 @@ from captum.attr import Attribution
 from torch import nn
 
 from .._checks import shape_of
-from ..analysis import LayerChoice, analysis_layers, analyze, patch_scores_from_report
-from ..attention import _blocks, model_grid, patch_size_of
+from ..analysis import analyze, patch_scores_from_report
 from ..errors import CaptumSiftError
-from ..report import InterrelationReport
+from ..patches import patch_feature_mask, patch_scores_to_pixels
+from ..settings import LayerChoice, ThetaSettings
+from ..vit import ViTAdapter, as_vit
 
 __all__ = ["SIFTInterrelation", "patch_feature_mask", "patch_scores_to_pixels"]
 
 
-def patch_scores_to_pixels(scores: torch.Tensor, shape: torch.Size | tuple[int, ...], patch_size: int) -> torch.Tensor:
-    """Spread per-patch scores (B, N) over each patch's pixels and all channels -> ``shape`` (B, C, H, W)."""
-    batch, channels, height, width = shape
-    grid_h, grid_w = height // patch_size, width // patch_size
-    if scores.shape != (batch, grid_h * grid_w):
-        raise CaptumSiftError(
-            f"expected scores of shape (B, N) = ({batch}, {grid_h * grid_w}), got {tuple(scores.shape)}"
-        )
-    grid = scores.view(batch, 1, grid_h, grid_w)
-    pixels = grid.repeat_interleave(patch_size, dim=2).repeat_interleave(patch_size, dim=3)
-    return pixels.expand(batch, channels, height, width).contiguous()
-
-
-def patch_feature_mask(height: int, width: int, patch_size: int, device: torch.device | None = None) -> torch.Tensor:
-    """Patch index of every pixel, row-major, as a (1, 1, H, W) long tensor (Captum's ``feature_mask``)."""
-    ids = torch.arange((height // patch_size) * (width // patch_size), device=device).view(
-        1, 1, height // patch_size, width // patch_size
-    )
-    return ids.repeat_interleave(patch_size, dim=2).repeat_interleave(patch_size, dim=3)
-
-
 class SIFTInterrelation(Attribution):
-    """θ-based patch attribution of a timm ViT (paper §5.1, SPEC §7), as a Captum method.
+    """θ-based patch attribution of a ViT (paper §5.1, SPEC §7), as a Captum method.
 
     The attribution of every pixel is the score of its patch: θ_i (eq. 3)
     averaged over heads and the chosen layers, the same for all channels. It
@@ -48,16 +29,19 @@ class SIFTInterrelation(Attribution):
     Captum loops) and ignored.
 
     Args:
-        model: a timm Vision Transformer (also Captum's ``forward_func``).
-        layers: None (all layers, default), layer indices, or a stage name
-            ``"retrieval"`` / ``"capture"`` / ``"coach"`` (found per image; see
-            :func:`~captum_sift.analysis.patch_scores_from_report`).
-        gamma: detection-line height (eq. 2).
-        weighted: weighted θ (default) or unweighted.
-        min_keypoints: Key(j) <=> t_j >= min_keypoints.
-        keypoint_backend: backend of :func:`~captum_sift.count_keypoints`.
+        model: a timm, torchvision or Hugging Face ViT, or a
+            :class:`~captum_sift.vit.ViTAdapter`; its logits are Captum's
+            ``forward_func``.
+        settings: a :class:`~captum_sift.ThetaSettings`; its fields may also
+            be given as keyword options: ``layers`` — None (all layers,
+            default), layer indices, or a stage name ``"retrieval"`` /
+            ``"capture"`` / ``"coach"`` (found per image; see
+            :func:`~captum_sift.analysis.patch_scores_from_report`) —,
+            ``gamma``, ``weighted``, ``include_self``, ``min_keypoints``,
+            ``keypoint_backend``.
         image_space: ``"model"`` (inputs normalised as the model expects,
             Captum's usual case) or ``"pixel"`` (inputs in [0, 1]).
+        mean, std: the model's input statistics (default: the adapter's).
 
     Example:
         >>> import timm
@@ -71,29 +55,27 @@ class SIFTInterrelation(Attribution):
 
     def __init__(
         self,
-        model: nn.Module,
+        model: nn.Module | ViTAdapter,
+        settings: ThetaSettings | None = None,
         *,
-        layers: LayerChoice = None,
-        gamma: float = 1.0,
-        weighted: bool = True,
-        min_keypoints: int = 1,
-        keypoint_backend: str = "kornia",
         image_space: str = "model",
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+        **options: Any,
     ) -> None:
-        blocks = _blocks(model)
-        analysis_layers(layers, len(blocks))  # validate now, not at the first attribute()
-        if isinstance(layers, str) and len(blocks) < 3:
-            raise CaptumSiftError(f"expected at least 3 blocks for stage {layers!r}, got {len(blocks)}")
-        super().__init__(model)
-        self.model = model
-        self.layers = layers
-        self.options = {
-            "gamma": gamma,
-            "weighted": weighted,
-            "min_keypoints": min_keypoints,
-            "keypoint_backend": keypoint_backend,
-            "image_space": image_space,
-        }
+        self.vit = as_vit(model, mean=mean, std=std)
+        self.settings = ThetaSettings.resolve(settings, **options)
+        self.settings.check_for(self.vit.depth)  # validate now, not at the first attribute()
+        if image_space not in ("model", "pixel"):
+            raise CaptumSiftError(f"expected image_space 'model' or 'pixel', got {image_space!r}")
+        forward = self.vit.logits if self.vit.forward_logits is not None else self.vit.model
+        super().__init__(forward)
+        self.model = self.vit.model
+        self.image_space = image_space
+
+    @property
+    def layers(self) -> LayerChoice:
+        return self.settings.layers
 
     def has_convergence_delta(self) -> bool:
         return False
@@ -126,20 +108,13 @@ class SIFTInterrelation(Attribution):
             (images,) = inputs
         else:
             images = inputs
-        report = self._report(images, keypoint_counts)
-        scores = patch_scores_from_report(report, self.layers).to(images.device, images.dtype)
-        attributions = patch_scores_to_pixels(scores, images.shape, patch_size_of(self.model))
+        if not isinstance(images, torch.Tensor) or images.dim() != 4:
+            raise CaptumSiftError(f"expected inputs of shape (B, C, H, W), got {shape_of(images)}")
+        report = analyze(self.vit, images, keypoint_counts, self.settings, image_space=self.image_space)  # type: ignore[arg-type]
+        scores = patch_scores_from_report(report, self.settings.layers).to(images.device, images.dtype)
+        attributions = patch_scores_to_pixels(scores, images.shape, self.vit.patch_size)
         out: Any = (attributions,) if as_tuple else attributions
         return (out, report) if return_report else out
-
-    def _report(self, images: torch.Tensor, keypoint_counts: torch.Tensor | None) -> InterrelationReport:
-        return analyze(
-            self.model,
-            images,
-            keypoint_counts,
-            layers=analysis_layers(self.layers, len(_blocks(self.model))),
-            **self.options,  # type: ignore[arg-type]
-        )
 
     def feature_mask(self, inputs: torch.Tensor) -> torch.Tensor:
         """Patch index of every pixel (1, 1, H, W).
@@ -151,5 +126,5 @@ class SIFTInterrelation(Attribution):
             inputs = inputs[0]
         if not isinstance(inputs, torch.Tensor) or inputs.dim() != 4:
             raise CaptumSiftError(f"expected inputs of shape (B, C, H, W), got {shape_of(inputs)}")
-        model_grid(self.model, inputs)
-        return patch_feature_mask(inputs.shape[2], inputs.shape[3], patch_size_of(self.model), inputs.device)
+        self.vit.grid(inputs)
+        return patch_feature_mask(inputs.shape[2], inputs.shape[3], self.vit.patch_size, inputs.device)

@@ -9,7 +9,7 @@ import torch
 from .._checks import check_min_keypoints, shape_of
 from ..errors import CaptumSiftError
 from ..functional import _check_counts
-from ..masking import num_masked
+from ..patches import num_masked
 
 __all__ = ["KeyShareSchedule", "guided_masking", "mask_counts", "random_masking"]
 

@@ -1,0 +1,277 @@
+"""Accuracy under Top / Bottom / Random masking, with 95 % intervals and paired tests (SPEC §7)."""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import CaptumSiftError
+from .patches import MODES, check_plan, mask_images, select_patches
+from .settings import ThetaSettings
+from .vit import ViTAdapter, as_vit, eval_mode
+
+__all__ = ["MaskingTable", "evaluate_masking", "mcnemar_exact", "random_scores", "wilson_interval"]
+
+_Z95 = 1.959963984540054
+
+
+def wilson_interval(correct: int, total: int) -> tuple[float, float]:
+    """95 % Wilson score interval of a proportion."""
+    if total == 0:
+        return float("nan"), float("nan")
+    p = correct / total
+    denom = 1 + _Z95**2 / total
+    centre = (p + _Z95**2 / (2 * total)) / denom
+    half = _Z95 * math.sqrt(p * (1 - p) / total + _Z95**2 / (4 * total**2)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def mcnemar_exact(worse: int, better: int) -> float:
+    """Two-sided exact McNemar p-value from the discordant pairs (binomial, p = 1/2)."""
+    n = worse + better
+    if n == 0:
+        return 1.0
+    k = min(worse, better)
+    log_terms = [
+        math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1) - n * math.log(2) for i in range(k + 1)
+    ]
+    top = max(log_terms)
+    return min(1.0, 2 * math.exp(top) * sum(math.exp(t - top) for t in log_terms))
+
+
+@dataclass
+class MaskingTable:
+    """Accuracy per mode x ratio, the unmasked baseline, 95 % intervals and paired tests."""
+
+    baseline_correct: int = 0
+    total: int = 0
+    cells: dict[tuple[str, float], dict[str, int]] = field(default_factory=dict)
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def add(self, mode: str, ratio: float, masked_ok: torch.Tensor, base_ok: torch.Tensor) -> None:
+        cell = self.cells.setdefault((mode, ratio), {"correct": 0, "total": 0, "worse": 0, "better": 0})
+        cell["correct"] += int(masked_ok.sum())
+        cell["total"] += int(masked_ok.numel())
+        cell["worse"] += int((base_ok & ~masked_ok).sum())
+        cell["better"] += int((~base_ok & masked_ok).sum())
+
+    @property
+    def baseline(self) -> dict[str, float]:
+        low, high = wilson_interval(self.baseline_correct, self.total)
+        return {"accuracy": self.baseline_correct / max(self.total, 1), "ci_low": low, "ci_high": high, "n": self.total}
+
+    def rows(self) -> list[dict[str, Any]]:
+        """One dict per mode x ratio (baseline first, mode "none", ratio 0)."""
+        base = self.baseline
+        out = [{"mode": "none", "ratio": 0.0, **base, "delta": 0.0, "worse": 0, "better": 0, "p_value": 1.0}]
+        for (mode, ratio), cell in self.cells.items():
+            low, high = wilson_interval(cell["correct"], cell["total"])
+            accuracy = cell["correct"] / cell["total"]
+            out.append({
+                "mode": mode, "ratio": ratio, "accuracy": accuracy, "ci_low": low, "ci_high": high,
+                "n": cell["total"], "delta": accuracy - base["accuracy"], "worse": cell["worse"],
+                "better": cell["better"], "p_value": mcnemar_exact(cell["worse"], cell["better"]),
+            })  # fmt: skip
+        return out
+
+    def accuracy(self, mode: str, ratio: float) -> float:
+        cell = self.cells[(mode, ratio)]
+        return cell["correct"] / cell["total"]
+
+    def state(self) -> dict[str, Any]:
+        """JSON-ready counts (partial results of a long run)."""
+        return {
+            "baseline_correct": self.baseline_correct, "total": self.total,
+            "cells": [[m, r, c] for (m, r), c in self.cells.items()],
+        }  # fmt: skip
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        """Counts from :meth:`state` (replacing the current ones)."""
+        self.baseline_correct, self.total = int(state["baseline_correct"]), int(state["total"])
+        self.cells = {(m, float(r)): {k: int(v) for k, v in c.items()} for m, r, c in state["cells"]}
+
+    def all_reduce(self, modes: Sequence[str], ratios: Sequence[float], device: torch.device | str = "cpu") -> None:
+        """Sum the counts over torch.distributed ranks, in place (every rank calls it with the same plan)."""
+        from ._dist import all_reduce_sum
+
+        keys = [(m, float(r)) for m in modes for r in ratios]
+        fields = ("correct", "total", "worse", "better")
+        flat = [self.baseline_correct, self.total]
+        flat += [self.cells.get(k, dict.fromkeys(fields, 0))[f] for k in keys for f in fields]
+        summed = all_reduce_sum(torch.tensor(flat, dtype=torch.long), torch.device(device)).tolist()
+        self.baseline_correct, self.total = summed[0], summed[1]
+        for i, key in enumerate(keys):
+            self.cells[key] = dict(zip(fields, summed[2 + 4 * i : 6 + 4 * i], strict=True))
+
+    def save_csv(self, path: str | Path) -> None:
+        rows = self.rows()
+        with open(path, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+
+    def __str__(self) -> str:
+        lines = [f"{'mode':>7s} {'ratio':>6s} {'acc':>7s} {'95% CI':>17s} {'delta':>7s} {'p':>8s}"]
+        for r in self.rows():
+            lines.append(
+                f"{r['mode']:>7s} {r['ratio']:6.2f} {r['accuracy']:7.3f} [{r['ci_low']:6.3f}, {r['ci_high']:6.3f}] "
+                f"{r['delta']:+7.3f} {r['p_value']:8.2g}"
+            )
+        return "\n".join(lines)
+
+
+def _batches(
+    images_or_loader: torch.Tensor | Iterable, labels: torch.Tensor | None, batch_size: int
+) -> Iterable[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """(images, labels, global image indices) per batch."""
+    if isinstance(images_or_loader, torch.Tensor):
+        if labels is None or not isinstance(labels, torch.Tensor) or labels.shape != (images_or_loader.shape[0],):
+            got = tuple(labels.shape) if isinstance(labels, torch.Tensor) else labels
+            raise CaptumSiftError(f"expected labels of shape ({images_or_loader.shape[0]},), got {got}")
+        for start in range(0, images_or_loader.shape[0], batch_size):
+            stop = min(start + batch_size, images_or_loader.shape[0])
+            yield images_or_loader[start:stop], labels[start:stop], torch.arange(start, stop)
+    else:
+        if labels is not None:
+            raise CaptumSiftError("expected labels=None with a loader (it yields (images, labels) pairs)")
+        seen = 0
+        for batch in images_or_loader:
+            images = batch[0]
+            yield images, batch[1], torch.arange(seen, seen + images.shape[0])
+            seen += images.shape[0]
+
+
+def random_scores(indices: torch.Tensor, num_patches: int, seed: int) -> torch.Tensor:
+    """Per-image random scores (B, N) that depend only on (seed, image index).
+
+    The random mode masks the top of these, so an image gets the same random
+    mask whatever batch or process it is in (same numbers under torchrun).
+    """
+    rows = [
+        torch.rand(num_patches, generator=torch.Generator().manual_seed(seed * 1_000_003 + int(i)))
+        for i in indices.tolist()
+    ]
+    return torch.stack(rows) if rows else torch.zeros(0, num_patches)
+
+
+def evaluate_batch(
+    table: MaskingTable,
+    vit: ViTAdapter,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    indices: torch.Tensor,
+    *,
+    ratios: Sequence[float],
+    modes: Sequence[str],
+    fill: float | str | torch.Tensor,
+    seed: int,
+    settings: ThetaSettings,
+    image_space: str = "model",
+) -> None:
+    """Add one batch to ``table`` (the body of :func:`evaluate_masking`; the model in eval mode)."""
+    from .analysis import to_model_and_pixels
+    from .masking import drop_tokens, patch_scores
+
+    # The plausibility of model-space input is checked even for random-only plans: accuracy needs it too.
+    model_input, _ = to_model_and_pixels(vit, images, image_space, need_pixels=image_space == "model")
+    # θ needs the analysis and the keypoints: only when a ranked mode asks for it.
+    scores = patch_scores(vit, images, settings=settings, image_space=image_space) if set(modes) - {"random"} else None
+    grid = vit.grid(images)
+    noise = random_scores(indices, grid[0] * grid[1], seed).to(images.device) if "random" in modes else None
+    with torch.no_grad():
+        base_logits = vit.logits(model_input)
+        if not bool(torch.isfinite(base_logits).all()):
+            raise CaptumSiftError("non-finite logits from the model: check its weights and the input")
+        base_ok = base_logits.argmax(dim=1).cpu() == labels.cpu()
+        table.baseline_correct += int(base_ok.sum())
+        table.total += int(base_ok.numel())
+        for mode in modes:
+            for ratio in ratios:
+                selected = (
+                    select_patches(noise, ratio, "top") if mode == "random" else select_patches(scores, ratio, mode)
+                )
+                if isinstance(fill, str) and fill == "drop":
+                    logits = drop_tokens(vit, model_input, selected)
+                else:
+                    logits = vit.logits(mask_images(model_input, selected, vit.patch_size, fill))
+                table.add(mode, ratio, logits.argmax(dim=1).cpu() == labels.cpu(), base_ok)
+
+
+def evaluate_masking(
+    model: nn.Module | ViTAdapter,
+    images_or_loader: torch.Tensor | Iterable,
+    labels: torch.Tensor | None = None,
+    ratios: Sequence[float] = (0.05, 0.1, 0.2, 0.3, 0.4),
+    modes: Sequence[str] = MODES,
+    fill: float | str | torch.Tensor = 0.0,
+    settings: ThetaSettings | None = None,
+    *,
+    image_space: str = "model",
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    batch_size: int = 32,
+    seed: int = 0,
+    progress: bool | None = None,
+    **options: Any,
+) -> MaskingTable:
+    """Accuracy of the model with Top / Bottom / Random patches masked ("mask as prompt", §5.1).
+
+    For every batch: the unmasked prediction, the SPEC §7 scores, then for
+    every mode x ratio the prediction on the masked images (``fill`` as in
+    :func:`~captum_sift.patches.mask_images`, or ``"drop"`` to remove the
+    tokens with :func:`~captum_sift.masking.drop_tokens`). The same images are
+    scored masked and unmasked, so the table gives, besides accuracy with a
+    95 % Wilson interval, the exact McNemar test of each cell against the
+    baseline. The model runs in eval mode without gradients (its flags
+    restored after).
+
+    Args:
+        model: a timm, torchvision or Hugging Face ViT classifier, or an adapter.
+        images_or_loader: a (B, C, H, W) tensor (with ``labels``), or an
+            iterable of ``(images, labels)`` batches (``labels=None``).
+        labels: (B,) class indices for a tensor input.
+        ratios: mask ratios r in [0, 1]; round(r N) patches per image.
+        modes: among ``"top"``, ``"bottom"``, ``"random"``.
+        fill: see :func:`~captum_sift.patches.mask_images`, or ``"drop"``.
+        settings: the score's :class:`~captum_sift.ThetaSettings`; its fields
+            may also be given as keyword ``options`` (gamma, layers, ...).
+        image_space: ``"model"`` (default; images that cannot have been
+            normalised with the model's statistics are refused) or
+            ``"pixel"`` (inputs in [0, 1], normalised here; fill values are
+            still in the model's space).
+        mean, std: the model's input statistics (default: the adapter's).
+        batch_size: for a tensor input.
+        seed: of the random mode: image i gets the top of
+            :func:`random_scores` for (seed, i), whatever its batch or process.
+        progress: tqdm bar (None: only on a terminal).
+
+    Returns:
+        A :class:`MaskingTable`.
+    """
+    from tqdm.auto import tqdm
+
+    ratios, modes = check_plan(ratios, modes)
+    vit = as_vit(model, mean=mean, std=std)
+    theta_settings = ThetaSettings.resolve(settings, **options)
+    theta_settings.check_for(vit.depth)
+    if vit.forward_logits is None:
+        raise CaptumSiftError(
+            f"expected a classifier (a model with a classification head), got {type(vit.model).__name__}"
+        )
+    table = MaskingTable(
+        settings={"fill": str(fill), **theta_settings.to_dict(), "layers": str(theta_settings.layers), "seed": seed}
+    )
+    with eval_mode(vit.model):
+        bar = tqdm(_batches(images_or_loader, labels, batch_size), desc="mask-eval", unit="batch",
+                   disable=None if progress is None else not progress)  # fmt: skip
+        for images, batch_labels, indices in bar:
+            evaluate_batch(table, vit, images, batch_labels, indices, ratios=ratios, modes=modes, fill=fill,
+                           seed=seed, settings=theta_settings, image_space=image_space)  # fmt: skip
+    return table

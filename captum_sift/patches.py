@@ -1,0 +1,172 @@
+"""The patch grid: per-patch scores to pixels, Captum's feature mask, and masks "as prompts" (SPEC §7).
+
+The primitives only (no Captum, no analysis), so that :mod:`captum_sift.mae`
+and user code can import them cheaply.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+
+from ._checks import shape_of
+from .errors import CaptumSiftError
+
+__all__ = [
+    "MODES",
+    "check_plan",
+    "mask_images",
+    "num_masked",
+    "patch_feature_mask",
+    "patch_scores_to_pixels",
+    "select_patches",
+]
+
+MODES = ("top", "bottom", "random")
+
+
+def patch_scores_to_pixels(scores: torch.Tensor, shape: torch.Size | tuple[int, ...], patch_size: int) -> torch.Tensor:
+    """Spread per-patch scores (B, N) over each patch's pixels and all channels -> ``shape`` (B, C, H, W)."""
+    batch, channels, height, width = shape
+    grid_h, grid_w = height // patch_size, width // patch_size
+    if scores.shape != (batch, grid_h * grid_w):
+        raise CaptumSiftError(
+            f"expected scores of shape (B, N) = ({batch}, {grid_h * grid_w}), got {tuple(scores.shape)}"
+        )
+    grid = scores.view(batch, 1, grid_h, grid_w)
+    pixels = grid.repeat_interleave(patch_size, dim=2).repeat_interleave(patch_size, dim=3)
+    return pixels.expand(batch, channels, height, width).contiguous()
+
+
+def patch_feature_mask(height: int, width: int, patch_size: int, device: torch.device | None = None) -> torch.Tensor:
+    """Patch index of every pixel, row-major, as a (1, 1, H, W) long tensor (Captum's ``feature_mask``)."""
+    ids = torch.arange((height // patch_size) * (width // patch_size), device=device).view(
+        1, 1, height // patch_size, width // patch_size
+    )
+    return ids.repeat_interleave(patch_size, dim=2).repeat_interleave(patch_size, dim=3)
+
+
+def num_masked(ratio: float, num_patches: int) -> int:
+    """round(ratio * N), halves rounded up (SPEC §7)."""
+    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0.0 <= ratio <= 1.0:
+        raise CaptumSiftError(f"expected ratio in [0, 1], got {ratio!r}")
+    return min(num_patches, math.floor(ratio * num_patches + 0.5))
+
+
+def check_plan(ratios: Sequence[float], modes: Sequence[str], name: str = "modes") -> tuple[list[float], list[str]]:
+    """Ratios as floats in [0, 1] and modes among :data:`MODES`, before any work is done."""
+    for ratio in ratios:
+        num_masked(ratio, 1)  # validates the range
+    for mode in modes:
+        if mode not in MODES:
+            raise CaptumSiftError(f"expected {name} among {MODES}, got {mode!r}")
+    return [float(r) for r in ratios], list(modes)
+
+
+def _check_2d(name: str, value: object) -> torch.Tensor:
+    if not isinstance(value, torch.Tensor) or value.dim() != 2:
+        raise CaptumSiftError(f"expected {name} of shape (B, N), got {shape_of(value)}")
+    return value
+
+
+def select_patches(
+    scores: torch.Tensor, ratio: float, mode: str = "top", generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Patches to mask: exactly round(ratio * N) per image (SPEC §7).
+
+    ``"top"`` takes the highest scores, ``"bottom"`` the lowest, ties broken by
+    patch index (lower first), so the result is deterministic; ``"random"``
+    ignores the scores and draws from ``generator``.
+
+    Shape:
+        - scores: (B, N)
+        - output: (B, N) bool
+
+    Example:
+        >>> s = torch.tensor([[0.2, 0.9, 0.5, 0.9]])
+        >>> select_patches(s, 0.5, "top")
+        tensor([[False,  True, False,  True]])
+        >>> select_patches(s, 0.25, "bottom")
+        tensor([[ True, False, False, False]])
+    """
+    scores = _check_2d("scores", scores)
+    if mode not in MODES:
+        raise CaptumSiftError(f"expected mode in {MODES}, got {mode!r}")
+    batch, n = scores.shape
+    k = num_masked(ratio, n)
+    if mode == "random":
+        noise = torch.rand(batch, n, generator=generator, device=generator.device if generator else "cpu")
+        order = noise.to(scores.device).argsort(dim=1)
+    else:
+        if bool(torch.isnan(scores).any()):
+            raise CaptumSiftError(
+                "expected scores without NaN to rank patches, got NaN (gamma > 1 can leave S_i empty)"
+            )
+        order = torch.sort(scores, dim=1, descending=(mode == "top"), stable=True).indices
+    selected = torch.zeros(batch, n, dtype=torch.bool, device=scores.device)
+    return selected.scatter_(1, order[:, :k], True)
+
+
+def _fill_values(images: torch.Tensor, fill: float | str | torch.Tensor, patch_size: int) -> torch.Tensor:
+    """What masked pixels become, broadcastable to ``images``."""
+    if isinstance(fill, str):
+        if fill == "mean":
+            return images.mean(dim=(2, 3), keepdim=True)
+        if fill == "blur":
+            import kornia
+
+            sigma = float(patch_size)
+            size = 2 * math.ceil(2 * sigma) + 1
+            size = min(size, 2 * (min(images.shape[2:]) // 2) - 1)  # reflect padding needs size < 2 * side
+            return kornia.filters.gaussian_blur2d(images, (size, size), (sigma, sigma), border_type="reflect")
+        raise CaptumSiftError(f"expected fill to be a number, 'mean', 'blur', 'drop' or a tensor, got {fill!r}")
+    if isinstance(fill, torch.Tensor):
+        c, h, w = images.shape[1:]
+        allowed = [(c,), (c, 1, 1), (c, h, w), (1, c, h, w), tuple(images.shape), (1, c, 1, 1)]
+        if tuple(fill.shape) not in allowed:
+            raise CaptumSiftError(
+                f"expected a fill tensor of shape (C,), (C, 1, 1), (C, H, W) or (B, C, H, W) = "
+                f"{tuple(images.shape)}, got {tuple(fill.shape)}"
+            )
+        fill = fill.to(images.device, images.dtype)
+        return fill.view(1, c, 1, 1) if fill.dim() == 1 else fill
+    if isinstance(fill, bool) or not isinstance(fill, (int, float)) or not math.isfinite(fill):
+        raise CaptumSiftError(f"expected a finite number, 'mean', 'blur' or a tensor as fill, got {fill!r}")
+    return torch.full((1, 1, 1, 1), float(fill), device=images.device, dtype=images.dtype)
+
+
+def mask_images(
+    images: torch.Tensor, selected: torch.Tensor, patch_size: int, fill: float | str | torch.Tensor = 0.0
+) -> torch.Tensor:
+    """Fill the selected patches of every image; other pixels are bit-identical to ``images``.
+
+    Args:
+        images: the batch, in the model's input space.
+        selected: patches to mask, from :func:`select_patches`.
+        patch_size: P.
+        fill: a number in the model's input space (default 0.0: after timm's
+            normalisation, the data set's mean colour), ``"mean"`` (each
+            image's mean colour), ``"blur"`` (a Gaussian blur with sigma = P of
+            the image, shown in the patch) or a tensor (C,), (C, H, W) or
+            (B, C, H, W).
+
+    Shape:
+        - images: (B, C, H, W)
+        - selected: (B, N), N = (H / P) (W / P)
+        - output: (B, C, H, W)
+    """
+    if not isinstance(images, torch.Tensor) or images.dim() != 4 or not images.is_floating_point():
+        raise CaptumSiftError(f"expected float images of shape (B, C, H, W), got {shape_of(images)}")
+    selected = _check_2d("selected", selected)
+    if isinstance(patch_size, bool) or not isinstance(patch_size, int) or patch_size < 1:
+        raise CaptumSiftError(f"expected patch_size to be an int >= 1, got {patch_size!r}")
+    b, _, h, w = images.shape
+    if h % patch_size or w % patch_size or selected.shape != (b, (h // patch_size) * (w // patch_size)):
+        raise CaptumSiftError(
+            f"expected selected of shape (B, N) = ({b}, {(h // patch_size) * (w // patch_size)}) for images "
+            f"{tuple(images.shape)} and patch_size={patch_size} (H, W multiples of P), got {tuple(selected.shape)}"
+        )
+    pixel_mask = patch_scores_to_pixels(selected.to(torch.uint8), (b, 1, h, w), patch_size).bool()
+    return torch.where(pixel_mask, _fill_values(images, fill, patch_size), images)
