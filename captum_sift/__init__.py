@@ -8,7 +8,9 @@ from .attr import SIFTInterrelation
 from .errors import CaptumSiftError
 from .keypoints import KeypointCounter, count_keypoints, detect_keypoints, keypoints_to_counts
 from .report import InterrelationReport
+from .settings import ThetaSettings
 from .stages import Stages, find_stages
+from .vit import ViTAdapter, as_vit
 
 __version__ = "0.1.0"
 
@@ -17,7 +19,10 @@ __all__ = [
     "InterrelationReport",
     "SIFTInterrelation",
     "Stages",
+    "ThetaSettings",
+    "ViTAdapter",
     "analyze",
+    "as_vit",
     "find_stages",
     "KeypointCounter",
     "__version__",

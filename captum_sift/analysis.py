@@ -23,6 +23,8 @@ _TOL = 1e-4
 # A normalised image whose normalisation is undone spans most of [0, 1]; raw pixels
 # taken for normalised ones, or other statistics, squeeze it into a narrow band.
 _MIN_SPAN = 0.5
+# Input that is itself in [0, 1] (raw pixels?) must spread wider still once de-normalised.
+_MIN_SPAN_PIXELS = 0.75
 
 
 def model_normalization(model: nn.Module | ViTAdapter) -> tuple[torch.Tensor, torch.Tensor]:
@@ -40,7 +42,8 @@ def check_model_space(vit: ViTAdapter, images: torch.Tensor) -> torch.Tensor:
     mean, std = vit.stats(images)
     pixels = images.detach() * std + mean
     lo, hi = float(pixels.min()), float(pixels.max())
-    span = float((pixels.flatten(1).amax(1) - pixels.flatten(1).amin(1)).max())
+    per_channel = pixels.flatten(2)  # (B, C, HW): the widest channel of the widest image
+    span = float((per_channel.amax(2) - per_channel.amin(2)).max())
     advice = (
         "if they are pixels in [0, 1], pass image_space='pixel'; if they were normalised with other "
         "statistics, pass those as mean=/std=; or pass keypoint_counts counted on the pixel images"
@@ -51,11 +54,12 @@ def check_model_space(vit: ViTAdapter, images: torch.Tensor) -> torch.Tensor:
             f"({_stats_hint(vit)}): undoing that normalisation gives values in [{lo:.3g}, {hi:.3g}], not [0, 1]; "
             + advice
         )
-    if span < _MIN_SPAN:
+    looks_like_pixels = float(images.min()) >= 0.0 and float(images.max()) <= 1.0
+    if span < _MIN_SPAN or (looks_like_pixels and span < _MIN_SPAN_PIXELS):
         raise CaptumSiftError(
             f"images given as model input (image_space='model') look un-normalised or normalised with other "
-            f"statistics than the model's ({_stats_hint(vit)}): undoing it squeezes every image into a band at most "
-            f"{span:.3f} wide (values in [{lo:.3g}, {hi:.3g}]); " + advice
+            f"statistics than the model's ({_stats_hint(vit)}): undoing it squeezes every channel of every image into a "
+            f"band at most {span:.3f} wide (values in [{lo:.3g}, {hi:.3g}]); " + advice
         )
     return pixels.clamp(0, 1)
 

@@ -1,0 +1,408 @@
+"""One network in timm, torchvision and Hugging Face layouts gives the same numbers everywhere.
+
+The converters below map a timm ViT's weights into torchvision's
+``VisionTransformer`` and transformers' ``ViTForImageClassification``; the
+logits agree, and then so must every report, score, attribution and table.
+"""
+
+import json
+
+import pytest
+import timm
+import torch
+import torchvision
+
+from captum_sift import CaptumSiftError, SIFTInterrelation, ThetaSettings, analyze
+from captum_sift.attention import iter_attention
+from captum_sift.cli import main
+from captum_sift.evaluation import evaluate_masking
+from captum_sift.masking import drop_tokens, patch_scores, select_patches
+from captum_sift.vit import ViTAdapter, as_vit
+
+transformers = pytest.importorskip("transformers")
+
+DIM, DEPTH, HEADS, MLP, PATCH, SIZE, CLASSES = 32, 3, 4, 64, 8, 32, 5
+
+
+@pytest.fixture(scope="module")
+def timm_vit():
+    torch.manual_seed(0)
+    model = timm.create_model(
+        "vit_tiny_patch16_224", pretrained=False, img_size=SIZE, patch_size=PATCH, embed_dim=DIM, depth=DEPTH,
+        num_heads=HEADS, mlp_ratio=MLP / DIM, num_classes=CLASSES,
+    )  # fmt: skip
+    for p in model.parameters():  # timm zero-inits some biases and the tokens: make every weight matter
+        p.data.normal_(0, 0.2)
+    return model.eval()
+
+
+def to_torchvision(model):
+    """timm ViT -> torchvision VisionTransformer with the same weights."""
+    tv = torchvision.models.VisionTransformer(SIZE, PATCH, DEPTH, HEADS, DIM, MLP, num_classes=CLASSES)
+    s = model.state_dict()
+    state = {
+        "conv_proj.weight": s["patch_embed.proj.weight"], "conv_proj.bias": s["patch_embed.proj.bias"],
+        "class_token": s["cls_token"], "encoder.pos_embedding": s["pos_embed"],
+        "encoder.ln.weight": s["norm.weight"], "encoder.ln.bias": s["norm.bias"],
+        "heads.head.weight": s["head.weight"], "heads.head.bias": s["head.bias"],
+    }  # fmt: skip
+    for i in range(DEPTH):
+        t, b = f"encoder.layers.encoder_layer_{i}.", f"blocks.{i}."
+        state |= {
+            t + "ln_1.weight": s[b + "norm1.weight"], t + "ln_1.bias": s[b + "norm1.bias"],
+            t + "self_attention.in_proj_weight": s[b + "attn.qkv.weight"],
+            t + "self_attention.in_proj_bias": s[b + "attn.qkv.bias"],
+            t + "self_attention.out_proj.weight": s[b + "attn.proj.weight"],
+            t + "self_attention.out_proj.bias": s[b + "attn.proj.bias"],
+            t + "ln_2.weight": s[b + "norm2.weight"], t + "ln_2.bias": s[b + "norm2.bias"],
+            t + "mlp.0.weight": s[b + "mlp.fc1.weight"], t + "mlp.0.bias": s[b + "mlp.fc1.bias"],
+            t + "mlp.3.weight": s[b + "mlp.fc2.weight"], t + "mlp.3.bias": s[b + "mlp.fc2.bias"],
+        }  # fmt: skip
+    tv.load_state_dict(state)
+    return tv.eval()
+
+
+def hf_config(**extra):
+    return transformers.ViTConfig(
+        hidden_size=DIM, num_hidden_layers=DEPTH, num_attention_heads=HEADS, intermediate_size=MLP,
+        image_size=SIZE, patch_size=PATCH, layer_norm_eps=1e-6, hidden_act="gelu", num_labels=CLASSES, **extra,
+    )  # fmt: skip
+
+
+def to_hf(model, attn_implementation="sdpa"):
+    """timm ViT -> transformers ViTForImageClassification with the same weights."""
+    hf = transformers.ViTForImageClassification._from_config(hf_config(), attn_implementation=attn_implementation)
+    s = model.state_dict()
+    state = {
+        "vit.embeddings.cls_token": s["cls_token"], "vit.embeddings.position_embeddings": s["pos_embed"],
+        "vit.embeddings.patch_embeddings.projection.weight": s["patch_embed.proj.weight"],
+        "vit.embeddings.patch_embeddings.projection.bias": s["patch_embed.proj.bias"],
+        "vit.layernorm.weight": s["norm.weight"], "vit.layernorm.bias": s["norm.bias"],
+        "classifier.weight": s["head.weight"], "classifier.bias": s["head.bias"],
+    }  # fmt: skip
+    for i in range(DEPTH):
+        h, b = f"vit.layers.{i}.", f"blocks.{i}."
+        q, k, v = s[b + "attn.qkv.weight"].chunk(3)
+        qb, kb, vb = s[b + "attn.qkv.bias"].chunk(3)
+        state |= {
+            h + "layernorm_before.weight": s[b + "norm1.weight"], h + "layernorm_before.bias": s[b + "norm1.bias"],
+            h + "attention.q_proj.weight": q, h + "attention.q_proj.bias": qb,
+            h + "attention.k_proj.weight": k, h + "attention.k_proj.bias": kb,
+            h + "attention.v_proj.weight": v, h + "attention.v_proj.bias": vb,
+            h + "attention.o_proj.weight": s[b + "attn.proj.weight"], h + "attention.o_proj.bias": s[b + "attn.proj.bias"],
+            h + "layernorm_after.weight": s[b + "norm2.weight"], h + "layernorm_after.bias": s[b + "norm2.bias"],
+            h + "mlp.fc1.weight": s[b + "mlp.fc1.weight"], h + "mlp.fc1.bias": s[b + "mlp.fc1.bias"],
+            h + "mlp.fc2.weight": s[b + "mlp.fc2.weight"], h + "mlp.fc2.bias": s[b + "mlp.fc2.bias"],
+        }  # fmt: skip
+    hf.load_state_dict(state)
+    return hf.eval()
+
+
+@pytest.fixture(scope="module")
+def families(timm_vit):
+    return {"timm": timm_vit, "torchvision": to_torchvision(timm_vit), "hf": to_hf(timm_vit)}
+
+
+@pytest.fixture(scope="module")
+def pixels():
+    torch.manual_seed(1)
+    return torch.rand(3, 3, SIZE, SIZE)
+
+
+@pytest.fixture(scope="module")
+def counts():
+    torch.manual_seed(2)
+    return torch.randint(0, 3, (3, (SIZE // PATCH) ** 2))
+
+
+def _logits(model, x):
+    out = model(x) if not hasattr(model, "config") else model(pixel_values=x).logits
+    return out
+
+
+def test_the_converters_give_one_network(families, pixels):
+    x = (pixels - 0.5) / 0.5  # timm's default statistics for this architecture
+    ref = _logits(families["timm"], x)
+    for name in ("torchvision", "hf"):
+        torch.testing.assert_close(_logits(families[name], x), ref, atol=1e-5, rtol=1e-5, msg=name)
+
+
+def test_adapters_read_the_same_geometry(families):
+    for name, model in families.items():
+        vit = as_vit(model)
+        assert (vit.family, vit.depth, vit.num_heads, vit.patch_size, vit.num_prefix_tokens, vit.in_chans) == (
+            name,
+            DEPTH,
+            HEADS,
+            PATCH,
+            1,
+            3,
+        )
+    assert as_vit(families["timm"]).mean == (0.5, 0.5, 0.5)  # timm's pretrained config
+    assert as_vit(families["torchvision"]).mean == (0.485, 0.456, 0.406)  # torchvision's weights transforms
+    assert as_vit(families["hf"]).mean == (0.5, 0.5, 0.5)  # ViTImageProcessor's default
+
+
+@pytest.mark.parametrize("settings", [ThetaSettings(), ThetaSettings(gamma=2.0, weighted=False, include_self=False)])
+def test_reports_are_equal_across_families(families, pixels, counts, settings):
+    stats = {"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)}  # one normalisation for the one network
+    reports = {n: analyze(m, pixels, counts, settings, image_space="pixel", **stats) for n, m in families.items()}
+    ref = reports["timm"]
+    for name in ("torchvision", "hf"):
+        report = reports[name]
+        for field in ("kk", "nk", "focus", "patch_theta", "query_attention"):
+            torch.testing.assert_close(getattr(report, field), getattr(ref, field), atol=2e-5, rtol=1e-4,
+                                       equal_nan=True, msg=f"{name} {field}")  # fmt: skip
+        for quantity in ("kk", "kn", "nk", "nn", "focus"):
+            torch.testing.assert_close(report.mean(quantity), ref.mean(quantity), atol=2e-5, rtol=1e-4, equal_nan=True)
+
+
+def test_every_entry_point_gives_the_same_numbers(families, pixels, counts):
+    stats = {"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)}
+    x = (pixels - 0.5) / 0.5
+    labels = _logits(families["timm"], x).argmax(1)
+    out = {}
+    for name, model in families.items():
+        vit = as_vit(model, **stats)
+        scores = patch_scores(vit, x, counts, layers=[0, 2])
+        attr = SIFTInterrelation(vit, layers=[0, 2]).attribute(x, keypoint_counts=counts)
+        selected = select_patches(scores, 0.5, "top")
+        dropped = drop_tokens(vit, x, selected)
+        table = evaluate_masking(vit, pixels, labels, ratios=(0.25, 0.5), modes=("random",), image_space="pixel",
+                                 progress=False)  # fmt: skip
+        out[name] = (scores, attr, dropped, [r["accuracy"] for r in table.rows()])
+    for name in ("torchvision", "hf"):
+        for a, b in zip(out[name][:3], out["timm"][:3], strict=True):
+            torch.testing.assert_close(a, b, atol=2e-5, rtol=1e-4, msg=name)
+        assert out[name][3] == out["timm"][3]
+
+
+def _qk_attention(q, k, heads):
+    b, t, d = q.shape
+    q = q.view(b, t, heads, d // heads).transpose(1, 2)
+    k = k.view(b, t, heads, d // heads).transpose(1, 2)
+    return torch.softmax(q @ k.transpose(-1, -2) / (d // heads) ** 0.5, dim=-1)
+
+
+def _block_inputs(blocks, run):
+    """The tokens entering every block during one forward of the model."""
+    seen = []
+    handles = [blk.register_forward_pre_hook(lambda _m, args, kwargs: seen.append(
+        args[0] if args else kwargs["hidden_states"]), with_kwargs=True) for blk in blocks]  # fmt: skip
+    try:
+        with torch.no_grad():
+            run()
+    finally:
+        for h in handles:
+            h.remove()
+    return seen
+
+
+def test_captured_attention_equals_a_recomputation_from_q_and_k(families, pixels):
+    x = (pixels - 0.5) / 0.5
+    tv, hf = families["torchvision"], families["hf"]
+    tv_in = _block_inputs(list(tv.encoder.layers), lambda: tv(x))
+    for i, attn in iter_attention(tv, x):
+        blk = tv.encoder.layers[i]
+        h = blk.ln_1(tv_in[i])
+        w, b = blk.self_attention.in_proj_weight, blk.self_attention.in_proj_bias
+        q, k, _ = torch.nn.functional.linear(h, w, b).chunk(3, dim=-1)
+        torch.testing.assert_close(attn, _qk_attention(q, k, HEADS), atol=1e-5, rtol=1e-4)
+    hf_in = _block_inputs(list(hf.vit.layers), lambda: hf(pixel_values=x))
+    for i, attn in iter_attention(hf, x):
+        blk = hf.vit.layers[i]
+        h = blk.layernorm_before(hf_in[i])
+        expected = _qk_attention(blk.attention.q_proj(h), blk.attention.k_proj(h), HEADS)
+        torch.testing.assert_close(attn, expected, atol=1e-5, rtol=1e-4)
+
+
+def _hooks(model):
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+
+
+@pytest.mark.parametrize("name", ["timm", "torchvision", "hf"])
+def test_model_untouched_after_an_exception(families, pixels, name):
+    model = families[name]
+    model.train()
+    modes = [m.training for m in model.modules()]
+    attn_impl = model.config._attn_implementation if name == "hf" else None
+    fused = [b.attn.fused_attn for b in model.blocks] if name == "timm" else None
+    x = (pixels - 0.5) / 0.5
+    with pytest.raises(RuntimeError, match="caller"):
+        for i, _ in iter_attention(model, x):
+            assert _hooks(model) == 0 and model.training  # between yields: as given (eval only inside)
+            if i == 1:
+                raise RuntimeError("caller")
+    assert _hooks(model) == 0
+    assert [m.training for m in model.modules()] == modes
+    if name == "hf":
+        assert model.config._attn_implementation == attn_impl == "sdpa"
+    if name == "timm":
+        assert [b.attn.fused_attn for b in model.blocks] == fused
+    model.eval()
+
+
+@pytest.mark.parametrize(
+    ("build", "prefix"),
+    [
+        (lambda: transformers.DeiTForImageClassificationWithTeacher(transformers.DeiTConfig(**_small())), 2),
+        (lambda: transformers.DeiTModel(transformers.DeiTConfig(**_small())), 2),
+        (lambda: transformers.ViTModel(transformers.ViTConfig(**_small())), 1),
+        (lambda: transformers.Dinov2Model(transformers.Dinov2Config(**_small(mlp=False))), 1),
+        (
+            lambda: transformers.Dinov2WithRegistersModel(
+                transformers.Dinov2WithRegistersConfig(**_small(mlp=False), num_register_tokens=4)
+            ),
+            5,
+        ),
+    ],
+)
+def test_hf_models_match_their_own_eager_attentions(build, prefix, pixels):
+    torch.manual_seed(0)
+    model = build().eval()
+    vit = as_vit(model)
+    assert vit.num_prefix_tokens == prefix and model.config._attn_implementation == "sdpa"
+    x = (pixels - 0.5) / 0.5
+    ours = [a for _, a in iter_attention(model, x)]
+    assert model.config._attn_implementation == "sdpa"
+    model.config._attn_implementation = "eager"
+    try:
+        with torch.no_grad():
+            theirs = model(pixel_values=x, output_attentions=True).attentions
+    finally:
+        model.config._attn_implementation = "sdpa"
+    assert len(ours) == len(theirs) == 2
+    for a, b in zip(ours, theirs, strict=True):
+        assert a.shape[-1] == prefix + 16
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+    report = analyze(model, pixels, image_space="pixel")
+    assert report.kk.shape == (3, 2, 2)
+
+
+def _small(mlp=True):
+    config = {"hidden_size": 16, "num_hidden_layers": 2, "num_attention_heads": 2, "image_size": SIZE,
+              "patch_size": PATCH, "num_labels": 3}  # fmt: skip
+    if mlp:
+        config["intermediate_size"] = 32
+    return config
+
+
+def test_not_a_vit_names_the_three_families():
+    with pytest.raises(CaptumSiftError, match="timm, torchvision or Hugging Face transformers.*got ResNet"):
+        as_vit(torchvision.models.resnet18(weights=None))
+    with pytest.raises(CaptumSiftError, match="expected a ViT .torch.nn.Module. or a ViTAdapter, got str"):
+        as_vit("vit_b_16")
+
+
+def test_a_custom_adapter_follows_the_protocol(families, pixels, counts):
+    """A ViT no family knows, wrapped by hand: the torchvision network seen through a custom capture."""
+    tv = families["torchvision"]
+    from contextlib import contextmanager
+
+    @contextmanager
+    def capture(block, store):
+        def ask(_m, args, kwargs):
+            return args, {**kwargs, "need_weights": True, "average_attn_weights": False}
+
+        handles = [block.self_attention.register_forward_pre_hook(ask, with_kwargs=True),
+                   block.self_attention.register_forward_hook(lambda _m, _i, out: store.append(out[1]))]  # fmt: skip
+        try:
+            yield
+        finally:
+            for h in handles:
+                h.remove()
+
+    custom = ViTAdapter(model=tv, family="mine", blocks=tuple(tv.encoder.layers), num_prefix_tokens=1,
+                        patch_size=PATCH, in_chans=3, num_heads=HEADS, mean=(0.5,) * 3, std=(0.5,) * 3,
+                        capture=capture, forward_logits=lambda m, x: m(x))  # fmt: skip
+    ours = analyze(custom, pixels, counts, image_space="pixel")
+    ref = analyze(families["timm"], pixels, counts, image_space="pixel")
+    torch.testing.assert_close(ours.patch_theta, ref.patch_theta, atol=2e-5, rtol=1e-4, equal_nan=True)
+
+
+def test_wrong_normalisation_is_caught(families, pixels):
+    deit = families["timm"]
+    with pytest.raises(CaptumSiftError, match="image_space='pixel'"):
+        analyze(deit, pixels)  # raw [0, 1] pixels passed as model input
+    imagenet = (pixels - torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)) / torch.tensor(
+        [0.229, 0.224, 0.225]
+    ).view(1, 3, 1, 1)
+    with pytest.raises(CaptumSiftError, match="other statistics"):
+        analyze(families["torchvision"], (pixels - 0.5) / 0.5)  # 0.5/0.5 instead of ImageNet's
+    analyze(families["torchvision"], imagenet)  # the right statistics pass
+    analyze(families["torchvision"], (pixels - 0.5) / 0.5, mean=(0.5,) * 3, std=(0.5,) * 3)  # or say which
+
+
+def test_default_model_with_pixel_data_is_caught():
+    from captum_sift.data import default_dataset, default_model
+
+    images, labels = default_dataset()
+    with pytest.raises(CaptumSiftError, match="image_space='pixel'"):
+        evaluate_masking(default_model(), images[:8], labels[:8], ratios=(0.1,), modes=("random",), progress=False)
+    table = evaluate_masking(default_model(), images[:64], labels[:64], ratios=(0.1,), modes=("random",),
+                             image_space="pixel", progress=False)  # fmt: skip
+    assert table.baseline["accuracy"] > 0.8
+
+
+def test_cli_analyzes_a_saved_hf_model_offline(families, tmp_path, image_folder, capsys):
+    folder = tmp_path / "hf_vit"
+    families["hf"].save_pretrained(folder)
+    transformers.ViTImageProcessor(size={"height": SIZE, "width": SIZE}).save_pretrained(folder)
+    out = tmp_path / "out"
+    assert main(["analyze", "--out", str(out), "--model", f"hf:{folder}", "--images", str(image_folder),
+                 "--batch-size", "4", "--quiet"]) == 0  # fmt: skip
+    report = json.loads((out / "report.json").read_text())
+    assert report["num_images"] == 6 and report["grid_size"] == [SIZE // PATCH] * 2 and report["warnings"] == []
+    assert report["settings"]["random_weights"] is False and "WARNING" not in capsys.readouterr().out
+    # the same folder read as torchvision and timm networks gives the same numbers
+    tv_weights = tmp_path / "tv.pt"
+    torch.save(families["torchvision"].state_dict(), tv_weights)
+    out_tv = tmp_path / "out_tv"
+    assert main(["analyze", "--out", str(out_tv), "--model", "torchvision:vit_b_16", "--images", str(image_folder),
+                 "--weights", str(tv_weights), "--img-size", str(SIZE), "--batch-size", "4", "--quiet",
+                 "--model-kwargs", f"patch_size={PATCH}", f"num_layers={DEPTH}", f"num_heads={HEADS}",
+                 f"hidden_dim={DIM}", f"mlp_dim={MLP}"]) == 2  # fmt: skip
+    assert "vit_b_16" in capsys.readouterr().err  # vit_b_16 fixes its sizes: a one-line error, not a crash
+
+
+def test_cli_random_weights_warn_everywhere(tmp_path, image_folder, capsys):
+    out = tmp_path / "out"
+    assert main(["analyze", "--out", str(out), "--model", "vit_tiny_patch16_224", "--img-size", "32",
+                 "--model-kwargs", "depth=3", "class_token=False", "global_pool=avg", "reg_tokens=2",
+                 "--images", str(image_folder), "--quiet"]) == 0  # fmt: skip
+    assert "WARNING: the model has random weights" in capsys.readouterr().out
+    report = json.loads((out / "report.json").read_text())
+    assert report["warnings"] and "random weights" in report["warnings"][0]
+    assert report["layers"] == [0, 1, 2] and report["settings"]["model_kwargs"][0] == ["depth", 3]
+    assert "random weights" in (out / "index.html").read_text()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--model", "hf:/no/such/folder"], "cannot load Hugging Face model '/no/such/folder' offline"),
+        (["--model", "torchvision:no_such_net"], "cannot create torchvision model 'no_such_net'"),
+        (["--model", "vit_tiny_patch16_224", "--model-kwargs", "depth"], "expected --model-kwargs as key=value"),
+        (["--model", "vit_tiny_patch16_224", "--model-kwargs", "a=1", "a=2"], "gives 'a' twice"),
+        (["--pretrained"], "--pretrained needs --model"),
+    ],
+)
+def test_cli_model_errors_are_one_line(tmp_path, capsys, args, message):
+    assert main(["analyze", "--out", str(tmp_path), "--quiet", *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and err.count("\n") == 1
+
+
+def test_cli_pretrained_offline_fails_with_one_line(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "captum_sift", "analyze", "--out", str(tmp_path), "--model", "vit_tiny_patch16_224",
+         "--pretrained", "--quiet"], capture_output=True, text=True, env=env, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr.startswith("captum-sift: error: cannot create timm model 'vit_tiny_patch16_224'")
+    assert result.stderr.count("\n") == 1
