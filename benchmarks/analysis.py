@@ -34,6 +34,47 @@ def build(name: str, img: int) -> torch.nn.Module:
     return timm.create_model(name, pretrained=False, img_size=img).eval()
 
 
+def family_models(quick: bool) -> dict[str, torch.nn.Module]:
+    """One ViT-B/16 architecture (ViT-Ti-like at 64 px with --quick) in each family, random weights."""
+    import torchvision
+
+    torch.manual_seed(0)
+    size, depth, heads, dim, mlp = (64, 4, 3, 192, 768) if quick else (224, 12, 12, 768, 3072)
+    models = {
+        "timm": timm.create_model("vit_base_patch16_224", pretrained=False, img_size=size, depth=depth,
+                                  num_heads=heads, embed_dim=dim),
+        "torchvision": torchvision.models.VisionTransformer(size, 16, depth, heads, dim, mlp),
+    }  # fmt: skip
+    try:
+        import transformers
+
+        config = transformers.ViTConfig(hidden_size=dim, num_hidden_layers=depth, num_attention_heads=heads,
+                                        intermediate_size=mlp, image_size=size, patch_size=16)  # fmt: skip
+        models["hf"] = transformers.ViTForImageClassification(config)
+    except ImportError:
+        print("transformers not installed: no Hugging Face figure")
+    return {name: model.eval() for name, model in models.items()}
+
+
+def family_ratios(quick: bool, batch: int, repeats: int) -> None:
+    """analyze / the family's own default forward (fused or sdpa attention), per family."""
+    from captum_sift.vit import as_vit
+
+    for family, model in family_models(quick).items():
+        vit = as_vit(model)
+        size = 64 if quick else 224
+        x, counts = inputs(batch, size, size // vit.patch_size)
+
+        def forward(vit=vit, x=x):
+            with torch.no_grad():
+                vit.logits(x)
+
+        t_forward = best_time(forward, repeats)
+        t_analysis = best_time(lambda vit=vit, x=x, counts=counts: analyze(vit, x, counts), repeats)
+        print(f"RATIO analysis / forward time [family {family}, ViT-B/16 layout, batch {batch}x{size}px]: "
+              f"{t_analysis / t_forward:.2f}  (forward {t_forward:.3f} s, analysis {t_analysis:.3f} s)")  # fmt: skip
+
+
 def inputs(batch: int, img: int, grid: int) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(0)
     x = torch.randn(batch, 3, img, img, generator=g)
@@ -95,6 +136,7 @@ def main() -> None:
     if args.quick:
         args.models, args.batch, args.img, args.repeats = ["vit_tiny_patch16_224"], 2, 64, 1
     print(f"torch {torch.__version__}, timm {timm.__version__}, {torch.get_num_threads()} threads, CPU")
+    family_ratios(args.quick, args.batch, args.repeats)
     for name in args.models:
         model = build(name, args.img)
         grid = args.img // model.patch_embed.patch_size[0]

@@ -58,8 +58,8 @@ def check_model_space(vit: ViTAdapter, images: torch.Tensor) -> torch.Tensor:
     if span < _MIN_SPAN or (looks_like_pixels and span < _MIN_SPAN_PIXELS):
         raise CaptumSiftError(
             f"images given as model input (image_space='model') look un-normalised or normalised with other "
-            f"statistics than the model's ({_stats_hint(vit)}): undoing it squeezes every channel of every image into a "
-            f"band at most {span:.3f} wide (values in [{lo:.3g}, {hi:.3g}]); " + advice
+            f"statistics than the model's ({_stats_hint(vit)}): undoing it squeezes every channel of every image "
+            f"into a band at most {span:.3f} wide (values in [{lo:.3g}, {hi:.3g}]); " + advice
         )
     return pixels.clamp(0, 1)
 

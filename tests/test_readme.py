@@ -57,6 +57,8 @@ def test_analysis_benchmark_quick_mode_prints_ratio_and_memory():
     result = run_script("benchmarks/analysis.py", "--quick")
     assert result.returncode == 0, result.stderr
     assert re.search(r"RATIO analysis / forward time \[vit_tiny_patch16_224\]: [\d.]+", result.stdout)
+    for family in ("timm", "torchvision", "hf"):
+        assert re.search(rf"RATIO analysis / forward time \[family {family}, .*\]: [\d.]+", result.stdout)
     assert re.search(r"MEMORY extra peak of the analysis \[vit_tiny_patch16_224\]: -?[\d.]+ MiB", result.stdout)
 
 
