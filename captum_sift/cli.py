@@ -44,6 +44,8 @@ def _add_model_data_options(p: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="constructor options, e.g. class_token=False global_pool=avg reg_tokens=4",
     )
+    p.add_argument("--mean", type=float, nargs="+", default=None, help="input mean per channel (default: the model's)")
+    p.add_argument("--std", type=float, nargs="+", default=None, help="input std per channel (default: the model's)")
     p.add_argument("--images", default=None, type=Path, help="image folder (jpg/png/webp, labels from sub-folders)")
     p.add_argument("--data", choices=("embedded", "fashion-mnist-full"), default="embedded",
                    help="data without --images: the 1,000 shipped test images, or Debian's full test set")  # fmt: skip

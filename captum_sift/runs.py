@@ -40,6 +40,8 @@ class RunConfig:
     weights: Path | None = None
     pretrained: bool = False
     model_kwargs: tuple[tuple[str, Any], ...] = ()
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
     images: Path | None = None
     data: str = "embedded"
     img_size: int | None = None
@@ -75,6 +77,7 @@ class RunConfig:
         return cls(
             command=args.command, out=args.out, model=args.model, weights=args.weights, pretrained=args.pretrained,
             model_kwargs=parse_model_kwargs(args.model_kwargs or []), images=args.images, data=args.data,
+            mean=tuple(args.mean) if args.mean else None, std=tuple(args.std) if args.std else None,
             img_size=args.img_size, limit=args.limit, batch_size=args.batch_size, theta=theta, device=args.device,
             quiet=args.quiet, resume=args.resume, save_every=args.save_every, **extra,
         )  # fmt: skip
@@ -196,7 +199,7 @@ def load_model(config: RunConfig) -> LoadedModel:
     if config.model is None and config.weights is None and not config.model_kwargs:
         if config.pretrained:
             raise CaptumSiftError("--pretrained needs --model: the embedded default is already trained")
-        vit = as_vit(default_model())
+        vit = as_vit(default_model(), mean=config.mean, std=config.std)
         return LoadedModel(vit, "embedded default: ViT trained on Fashion-MNIST", False, vit.img_size)
     state = _load_state(config.weights) if config.weights else None
     processor = None
@@ -221,7 +224,7 @@ def load_model(config: RunConfig) -> LoadedModel:
         name += " (random weights, seed 0)"
     elif config.pretrained:
         name += " (pretrained)"
-    vit = as_vit(model.eval(), image_processor=processor)
+    vit = as_vit(model.eval(), image_processor=processor, mean=config.mean, std=config.std)
     img_size = vit.img_size
     size = getattr(processor, "crop_size", None) or getattr(processor, "size", None)
     if isinstance(size, dict) and size.get("height"):

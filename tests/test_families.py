@@ -366,6 +366,38 @@ def test_cli_analyzes_a_saved_hf_model_offline(families, tmp_path, image_folder,
     assert "vit_b_16" in capsys.readouterr().err  # vit_b_16 fixes its sizes: a one-line error, not a crash
 
 
+def test_cli_gives_the_same_report_for_the_network_in_timm_and_hf_layouts(families, tmp_path, image_folder):
+    folder = tmp_path / "hf_vit"
+    families["hf"].save_pretrained(folder)
+    weights = tmp_path / "timm.pt"
+    torch.save(families["timm"].state_dict(), weights)
+    common = ["--images", str(image_folder), "--img-size", str(SIZE), "--batch-size", "4", "--quiet"]
+    assert main(["analyze", "--out", str(tmp_path / "hf"), "--model", f"hf:{folder}", *common]) == 0
+    timm_kwargs = [f"patch_size={PATCH}", f"embed_dim={DIM}", f"depth={DEPTH}", f"num_heads={HEADS}",
+                   f"mlp_ratio={MLP / DIM}"]  # fmt: skip
+    assert main(["analyze", "--out", str(tmp_path / "timm"), "--model", "vit_tiny_patch16_224", "--weights",
+                 str(weights), "--model-kwargs", *timm_kwargs, "--mean", "0.5", "0.5", "0.5",
+                 *common]) == 0  # fmt: skip
+    hf_report, timm_report = (json.loads((tmp_path / n / "report.json").read_text()) for n in ("hf", "timm"))
+    for name in ("kk", "nk", "focus"):
+        a, b = torch.tensor(hf_report["means"][name], dtype=torch.float64), torch.tensor(timm_report["means"][name])
+        torch.testing.assert_close(a, b.double(), atol=1e-5, rtol=1e-4, equal_nan=True)
+    for stage in ("retrieval", "capture", "coach"):
+        assert hf_report["stages"][stage] == timm_report["stages"][stage]
+
+
+def test_import_needs_no_docstrings():
+    import subprocess
+    import sys
+
+    code = "import captum_sift, captum_sift.cli, captum_sift.stages as s; assert s.RULE; print('ok')"
+    result = subprocess.run([sys.executable, "-OO", "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-2000:]
+    result = subprocess.run([sys.executable, "-OO", "-m", "captum_sift", "--help"], capture_output=True, text=True,
+                            timeout=300)  # fmt: skip
+    assert result.returncode == 0 and "analyze" in result.stdout
+
+
 def test_cli_random_weights_warn_everywhere(tmp_path, image_folder, capsys):
     out = tmp_path / "out"
     assert main(["analyze", "--out", str(out), "--model", "vit_tiny_patch16_224", "--img-size", "32",
