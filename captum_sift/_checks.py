@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 
@@ -14,18 +15,35 @@ def shape_of(value: object) -> object:
     return tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
 
 
+def as_scalar(value: object) -> object:
+    """numpy scalars and 0-d tensors as the Python number they hold; anything else unchanged."""
+    if isinstance(value, torch.Tensor) and value.dim() == 0 and not value.is_complex():
+        return value.item()
+    if isinstance(value, numbers.Number) and type(value).__module__ == "numpy":
+        return value.item()  # type: ignore[attr-defined]
+    return value
+
+
+def as_int(value: object) -> int | None:
+    """An int (numpy and 0-d tensor ints included), or None when ``value`` is not one (bools are not)."""
+    value = as_scalar(value)
+    return int(value) if isinstance(value, int) and not isinstance(value, bool) else None
+
+
 def check_min_keypoints(min_keypoints: object) -> int:
     """The Key bar: an int >= 1."""
-    if isinstance(min_keypoints, bool) or not isinstance(min_keypoints, int) or min_keypoints < 1:
+    value = as_int(min_keypoints)
+    if value is None or value < 1:
         raise CaptumSiftError(f"expected min_keypoints to be an int >= 1, got {min_keypoints!r}")
-    return min_keypoints
+    return value
 
 
 def check_gamma(gamma: object) -> float:
     """The detection-line height of eq. 2: a finite number > 0."""
-    if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not math.isfinite(gamma) or gamma <= 0:
+    value = as_scalar(gamma)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
         raise CaptumSiftError(f"expected gamma > 0, got {gamma!r}")
-    return float(gamma)
+    return float(value)
 
 
 def check_images(images: object, name: str = "images") -> torch.Tensor:
@@ -48,7 +66,7 @@ def check_images(images: object, name: str = "images") -> torch.Tensor:
             "convert 8-bit images with `images.float() / 255`"
         )
     if images.numel() == 0:
-        return images
+        return images.detach()
     if not bool(torch.isfinite(images).all()):
         n_bad = int((~torch.isfinite(images)).sum())
         raise CaptumSiftError(f"expected finite {name}, got {n_bad} NaN or Inf values")
@@ -56,7 +74,7 @@ def check_images(images: object, name: str = "images") -> torch.Tensor:
     if lo < 0.0 or hi > 1.0:
         hint = " (this looks like a 0..255 image: divide it by 255)" if hi > 1.0 and hi <= 255.0 else ""
         raise CaptumSiftError(f"expected {name} with values in [0, 1], got values in [{lo:g}, {hi:g}]{hint}")
-    return images
+    return images.detach()  # keypoints need no gradient; Captum inputs often require one
 
 
 def check_patch_size(patch_size: object, height: int, width: int) -> int:

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import torch
 
-from ._checks import shape_of
+from ._checks import as_scalar, shape_of
 from .errors import CaptumSiftError
 
 __all__ = [
@@ -50,19 +50,30 @@ def patch_feature_mask(height: int, width: int, patch_size: int, device: torch.d
 
 def num_masked(ratio: float, num_patches: int) -> int:
     """round(ratio * N), halves rounded up (SPEC §7)."""
-    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0.0 <= ratio <= 1.0:
+    value = as_scalar(ratio)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
         raise CaptumSiftError(f"expected ratio in [0, 1], got {ratio!r}")
-    return min(num_patches, math.floor(ratio * num_patches + 0.5))
+    return min(num_patches, math.floor(value * num_patches + 0.5))
 
 
 def check_plan(ratios: Sequence[float], modes: Sequence[str], name: str = "modes") -> tuple[list[float], list[str]]:
     """Ratios as floats in [0, 1] and modes among :data:`MODES`, before any work is done."""
+    if isinstance(ratios, (str, bytes)) or isinstance(modes, (str, bytes)):
+        raise CaptumSiftError(f"expected sequences of ratios and modes, got {ratios!r} and {modes!r}")
+    ratios, modes = list(ratios), list(modes)
+    if not ratios or not modes:
+        raise CaptumSiftError(f"expected at least one ratio and one mode, got {ratios} and {modes}")
     for ratio in ratios:
         num_masked(ratio, 1)  # validates the range
     for mode in modes:
         if mode not in MODES:
             raise CaptumSiftError(f"expected {name} among {MODES}, got {mode!r}")
-    return [float(r) for r in ratios], list(modes)
+    floats = [float(r) for r in ratios]
+    for label, values in (("ratios", floats), (name, modes)):
+        twice = sorted({v for v in values if values.count(v) > 1}, key=str)
+        if twice:  # a repeated cell would count every image twice (n and the paired test)
+            raise CaptumSiftError(f"expected distinct {label}, got {twice} more than once in {values}")
+    return floats, modes
 
 
 def _check_2d(name: str, value: object) -> torch.Tensor:

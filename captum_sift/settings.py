@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Literal, Union
 
-from ._checks import check_gamma, check_min_keypoints
+from ._checks import as_int, check_gamma, check_min_keypoints
 from .errors import CaptumSiftError
 
 __all__ = ["KEYPOINT_BACKENDS", "LayerChoice", "ThetaSettings", "resolve_layers"]
@@ -21,10 +21,10 @@ def resolve_layers(layers: int | Iterable[int] | None, depth: int) -> list[int]:
     """Sorted, de-duplicated layer indices; negative indices count from the end."""
     if layers is None:
         return list(range(depth))
-    items = [layers] if isinstance(layers, int) else list(layers)
+    items = _layer_items(layers)
     resolved = set()
     for layer in items:
-        if isinstance(layer, bool) or not isinstance(layer, int) or not -depth <= layer < depth:
+        if not -depth <= layer < depth:
             raise CaptumSiftError(
                 f"expected layer indices in [-{depth}, {depth}) for a {depth}-block model, got {layer!r}"
             )
@@ -32,6 +32,24 @@ def resolve_layers(layers: int | Iterable[int] | None, depth: int) -> list[int]:
     if not resolved:
         raise CaptumSiftError("expected at least one layer, got an empty selection")
     return sorted(resolved)
+
+
+def _layer_items(layers: object) -> list[int]:
+    """Layer indices of an int or an iterable of ints (numpy and 0-d tensor ints included)."""
+    if isinstance(layers, str):
+        raise CaptumSiftError(f"expected layer indices or a stage name in {STAGE_NAMES}, got {layers!r}")
+    single = as_int(layers)
+    if single is not None:
+        return [single]
+    try:
+        raw = list(layers)  # type: ignore[call-overload]
+    except TypeError:
+        raise CaptumSiftError(f"expected layer indices (ints) or a stage name, got {layers!r}") from None
+    items = [as_int(layer) for layer in raw]
+    bad = [layer for layer, item in zip(raw, items, strict=True) if item is None]
+    if bad:
+        raise CaptumSiftError(f"expected layer indices (ints), got {bad[0]!r}")
+    return items  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)
@@ -71,7 +89,7 @@ class ThetaSettings:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "gamma", check_gamma(self.gamma))
-        check_min_keypoints(self.min_keypoints)
+        object.__setattr__(self, "min_keypoints", check_min_keypoints(self.min_keypoints))
         for name in ("weighted", "include_self"):
             if not isinstance(getattr(self, name), bool):
                 raise CaptumSiftError(f"expected {name} to be True or False, got {getattr(self, name)!r}")
@@ -82,10 +100,7 @@ class ThetaSettings:
             if layers not in STAGE_NAMES:
                 raise CaptumSiftError(f"expected layers to be a stage name in {STAGE_NAMES}, got {layers!r}")
         elif layers is not None:
-            items = [layers] if isinstance(layers, int) else list(layers)
-            for layer in items:
-                if isinstance(layer, bool) or not isinstance(layer, int):
-                    raise CaptumSiftError(f"expected layer indices (ints), got {layer!r}")
+            items = _layer_items(layers)
             if not items:
                 raise CaptumSiftError("expected at least one layer, got an empty selection")
             object.__setattr__(self, "layers", tuple(items))

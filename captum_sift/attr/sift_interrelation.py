@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 from captum.attr import Attribution
+from captum.log import log_usage
 from torch import nn
 
 from .._checks import shape_of
@@ -17,6 +18,18 @@ from ..settings import LayerChoice, ThetaSettings
 from ..vit import ViTAdapter, as_vit
 
 __all__ = ["SIFTInterrelation", "patch_feature_mask", "patch_scores_to_pixels"]
+
+
+def _expand_counts(counts: torch.Tensor | None, batch: int) -> torch.Tensor | None:
+    """Counts of B' images repeated image-wise to B = k B' (Captum's expansion of the inputs)."""
+    if not isinstance(counts, torch.Tensor) or counts.dim() < 1 or counts.shape[0] in (0, batch):
+        return counts
+    if batch % counts.shape[0] == 0:
+        return counts.repeat_interleave(batch // counts.shape[0], dim=0)
+    raise CaptumSiftError(
+        f"expected keypoint_counts for {batch} images (or for B' images with {batch} a multiple of B'), "
+        f"got shape {tuple(counts.shape)}"
+    )
 
 
 class SIFTInterrelation(Attribution):
@@ -80,6 +93,7 @@ class SIFTInterrelation(Attribution):
     def has_convergence_delta(self) -> bool:
         return False
 
+    @log_usage()
     def attribute(  # type: ignore[override]
         self,
         inputs: torch.Tensor | tuple[torch.Tensor],
@@ -93,7 +107,11 @@ class SIFTInterrelation(Attribution):
         Args:
             inputs: (B, C, H, W) images, or a 1-tuple of them (Captum style).
             keypoint_counts: t_j per patch, (B, N) or (B, Gh, Gw); counted on
-                the images when None.
+                the images when None. Counts of B' images where B = k B' are
+                repeated image by image (``repeat_interleave``), the way
+                Captum's NoiseTunnel, ``infidelity`` and ``sensitivity_max``
+                expand the inputs, so fixed counts of the original images can
+                be passed through them.
             target: ignored (θ does not depend on the class).
             return_report: also return the :class:`~captum_sift.InterrelationReport`.
 
@@ -110,6 +128,7 @@ class SIFTInterrelation(Attribution):
             images = inputs
         if not isinstance(images, torch.Tensor) or images.dim() != 4:
             raise CaptumSiftError(f"expected inputs of shape (B, C, H, W), got {shape_of(images)}")
+        keypoint_counts = _expand_counts(keypoint_counts, images.shape[0])
         report = analyze(self.vit, images, keypoint_counts, self.settings, image_space=self.image_space)  # type: ignore[arg-type]
         scores = patch_scores_from_report(report, self.settings.layers).to(images.device, images.dtype)
         attributions = patch_scores_to_pixels(scores, images.shape, self.vit.patch_size)
