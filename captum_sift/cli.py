@@ -46,6 +46,12 @@ def _add_model_data_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--mean", type=float, nargs="+", default=None, help="input mean per channel (default: the model's)")
     p.add_argument("--std", type=float, nargs="+", default=None, help="input std per channel (default: the model's)")
+    p.add_argument(
+        "--class-map",
+        type=Path,
+        default=None,
+        help="JSON file {sub-folder name: class index} when folder order is not the model's classes",
+    )
     p.add_argument("--images", default=None, type=Path, help="image folder (jpg/png/webp, labels from sub-folders)")
     p.add_argument("--data", choices=("embedded", "fashion-mnist-full"), default="embedded",
                    help="data without --images: the 1,000 shipped test images, or Debian's full test set")  # fmt: skip

@@ -125,10 +125,18 @@ _MANIFEST = _PACKAGE_DATA / "manifest.json"
 def _read_idx(path: Path) -> np.ndarray:
     """An idx file (optionally gzipped) as a numpy array."""
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        data = f.read()
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+    except (OSError, EOFError) as exc:
+        raise CaptumSiftError(f"cannot read idx file {path}: {exc}") from exc
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08 or not 1 <= data[3] <= 4:
+        raise CaptumSiftError(f"expected an idx file of unsigned bytes (magic 0x00000801-04) in {path}")
     ndim = data[3]
     dims = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
+    expected = 4 + 4 * ndim + int(np.prod(dims))
+    if len(data) != expected:
+        raise CaptumSiftError(f"expected {expected} bytes in idx file {path} of shape {dims}, got {len(data)}")
     return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims).copy()  # writable
 
 
@@ -265,23 +273,52 @@ class ImageFolder:
     timm's eval transform does, and kept on 8-bit steps.
     """
 
-    def __init__(self, root: str | Path, size: int, channels: int = 3) -> None:
+    def __init__(self, root: str | Path, size: int, channels: int = 3, class_map: dict[str, int] | None = None) -> None:
         self.root = Path(root)
         if not self.root.is_dir():
-            raise CaptumSiftError(f"image folder not found: {self.root}")
+            raise CaptumSiftError(f"image folder not found: {display_path(self.root)}")
         if channels not in (1, 3):
             raise CaptumSiftError(f"expected 1 or 3 channels, got {channels}")
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise CaptumSiftError(f"expected size to be an int >= 1, got {size!r}")
         self.size, self.channels = size, channels
-        self.files = sorted(p for p in self.root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        # dangling links are kept: loading them fails, so they are listed among the skipped files
+        self.files = sorted(
+            p for p in self.root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and (p.is_file() or p.is_symlink())
+        )
         if not self.files:
-            raise CaptumSiftError(f"no {'/'.join(IMAGE_SUFFIXES)} images found under {self.root}")
+            raise CaptumSiftError(f"no {'/'.join(IMAGE_SUFFIXES)} images found under {display_path(self.root)}")
         self.classes = sorted({p.relative_to(self.root).parts[0] for p in self.files if p.parent != self.root})
+        if class_map is not None:
+            missing = [c for c in self.classes if c not in class_map]
+            bad = {k: v for k, v in class_map.items() if isinstance(v, bool) or not isinstance(v, int) or v < 0}
+            if missing or bad:
+                raise CaptumSiftError(
+                    f"expected a class index >= 0 for every sub-folder in the class map, "
+                    f"missing {missing}, not an index {bad}"
+                )
+        self.class_map = class_map
 
     def __len__(self) -> int:
         return len(self.files)
 
     def label(self, path: Path) -> int:
-        return -1 if path.parent == self.root else self.classes.index(path.relative_to(self.root).parts[0])
+        if path.parent == self.root:
+            return -1
+        name = path.relative_to(self.root).parts[0]
+        return self.class_map[name] if self.class_map is not None else self.classes.index(name)
+
+    def fingerprint(self) -> str:
+        """sha256 of the sorted relative paths, sizes and modification times (what a resume must match)."""
+        digest = hashlib.sha256()
+        for path in self.files:
+            try:
+                stat = path.stat()
+                info = f"{stat.st_size}:{stat.st_mtime_ns}"
+            except OSError:
+                info = "unreadable"
+            digest.update(f"{display_path(path.relative_to(self.root))}\t{info}\n".encode())
+        return digest.hexdigest()
 
     def load(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor, list[int], list[tuple[str, str]]]:
         """Images (n, C, S, S) in [0, 1], labels (n,), the indices read, and (path, reason) of unreadable files."""
@@ -289,20 +326,52 @@ class ImageFolder:
 
         images, labels, read, skipped = [], [], [], []
         for i in indices:
+            if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < len(self.files):
+                raise CaptumSiftError(f"expected image indices in [0, {len(self.files)}), got {i!r}")
             path = self.files[i]
             try:
                 with Image.open(path) as im:
-                    im = im.convert("L" if self.channels == 1 else "RGB")
-                    array = np.asarray(im, dtype=np.uint8)
+                    tensor = decode_image(im, self.channels)
             except Exception as exc:  # a corrupt file is reported and skipped, never ends the run
-                skipped.append((str(path), f"{type(exc).__name__}: {exc}"))
+                skipped.append((display_path(path), f"{type(exc).__name__}: {display_path(str(exc))}"))
                 continue
-            tensor = torch.from_numpy(array.copy())
-            tensor = tensor.unsqueeze(0) if tensor.dim() == 2 else tensor.permute(2, 0, 1)
-            tensor = TF.resize(tensor, self.size, antialias=True)
+            if tensor.dtype == torch.uint8:  # 8-bit images stay on 8-bit steps, as before
+                tensor = TF.resize(tensor, self.size, antialias=True).float() / 255.0
+            else:
+                tensor = TF.resize(tensor, self.size, antialias=True).clamp(0, 1)
             images.append(TF.center_crop(tensor, [self.size, self.size]))
             labels.append(self.label(path))
             read.append(i)
         if not images:
             return torch.zeros(0, self.channels, self.size, self.size), torch.zeros(0, dtype=torch.long), read, skipped
-        return torch.stack(images).float() / 255.0, torch.tensor(labels), read, skipped
+        return torch.stack(images), torch.tensor(labels), read, skipped
+
+
+def display_path(path: str | Path) -> str:
+    """A path as printable text: bytes that are not UTF-8 shown as backslash escapes."""
+    import os
+
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+_SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N")
+
+
+def decode_image(im, channels: int) -> torch.Tensor:
+    """A PIL image as a (C, H, W) tensor: uint8 for 8-bit images, float in [0, 1] for 16-bit ones.
+
+    16-bit grayscale (``I;16*``, and ``I`` holding 16-bit values) is scaled by
+    1/65535, never clipped to 8 bits; palette, 1-bit, RGBA (alpha dropped),
+    CMYK and the rest go through PIL's conversion to L or RGB.
+    """
+    if im.mode in _SIXTEEN_BIT or im.mode == "I":
+        array = np.asarray(im).astype(np.int64)
+        if array.min() < 0 or array.max() > 65535:
+            raise CaptumSiftError(f"expected a 16-bit image, got values in [{array.min()}, {array.max()}]")
+        gray = torch.from_numpy((array / 65535.0).astype(np.float32)).unsqueeze(0)
+        return gray if channels == 1 else gray.expand(3, -1, -1).contiguous()
+    if im.mode == "F":
+        raise CaptumSiftError("expected an 8- or 16-bit image, got a 32-bit float image (mode F)")
+    array = np.asarray(im.convert("L" if channels == 1 else "RGB"), dtype=np.uint8)
+    tensor = torch.from_numpy(array.copy())
+    return tensor.unsqueeze(0) if tensor.dim() == 2 else tensor.permute(2, 0, 1)

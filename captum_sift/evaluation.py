@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ._checks import as_int, shape_of
 from .errors import CaptumSiftError
 from .patches import MODES, check_plan, mask_images, select_patches
 from .settings import ThetaSettings
@@ -24,6 +25,8 @@ _Z95 = 1.959963984540054
 
 def wilson_interval(correct: int, total: int) -> tuple[float, float]:
     """95 % Wilson score interval of a proportion."""
+    if as_int(correct) is None or as_int(total) is None or not 0 <= correct <= total:
+        raise CaptumSiftError(f"expected ints 0 <= correct <= total, got correct={correct!r}, total={total!r}")
     if total == 0:
         return float("nan"), float("nan")
     p = correct / total
@@ -35,6 +38,8 @@ def wilson_interval(correct: int, total: int) -> tuple[float, float]:
 
 def mcnemar_exact(worse: int, better: int) -> float:
     """Two-sided exact McNemar p-value from the discordant pairs (binomial, p = 1/2)."""
+    if as_int(worse) is None or as_int(better) is None or worse < 0 or better < 0:
+        raise CaptumSiftError(f"expected counts >= 0 of discordant pairs, got worse={worse!r}, better={better!r}")
     n = worse + better
     if n == 0:
         return 1.0
@@ -92,10 +97,27 @@ class MaskingTable:
             "cells": [[m, r, c] for (m, r), c in self.cells.items()],
         }  # fmt: skip
 
-    def load_state(self, state: dict[str, Any]) -> None:
-        """Counts from :meth:`state` (replacing the current ones)."""
-        self.baseline_correct, self.total = int(state["baseline_correct"]), int(state["total"])
-        self.cells = {(m, float(r)): {k: int(v) for k, v in c.items()} for m, r, c in state["cells"]}
+    def load_state(self, state: dict[str, Any], num_cells: int | None = None) -> None:
+        """Counts from :meth:`state` (replacing the current ones), checked for shape and ranges."""
+        fields = {"correct", "total", "worse", "better"}
+        base, total, cells = state["baseline_correct"], state["total"], state["cells"]
+        if as_int(base) is None or as_int(total) is None or not 0 <= base <= total:
+            raise CaptumSiftError(f"expected 0 <= baseline_correct <= total, got {base!r} and {total!r}")
+        loaded = {}
+        for mode, ratio, cell in cells:
+            if mode not in MODES or not isinstance(cell, dict) or set(cell) != fields:
+                raise CaptumSiftError(
+                    f"expected a cell of a mode in {MODES} with counts {sorted(fields)}, got {cell!r}"
+                )
+            counts = {k: as_int(v) for k, v in cell.items()}
+            if any(v is None or v < 0 for v in counts.values()) or counts["total"] != total:
+                raise CaptumSiftError(f"expected counts >= 0 over {total} images in cell {mode} {ratio}, got {cell}")
+            if counts["correct"] > total or counts["worse"] + counts["better"] > total:
+                raise CaptumSiftError(f"expected counts of at most {total} images in cell {mode} {ratio}, got {cell}")
+            loaded[(mode, float(ratio))] = counts
+        if num_cells is not None and total > 0 and len(loaded) != num_cells:
+            raise CaptumSiftError(f"expected {num_cells} cells, got {len(loaded)}")
+        self.baseline_correct, self.total, self.cells = int(base), int(total), loaded
 
     def all_reduce(self, modes: Sequence[str], ratios: Sequence[float], device: torch.device | str = "cpu") -> None:
         """Sum the counts over torch.distributed ranks, in place (every rank calls it with the same plan)."""
@@ -131,6 +153,8 @@ def _batches(
     images_or_loader: torch.Tensor | Iterable, labels: torch.Tensor | None, batch_size: int
 ) -> Iterable[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """(images, labels, global image indices) per batch."""
+    if as_int(batch_size) is None or batch_size < 1:
+        raise CaptumSiftError(f"expected batch_size to be an int >= 1, got {batch_size!r}")
     if isinstance(images_or_loader, torch.Tensor):
         if labels is None or not isinstance(labels, torch.Tensor) or labels.shape != (images_or_loader.shape[0],):
             got = tuple(labels.shape) if isinstance(labels, torch.Tensor) else labels
@@ -142,9 +166,27 @@ def _batches(
         if labels is not None:
             raise CaptumSiftError("expected labels=None with a loader (it yields (images, labels) pairs)")
         seen = 0
-        for batch in images_or_loader:
-            images = batch[0]
-            yield images, batch[1], torch.arange(seen, seen + images.shape[0])
+        try:
+            iterator = iter(images_or_loader)
+        except TypeError:
+            raise CaptumSiftError(
+                f"expected a (B, C, H, W) tensor or an iterable of (images, labels) batches, "
+                f"got {type(images_or_loader).__name__}"
+            ) from None
+        for i, batch in enumerate(iterator):
+            ok = isinstance(batch, (tuple, list)) and len(batch) >= 2
+            images, batch_labels = (batch[0], batch[1]) if ok else (None, None)
+            if (
+                not isinstance(images, torch.Tensor)
+                or images.dim() != 4
+                or not isinstance(batch_labels, torch.Tensor)
+                or batch_labels.shape != (images.shape[0],)
+            ):
+                got = [shape_of(b) for b in batch] if isinstance(batch, (tuple, list)) else shape_of(batch)
+                raise CaptumSiftError(
+                    f"expected batch {i} of the loader to be (images (B, C, H, W), labels (B,)), got {got}"
+                )
+            yield images, batch_labels, torch.arange(seen, seen + images.shape[0])
             seen += images.shape[0]
 
 
@@ -189,6 +231,12 @@ def evaluate_batch(
         base_logits = vit.logits(model_input)
         if not bool(torch.isfinite(base_logits).all()):
             raise CaptumSiftError("non-finite logits from the model: check its weights and the input")
+        outputs = base_logits.shape[1]
+        if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= outputs):
+            raise CaptumSiftError(
+                f"expected labels that are class indices in [0, {outputs}) of the model's {outputs} outputs, "
+                f"got labels in [{int(labels.min())}, {int(labels.max())}]"
+            )
         base_ok = base_logits.argmax(dim=1).cpu() == labels.cpu()
         table.baseline_correct += int(base_ok.sum())
         table.total += int(base_ok.numel())

@@ -66,7 +66,11 @@ def _check_counts(keypoint_counts: torch.Tensor, batch: int, num_patches: int) -
             f"expected keypoint_counts of shape (B, N) = ({batch}, {num_patches}) or (B, Gh, Gw) with "
             f"Gh * Gw = {num_patches}, got {tuple(keypoint_counts.shape)}"
         )
-    if counts.is_floating_point() or counts.is_complex():
+    if counts.is_complex() or counts.dtype == torch.bool or counts.is_meta:
+        raise CaptumSiftError(
+            f"expected real-valued keypoint_counts on a real device, got dtype {counts.dtype} on {counts.device}"
+        )
+    if counts.is_floating_point():
         if not bool(torch.isfinite(counts).all()):
             raise CaptumSiftError("expected finite keypoint_counts, got NaN or Inf")
         if not bool((counts == counts.round()).all()):

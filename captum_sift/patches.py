@@ -42,6 +42,9 @@ def patch_scores_to_pixels(scores: torch.Tensor, shape: torch.Size | tuple[int, 
 
 def patch_feature_mask(height: int, width: int, patch_size: int, device: torch.device | None = None) -> torch.Tensor:
     """Patch index of every pixel, row-major, as a (1, 1, H, W) long tensor (Captum's ``feature_mask``)."""
+    from ._checks import check_patch_size
+
+    check_patch_size(patch_size, height, width)
     ids = torch.arange((height // patch_size) * (width // patch_size), device=device).view(
         1, 1, height // patch_size, width // patch_size
     )

@@ -148,6 +148,8 @@ class InterrelationReport:
         """
         reports = (self, *others)
         for other in others:
+            if not isinstance(other, InterrelationReport):
+                raise CaptumSiftError(f"expected InterrelationReports to merge, got {type(other).__name__}")
             self._same_setup(other)
         sums = {n: sum((r.sums[n] for r in reports[1:]), reports[0].sums[n].clone()) for n in STORED}
         counts = {n: sum((r.counts[n] for r in reports[1:]), reports[0].counts[n].clone()) for n in STORED}
@@ -201,7 +203,37 @@ class InterrelationReport:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> InterrelationReport:
-        """Inverse of :meth:`to_dict`."""
+        """Inverse of :meth:`to_dict`; anything else (missing keys, wrong shapes or ranges) is refused."""
+        try:
+            report = cls._from_dict(data)
+        except CaptumSiftError:
+            raise
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError, RuntimeError) as exc:
+            raise CaptumSiftError(f"expected a report written by InterrelationReport.to_dict: {exc!r}") from exc
+        report.validate()
+        return report
+
+    def validate(self) -> None:
+        """Check shapes, ranges and consistency of the sums and counts (after loading)."""
+        shape = (len(self.layers), self.num_heads)
+        if self.num_images < 0 or len(self.grid_size) != 2 or min(self.grid_size) < 1:
+            raise CaptumSiftError(
+                f"expected num_images >= 0 and a (Gh, Gw) grid, got {self.num_images} and {self.grid_size}"
+            )
+        for n in STORED:
+            s, c = self.sums.get(n), self.counts.get(n)
+            if s is None or c is None or tuple(s.shape) != shape or tuple(c.shape) != shape:
+                got = (None if s is None else tuple(s.shape), None if c is None else tuple(c.shape))
+                raise CaptumSiftError(f"expected sums and counts of {n!r} of shape {shape}, got {got}")
+            if bool((c < 0).any()) or bool((c > self.num_images).any()) or not bool(torch.isfinite(s).all()):
+                raise CaptumSiftError(
+                    f"expected counts of {n!r} in [0, num_images={self.num_images}] and finite sums, got otherwise"
+                )
+
+    @classmethod
+    def _from_dict(cls, data: dict[str, Any]) -> InterrelationReport:
+        if not isinstance(data, dict):
+            raise CaptumSiftError(f"expected a report dict, got {type(data).__name__}")
         per_image = data.get("per_image")
         kwargs: dict[str, Any] = {}
         if per_image is not None:
@@ -227,7 +259,11 @@ class InterrelationReport:
     @classmethod
     def load_json(cls, path: str | Path) -> InterrelationReport:
         """Read a report written by :meth:`save_json`."""
-        return cls.from_dict(json.loads(Path(path).read_text()))
+        try:
+            data = json.loads(Path(path).read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise CaptumSiftError(f"cannot read a report from {path}: {exc}") from exc
+        return cls.from_dict(data)
 
     def save_csv(self, path: str | Path) -> None:
         """One row per layer x head: the means of every quantity, the image counts, and the exact sums.
@@ -252,10 +288,22 @@ class InterrelationReport:
     @classmethod
     def load_csv(cls, path: str | Path) -> InterrelationReport:
         """Read a report written by :meth:`save_csv`: data-set sums and counts, no per-image data."""
-        with open(path, newline="") as f:
-            rows = list(csv.DictReader(f))
+        try:
+            with open(path, newline="") as f:
+                rows = list(csv.DictReader(f))
+        except (OSError, UnicodeDecodeError, csv.Error) as exc:
+            raise CaptumSiftError(f"cannot read a report from {path}: {exc}") from exc
         if not rows or "sum_kk" not in rows[0]:
             raise CaptumSiftError(f"expected a CSV written by InterrelationReport.save_csv, got {path}")
+        try:
+            report = cls._from_csv_rows(rows)
+        except (KeyError, TypeError, ValueError, IndexError, json.JSONDecodeError) as exc:
+            raise CaptumSiftError(f"expected a CSV written by InterrelationReport.save_csv, got {path}: {exc}") from exc
+        report.validate()
+        return report
+
+    @classmethod
+    def _from_csv_rows(cls, rows: list[dict[str, str]]) -> InterrelationReport:
         layers = sorted({int(r["layer"]) for r in rows})
         heads = max(int(r["head"]) for r in rows) + 1
         sums = {n: torch.zeros(len(layers), heads, dtype=torch.float64) for n in STORED}

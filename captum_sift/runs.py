@@ -43,6 +43,7 @@ class RunConfig:
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
     images: Path | None = None
+    class_map: tuple[tuple[str, int], ...] | None = None
     data: str = "embedded"
     img_size: int | None = None
     limit: int | None = None
@@ -60,10 +61,11 @@ class RunConfig:
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> RunConfig:
         """The config of parsed ``captum-sift analyze`` / ``mask-eval`` arguments."""
-        for name in ("limit", "batch_size", "save_every"):
+        for name in ("limit", "batch_size", "save_every", "img_size"):
             value = getattr(args, name)
             if value is not None and value < 1:
                 raise CaptumSiftError(f"expected --{name.replace('_', '-')} >= 1, got {value}")
+        parse_device(args.device)
         theta = ThetaSettings(gamma=args.gamma, weighted=not args.unweighted, keypoint_backend=args.backend)
         extra: dict[str, Any] = {}
         if args.command == "mask-eval":
@@ -78,9 +80,25 @@ class RunConfig:
             command=args.command, out=args.out, model=args.model, weights=args.weights, pretrained=args.pretrained,
             model_kwargs=parse_model_kwargs(args.model_kwargs or []), images=args.images, data=args.data,
             mean=tuple(args.mean) if args.mean else None, std=tuple(args.std) if args.std else None,
+            class_map=read_class_map(args.class_map) if args.class_map else None,
             img_size=args.img_size, limit=args.limit, batch_size=args.batch_size, theta=theta, device=args.device,
             quiet=args.quiet, resume=args.resume, save_every=args.save_every, **extra,
         )  # fmt: skip
+
+
+def read_class_map(path: Path) -> tuple[tuple[str, int], ...]:
+    """A JSON object {folder name: class index} as sorted pairs."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CaptumSiftError(f"cannot read --class-map {path}: {exc}") from exc
+    if not isinstance(data, dict) or not all(
+        isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in data.values()
+    ):
+        raise CaptumSiftError(
+            f"expected --class-map to hold a JSON object {{folder name: class index >= 0}}, got {path}"
+        )
+    return tuple(sorted(data.items()))
 
 
 def parse_model_kwargs(items: list[str]) -> tuple[tuple[str, Any], ...]:
@@ -236,6 +254,10 @@ def load_model(config: RunConfig) -> LoadedModel:
 class _InMemory:
     images: torch.Tensor  # (N, C, S, S) pixels in [0, 1]
     labels: torch.Tensor
+    source: str = ""  # what the data is made from, for the resume fingerprint
+
+    def fingerprint(self) -> str:
+        return self.source
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -249,6 +271,16 @@ class _InMemory:
         return self.images[idx], self.labels[idx], list(indices), []
 
 
+def _data_source(full: bool) -> str:
+    """What the built-in data is made from: the shipped file's sha256, or the idx files' sizes and times."""
+    from .data import FASHION_MNIST_ROOT, _checked_file, _sha256
+
+    if not full:
+        return "sha256:" + _sha256(_checked_file("subset"))
+    files = sorted(FASHION_MNIST_ROOT.glob("t10k-*"))
+    return ";".join(f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in files)
+
+
 def load_data(config: RunConfig, loaded: LoadedModel) -> tuple[Any, str]:
     """The data source the config names (lazy for folders), and a description."""
     from .data import DEFAULT_IMG_SIZE, ImageFolder, default_dataset
@@ -256,7 +288,8 @@ def load_data(config: RunConfig, loaded: LoadedModel) -> tuple[Any, str]:
     channels = loaded.vit.in_chans
     size = config.img_size or loaded.img_size or 224
     if config.images is not None:
-        return ImageFolder(config.images, size, channels), f"image folder {config.images}"
+        class_map = dict(config.class_map) if config.class_map is not None else None
+        return ImageFolder(config.images, size, channels, class_map), f"image folder {config.images}"
     images, labels = default_dataset(full=config.data == "fashion-mnist-full")
     if channels == 3:
         images = images.expand(-1, 3, -1, -1)
@@ -265,7 +298,7 @@ def load_data(config: RunConfig, loaded: LoadedModel) -> tuple[Any, str]:
         images = (images.clamp(0, 1) * 255).round() / 255
     full = config.data == "fashion-mnist-full"
     name = "Fashion-MNIST test set (10,000)" if full else "embedded Fashion-MNIST (1,000)"
-    return _InMemory(images.contiguous(), labels), name
+    return _InMemory(images.contiguous(), labels, _data_source(full)), name
 
 
 @dataclass
@@ -278,30 +311,105 @@ class Run:
     source: Any
     data_name: str
     batches: list[list[int]]
+    lock: Any = None
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def main(self) -> bool:
         return self.rank == 0
+
+    def finish(self) -> None:
+        """After a successful run: remove this rank's partial sums (kept after a failure, for --resume)."""
+        _partial_path(self).unlink(missing_ok=True)
+
+    def release(self) -> None:
+        """Release the output folder's lock (after success or failure)."""
+        if self.lock is not None and not self.lock.closed:
+            self.lock.close()
+            Path(self.lock.name).unlink(missing_ok=True)
 
     @property
     def vit(self) -> ViTAdapter:
         return self.loaded.vit
 
 
-def setup(config: RunConfig) -> Run:
-    device = torch.device(config.device)
+def parse_device(text: str) -> torch.device:
+    try:
+        device = torch.device(text)
+    except (RuntimeError, ValueError) as exc:
+        raise CaptumSiftError(f"expected --device cpu, cuda or cuda:N, got {text!r}") from exc
     if device.type == "cuda" and not torch.cuda.is_available():
         raise CaptumSiftError("--device cuda asked for, but CUDA is not available")
+    if device.type not in ("cpu", "cuda"):
+        raise CaptumSiftError(f"expected --device cpu, cuda or cuda:N, got {text!r}")
+    return device
+
+
+def prepare_out(out: Path, rank: int = 0) -> Any:
+    """Create ``out`` (checked writable before any work) and lock it for this rank; -> the open lock file."""
+    import fcntl
+
+    if out.exists() and not out.is_dir():
+        raise CaptumSiftError(f"--out {out} exists and is not a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".write-test-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise CaptumSiftError(f"cannot write to the output folder {out}: {exc.strerror or exc}") from exc
+    lock = open(out / f".lock-rank{rank}", "w")  # noqa: SIM115 - held for the whole run
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        lock.close()
+        raise CaptumSiftError(f"the output folder {out} is in use by another captum-sift run") from None
+    return lock
+
+
+def on_every_rank(fn: Callable[[], Any]) -> Any:
+    """Run ``fn`` on every rank; if it raised CaptumSiftError on any, every rank raises that one message.
+
+    So that under torchrun a bad input ends every process with the same line
+    instead of leaving the others to die on a closed connection.
+    """
+    import torch.distributed as dist
+
+    try:
+        result, message = fn(), None
+    except CaptumSiftError as exc:
+        result, message = None, str(exc)
+    if dist.is_available() and dist.is_initialized():
+        messages: list[Any] = [None] * dist.get_world_size()
+        dist.all_gather_object(messages, message)
+        message = next((m for m in messages if m), None)
+    if message:
+        raise CaptumSiftError(message)
+    return result
+
+
+def setup(config: RunConfig) -> Run:
+    device = parse_device(config.device)
     rank, world = init_from_env(device)
-    loaded = load_model(config)
-    loaded.vit.model.to(device)
-    if loaded.random_weights and rank == 0:
+
+    def build() -> Run:
+        lock = prepare_out(config.out, rank)
+        try:
+            loaded = load_model(config)
+            loaded.vit.model.to(device)
+            source, data_name = load_data(config, loaded)
+        except BaseException:
+            lock.close()
+            raise
+        indices = list(range(len(source)))[: config.limit]
+        shard = indices[rank::world]  # every image on exactly one rank
+        batches = [shard[i : i + config.batch_size] for i in range(0, len(shard), config.batch_size)]
+        return Run(config, device, rank, world, loaded, source, data_name, batches, lock)
+
+    run = on_every_rank(build)
+    if run.loaded.random_weights and rank == 0:
         print(RANDOM_WARNING, flush=True)
-    source, data_name = load_data(config, loaded)
-    indices = list(range(len(source)))[: config.limit]
-    shard = indices[rank::world]  # every image on exactly one rank
-    batches = [shard[i : i + config.batch_size] for i in range(0, len(shard), config.batch_size)]
-    return Run(config, device, rank, world, loaded, source, data_name, batches)
+    return run
 
 
 # -- checkpoints and the batch loop ----------------------------------------------------
@@ -309,22 +417,48 @@ def _partial_path(run: Run) -> Path:
     return run.config.out / f".partial-{run.config.command}-rank{run.rank}-of-{run.world}.json"
 
 
+def _digest(state: dict[str, Any]) -> str:
+    import hashlib
+
+    return hashlib.sha256(json.dumps(state, sort_keys=True).encode()).hexdigest()
+
+
 def _save_partial(run: Run, state: dict[str, Any]) -> None:
     path = _partial_path(run)
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(state))
+    tmp.write_text(json.dumps({"state": state, "sha256": _digest(state)}))
     os.replace(tmp, path)  # atomic: an interrupted write never leaves half a checkpoint
 
 
-def _load_partial(run: Run, settings: dict[str, Any]) -> dict[str, Any] | None:
+def _load_partial(run: Run, settings: dict[str, Any], check: Callable[[dict[str, Any]], None]) -> dict[str, Any] | None:
+    """The partial state of an interrupted run (``--resume``), fully checked; None when starting fresh."""
     path = _partial_path(run)
     if not run.config.resume or not path.exists():
         return None
-    state = json.loads(path.read_text())
-    if state["settings"] != settings:
-        old = state["settings"]
+    advice = f"delete {path} or run without --resume to start fresh"
+    try:
+        document = json.loads(path.read_text())
+        state = document["state"]
+        damaged = document["sha256"] != _digest(state)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise CaptumSiftError(f"--resume: {path} is damaged ({type(exc).__name__}); {advice}") from exc
+    if damaged:
+        raise CaptumSiftError(f"--resume: {path} does not match its checksum (damaged or edited); {advice}")
+    old = state.get("settings") if isinstance(state, dict) else None
+    if not isinstance(old, dict):
+        raise CaptumSiftError(f"--resume: {path} holds no settings; {advice}")
+    if old != settings:
         differ = sorted(k for k in set(settings) | set(old) if settings.get(k) != old.get(k))
         raise CaptumSiftError(f"--resume: {path} was written by another run; these settings differ: {differ}")
+    done = state.get("batches_done")
+    if isinstance(done, bool) or not isinstance(done, int) or not 0 <= done <= len(run.batches):
+        raise CaptumSiftError(f"--resume: {path} has batches_done={done!r}, not in [0, {len(run.batches)}]; {advice}")
+    if not isinstance(state.get("skipped"), list):
+        raise CaptumSiftError(f"--resume: {path} has no list of skipped files; {advice}")
+    try:
+        check(state)
+    except (CaptumSiftError, KeyError, TypeError, ValueError) as exc:
+        raise CaptumSiftError(f"--resume: {path} holds invalid partial results ({exc}); {advice}") from exc
     return state
 
 
@@ -341,7 +475,9 @@ def _settings(run: Run) -> dict[str, Any]:
     settings = {
         "model": run.loaded.name, "model_kwargs": [list(kv) for kv in c.model_kwargs],
         "weights_sha256": _file_digest(c.weights), "random_weights": run.loaded.random_weights,
-        "data": run.data_name, "images": len(run.source), "img_size": run.source.size, "limit": c.limit,
+        "data": run.data_name, "data_fingerprint": run.source.fingerprint(), "images": len(run.source),
+        "class_map": [list(kv) for kv in c.class_map] if c.class_map else None,
+        "img_size": run.source.size, "limit": c.limit,
         "batch_size": c.batch_size, "gamma": c.theta.gamma, "weighted": c.theta.weighted,
         "backend": c.theta.keypoint_backend, "mean": list(run.vit.mean), "std": list(run.vit.std),
         "world_size": run.world, "captum_sift": __version__,
@@ -361,23 +497,26 @@ def _batch_loop(
     """Resume, run ``step`` on every batch of this rank, save partial sums every few batches; -> skipped files."""
     from tqdm.auto import tqdm
 
-    run.config.out.mkdir(parents=True, exist_ok=True)
-    partial = _load_partial(run, settings)
-    done, skipped = 0, []
-    if partial:
-        restore(partial)
-        done, skipped = partial["batches_done"], partial["skipped"]
+    partial = on_every_rank(lambda: _load_partial(run, settings, restore))
+    done, skipped = (partial["batches_done"], partial["skipped"]) if partial else (0, [])
     bar = tqdm(total=len(run.batches), initial=done, desc=run.config.command, unit="batch",
                disable=run.config.quiet or not run.main)  # fmt: skip
-    for b in range(done, len(run.batches)):
-        images, labels, read, bad = run.source.load(run.batches[b])
-        skipped += [list(item) for item in bad]
-        if images.shape[0]:
-            step(images.to(run.device), labels, read)
-        bar.update(1)
-        if (b + 1) % run.config.save_every == 0 or b + 1 == len(run.batches):
-            _save_partial(run, {"settings": settings, "batches_done": b + 1, "skipped": skipped, **snapshot()})
-    bar.close()
+
+    def loop() -> None:
+        nonlocal skipped
+        for b in range(done, len(run.batches)):
+            images, labels, read, bad = run.source.load(run.batches[b])
+            skipped += [list(item) for item in bad]
+            if images.shape[0]:
+                step(images.to(run.device), labels, read)
+            bar.update(1)
+            if (b + 1) % run.config.save_every == 0 or b + 1 == len(run.batches):
+                _save_partial(run, {"settings": settings, "batches_done": b + 1, "skipped": skipped, **snapshot()})
+
+    try:
+        on_every_rank(loop)  # an error on one rank ends every rank with its message
+    finally:
+        bar.close()
     return skipped
 
 
@@ -417,28 +556,41 @@ def run_analyze(config: RunConfig) -> None:
     from .report import InterrelationReport
 
     run = setup(config)
-    settings = _settings(run)
-    holder: dict[str, InterrelationReport | None] = {"total": None}
+    try:
+        settings = _settings(run)
+        holder: dict[str, InterrelationReport | None] = {"total": None}
 
-    def restore(partial: dict[str, Any]) -> None:
-        holder["total"] = InterrelationReport.from_dict(partial["report"]) if partial["report"] else None
+        def restore(partial: dict[str, Any]) -> None:
+            report = InterrelationReport.from_dict(partial["report"]) if partial["report"] is not None else None
+            if report is not None:
+                expected = (list(range(run.vit.depth)), run.vit.num_heads)
+                done_images = sum(len(b) for b in run.batches[: partial["batches_done"]])
+                if (report.layers, report.num_heads) != expected or report.num_images > done_images:
+                    raise CaptumSiftError(
+                        f"expected a report of layers and heads {expected} and at most {done_images} images, "
+                        f"got {report.layers}, {report.num_heads} and {report.num_images}"
+                    )
+            holder["total"] = report
 
-    def step(images: torch.Tensor, _labels: torch.Tensor, _read: list[int]) -> None:
-        part = analyze(run.vit, images, settings=config.theta, image_space="pixel").without_per_image()
-        holder["total"] = part if holder["total"] is None else holder["total"].merge(part)
+        def step(images: torch.Tensor, _labels: torch.Tensor, _read: list[int]) -> None:
+            part = analyze(run.vit, images, settings=config.theta, image_space="pixel").without_per_image()
+            holder["total"] = part if holder["total"] is None else holder["total"].merge(part)
 
-    def snapshot() -> dict[str, Any]:
-        return {"report": holder["total"].to_dict(per_image=False) if holder["total"] is not None else None}
+        def snapshot() -> dict[str, Any]:
+            return {"report": holder["total"].to_dict(per_image=False) if holder["total"] is not None else None}
 
-    skipped = _batch_loop(run, settings, restore, step, snapshot)
-    total = holder["total"] if holder["total"] is not None else _empty_report(run)  # a rank with no image joins too
-    total.all_reduce(run.device)
-    if total.num_images == 0:  # the same on every rank, so no rank is left waiting
-        raise CaptumSiftError("no image could be analysed (all were unreadable or the selection is empty)")
-    skipped = _gather_skipped(skipped)
-    if run.main:
-        _write_analysis(run, total, settings, skipped)
-    barrier()
+        skipped = _batch_loop(run, settings, restore, step, snapshot)
+        total = holder["total"] if holder["total"] is not None else _empty_report(run)  # a rank with no image joins too
+        total.all_reduce(run.device)
+        if total.num_images == 0:  # the same on every rank, so no rank is left waiting
+            raise CaptumSiftError("no image could be analysed (all were unreadable or the selection is empty)")
+        skipped = _gather_skipped(skipped)
+        if run.main:
+            _write_analysis(run, total, settings, skipped)
+        barrier()
+        run.finish()
+    finally:
+        run.release()
 
 
 def _empty_report(run: Run):
@@ -455,7 +607,7 @@ def _empty_report(run: Run):
 
 
 def _warnings(run: Run) -> list[str]:
-    return [RANDOM_WARNING] if run.loaded.random_weights else []
+    return ([RANDOM_WARNING] if run.loaded.random_weights else []) + run.warnings
 
 
 def _first_images(run: Run, n: int = 8) -> torch.Tensor:
@@ -557,24 +709,52 @@ def run_mask_eval(config: RunConfig) -> None:
 
     fill: Any = config.fill if config.fill in ("mean", "blur", "drop") else _number(config.fill)
     run = setup(config)
-    settings = _settings(run)
-    table = MaskingTable(settings=settings)
+    try:
+        settings = _settings(run)
+        table = MaskingTable(settings=settings)
 
-    def step(images: torch.Tensor, labels: torch.Tensor, read: list[int]) -> None:
-        if bool((labels < 0).any()):
-            raise CaptumSiftError("mask-eval needs labels: put the images in one sub-folder per class")
-        evaluate_batch(table, run.vit, images, labels, torch.tensor(read), ratios=config.ratios, modes=config.modes,
-                       fill=fill, seed=config.seed, settings=config.theta, image_space="pixel")  # fmt: skip
+        def step(images: torch.Tensor, labels: torch.Tensor, read: list[int]) -> None:
+            if bool((labels < 0).any()):
+                raise CaptumSiftError("mask-eval needs labels: put the images in one sub-folder per class")
+            evaluate_batch(table, run.vit, images, labels, torch.tensor(read), ratios=config.ratios, modes=config.modes,
+                           fill=fill, seed=config.seed, settings=config.theta, image_space="pixel")  # fmt: skip
 
-    with eval_mode(run.vit.model):
-        skipped = _batch_loop(run, settings, table.load_state, step, table.state)
-    table.all_reduce(config.modes, config.ratios, run.device)
-    if table.total == 0:  # checked on every rank after the reduction, so no rank is left waiting
-        raise CaptumSiftError("no image could be evaluated (all were unreadable or the selection is empty)")
-    skipped = _gather_skipped(skipped)
-    if run.main:
-        _write_mask_eval(run, table, settings, skipped)
-    barrier()
+        _check_classes(run)
+        with eval_mode(run.vit.model):
+            cells = len(config.modes) * len(config.ratios)
+            skipped = _batch_loop(run, settings, lambda state: table.load_state(state, cells), step, table.state)
+        table.all_reduce(config.modes, config.ratios, run.device)
+        if table.total == 0:  # checked on every rank after the reduction, so no rank is left waiting
+            raise CaptumSiftError("no image could be evaluated (all were unreadable or the selection is empty)")
+        skipped = _gather_skipped(skipped)
+        if run.main:
+            _write_mask_eval(run, table, settings, skipped)
+        barrier()
+        run.finish()
+    finally:
+        run.release()
+
+
+def _check_classes(run: Run) -> None:
+    """Folder labels are sub-folder indices: warn when their number differs from the model's outputs."""
+    from .data import ImageFolder
+
+    if not isinstance(run.source, ImageFolder) or run.source.class_map is not None:
+        return
+    with torch.no_grad(), eval_mode(run.vit.model):
+        probe = torch.full((1, run.vit.in_chans, run.source.size, run.source.size), 0.5, device=run.device)
+        mean, std = run.vit.stats(probe)
+        outputs = int(run.vit.logits((probe - mean) / std).shape[1])
+    folders = len(run.source.classes)
+    if folders != outputs:
+        message = (
+            f"WARNING: the image folder has {folders} class sub-folders, labelled 0..{folders - 1} in sorted order, "
+            f"but the model has {outputs} outputs: accuracy compares folder indices with the model's classes; "
+            'pass --class-map FILE.json ({"folder": class index}) if they differ'
+        )
+        run.warnings.append(message)
+        if run.main:
+            print(message, flush=True)
 
 
 def _number(text: str) -> float:
@@ -642,24 +822,21 @@ def run_pretrain(args: argparse.Namespace) -> None:
     from .mae.masking import KeyShareSchedule
     from .mae.pretrain import PretrainConfig, cached_keypoint_counts, pretrain
 
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise CaptumSiftError("--device cuda asked for, but CUDA is not available")
-    if args.img_size % args.patch_size:
-        raise CaptumSiftError(
-            f"expected --img-size a multiple of --patch-size, got {args.img_size} and {args.patch_size}"
-        )
-    if args.epochs < 1 or args.batch_size < 1:
-        raise CaptumSiftError(f"expected --epochs and --batch-size >= 1, got {args.epochs} and {args.batch_size}")
-    rank, _ = init_from_env(device)
-    name, images, labels, probe_test = pretrain_data(args.data, args.img_size, args.limit)
-    cache = args.cache_dir if args.cache_dir is not None else args.out
-    counts = cached_keypoint_counts(images, args.patch_size, cache, name)
-    config = PretrainConfig(
+    device = parse_device(args.device)
+    if args.limit is not None and args.limit < 1:
+        raise CaptumSiftError(f"expected --limit >= 1, got {args.limit}")
+    if args.schedule_every < 1:
+        raise CaptumSiftError(f"expected --schedule-every >= 1, got {args.schedule_every}")
+    config = PretrainConfig(  # checks every number before any work
         masking=args.masking, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, mask_ratio=args.mask_ratio,
         schedule=asdict(KeyShareSchedule(every=args.schedule_every)), seed=args.seed, probe_every=args.probe_every,
         img_size=args.img_size, patch_size=args.patch_size,
     )  # fmt: skip
+    rank, _ = init_from_env(device)
+    lock = on_every_rank(lambda: prepare_out(args.out, rank))
+    name, images, labels, probe_test = pretrain_data(args.data, args.img_size, args.limit)
+    cache = args.cache_dir if args.cache_dir is not None else args.out
+    counts = cached_keypoint_counts(images, args.patch_size, cache, name)
     history = pretrain(config, images, counts, (images[:5000], labels[:5000]), probe_test, args.out,
                        resume=args.resume, device=device, progress=not args.quiet)  # fmt: skip
     if rank == 0:
@@ -671,3 +848,5 @@ def run_pretrain(args: argparse.Namespace) -> None:
                   f"probe accuracy {row['probe_accuracy']:.4f}")  # fmt: skip
         print(f"wrote {args.out}/history.csv, checkpoint.pt, config.json")
     barrier()
+    lock.close()
+    Path(lock.name).unlink(missing_ok=True)

@@ -101,6 +101,8 @@ def find_stages(report: InterrelationReport) -> Stages:
         >>> split_stages(torch.tensor([0.0, 0.01, 0.0, 0.1, 0.3, 0.5, 0.45, 0.4]))
         (3, 5)
     """
+    if not isinstance(report, InterrelationReport):
+        raise CaptumSiftError(f"expected an InterrelationReport, got {type(report).__name__}")
     if len(report.layers) < 3:
         raise CaptumSiftError(
             f"expected a report of at least 3 layers to find 3 stages, got {len(report.layers)} ({report.layers})"

@@ -77,4 +77,4 @@ def test_experiment_quick_mode(tmp_path):
 
 def test_bad_options(tmp_path, capsys):
     assert main(["pretrain", "--masking", "guided", "--out", str(tmp_path), "--img-size", "30"]) == 2
-    assert "multiple of --patch-size" in capsys.readouterr().err
+    assert "multiple of patch_size" in capsys.readouterr().err

@@ -7,7 +7,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from .._checks import check_images, check_min_keypoints, check_patch_size
+from .._checks import check_images, check_min_keypoints, check_patch_size, shape_of
 from ..errors import CaptumSiftError
 from ._opencv import detect_opencv
 from ._scale_space import SiftParams, Workspace, detect_chunk
@@ -149,15 +149,22 @@ def keypoints_to_counts(keypoints: list[torch.Tensor], image_size: tuple[int, in
         tensor([[[2, 1],
                  [0, 1]]])
     """
+    if isinstance(keypoints, torch.Tensor) or not isinstance(keypoints, (list, tuple)):
+        raise CaptumSiftError(
+            f"expected keypoints as a list of (K_b, >= 2) tensors, one per image (as detect_keypoints returns), "
+            f"got {type(keypoints).__name__}"
+        )
+    if not isinstance(image_size, (tuple, list)) or len(image_size) != 2:
+        raise CaptumSiftError(f"expected image_size (H, W), got {image_size!r}")
     height, width = image_size
     patch_size = check_patch_size(patch_size, height, width)
     grid_h, grid_w = height // patch_size, width // patch_size
-    device = keypoints[0].device if keypoints else torch.device("cpu")
+    device = keypoints[0].device if keypoints and isinstance(keypoints[0], torch.Tensor) else torch.device("cpu")
     if not keypoints:
         return torch.zeros(0, grid_h, grid_w, dtype=torch.long, device=device)
     for i, k in enumerate(keypoints):
-        if k.dim() != 2 or k.shape[1] < 2:
-            raise CaptumSiftError(f"expected keypoints[{i}] of shape (K, >= 2), got {tuple(k.shape)}")
+        if not isinstance(k, torch.Tensor) or k.dim() != 2 or k.shape[1] < 2:
+            raise CaptumSiftError(f"expected keypoints[{i}] of shape (K, >= 2), got {shape_of(k)}")
     index = torch.cat([torch.full((k.shape[0],), i, dtype=torch.long, device=device) for i, k in enumerate(keypoints)])
     xy = torch.cat([k[:, :2] for k in keypoints])
     return _bin(index, xy, len(keypoints), grid_h, grid_w, patch_size)

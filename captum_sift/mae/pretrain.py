@@ -52,6 +52,25 @@ class PretrainConfig:
     pixel_mean: float = 0.2860  # input normalisation (Fashion-MNIST's statistics by default)
     pixel_std: float = 0.3530
 
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "probe_every", "img_size", "patch_size", "in_chans", "embed_dim",
+                     "depth", "num_heads", "decoder_dim", "decoder_depth"):  # fmt: skip
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise CaptumSiftError(f"expected {name} to be an int >= 1, got {value!r}")
+        for name in ("lr", "pixel_std"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+                raise CaptumSiftError(f"expected {name} to be a finite number > 0, got {value!r}")
+        if not (isinstance(self.weight_decay, (int, float)) and math.isfinite(self.weight_decay)):
+            raise CaptumSiftError(f"expected a finite weight_decay, got {self.weight_decay!r}")
+        if not 0 < self.mask_ratio < 1:
+            raise CaptumSiftError(f"expected mask_ratio in (0, 1), got {self.mask_ratio!r}")
+        if self.img_size % self.patch_size:
+            raise CaptumSiftError(
+                f"expected img_size a multiple of patch_size, got {self.img_size} and {self.patch_size}"
+            )
+
     def build(self) -> MaskedAutoencoder:
         import timm
 
@@ -82,7 +101,16 @@ def cached_keypoint_counts(
     if cache_dir is not None:
         path = Path(cache_dir) / f"keypoints-{dataset}-{images.shape[-1]}px-p{patch_size}-{digest[:16]}.pt"
         if path.exists():
-            return torch.load(path, weights_only=True)
+            try:
+                cached = torch.load(path, weights_only=True)
+            except Exception as exc:
+                raise CaptumSiftError(f"keypoint cache {path} is damaged ({type(exc).__name__}); delete it") from exc
+            grid = (images.shape[-2] // patch_size) * (images.shape[-1] // patch_size)
+            if not isinstance(cached, torch.Tensor) or tuple(cached.shape) != (images.shape[0], grid):
+                raise CaptumSiftError(
+                    f"keypoint cache {path} does not hold ({images.shape[0]}, {grid}) counts; delete it"
+                )
+            return cached
     counts = count_keypoints(images, patch_size, **detector).flatten(1)  # it works in chunks itself
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -168,13 +196,29 @@ def pretrain(
     start_epoch = 0
     out_dir = Path(out) if out is not None else None
     ckpt = out_dir / "checkpoint.pt" if out_dir is not None else None
+    data_digest = hashlib.sha256((images * 255).round().to(torch.uint8).cpu().numpy().tobytes()).hexdigest()
     if resume and ckpt is not None and ckpt.exists():
-        state = torch.load(ckpt, map_location="cpu", weights_only=True)
-        if state["config"] != json.loads(json.dumps(asdict(config))):
-            raise CaptumSiftError(f"--resume: {ckpt} was written with another configuration: {state['config']}")
-        mae.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        history, start_epoch = state["history"], state["epoch"]
+        advice = f"delete {ckpt} or run without --resume"
+        try:
+            state = torch.load(ckpt, map_location="cpu", weights_only=True)
+            old_config, old_digest = state["config"], state.get("data_sha256")
+        except Exception as exc:
+            reason = " ".join(str(exc).split())[:200] or type(exc).__name__
+            raise CaptumSiftError(f"--resume: cannot read {ckpt} ({reason}); {advice}") from exc
+        if old_config != json.loads(json.dumps(asdict(config))):
+            new = asdict(config)
+            differ = sorted(
+                k for k in set(new) | set(old_config) if json.loads(json.dumps(new.get(k))) != old_config.get(k)
+            )
+            raise CaptumSiftError(f"--resume: {ckpt} was written with another configuration; these differ: {differ}")
+        if old_digest != data_digest:
+            raise CaptumSiftError(f"--resume: {ckpt} was trained on other images (their sha256 differs); {advice}")
+        try:
+            mae.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            history, start_epoch = state["history"], int(state["epoch"])
+        except Exception as exc:
+            raise CaptumSiftError(f"--resume: {ckpt} does not fit this model ({type(exc).__name__}); {advice}") from exc
     model = torch.nn.parallel.DistributedDataParallel(mae) if distributed else mae
     mean, std = config.pixel_mean, config.pixel_std
     n_images = len(images)
@@ -218,7 +262,8 @@ def pretrain(
             out_dir.mkdir(parents=True, exist_ok=True)
             _write_history(out_dir / "history.csv", history)
             state = {"model": mae.state_dict(), "optimizer": optimizer.state_dict(), "history": history,
-                     "epoch": epoch + 1, "config": json.loads(json.dumps(asdict(config)))}  # fmt: skip
+                     "epoch": epoch + 1, "config": json.loads(json.dumps(asdict(config))),
+                     "data_sha256": data_digest}  # fmt: skip
             torch.save(state, out_dir / "checkpoint.tmp")
             os.replace(out_dir / "checkpoint.tmp", ckpt)
         if distributed:
