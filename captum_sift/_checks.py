@@ -56,6 +56,7 @@ def check_images(images: object, name: str = "images") -> torch.Tensor:
         raise CaptumSiftError(f"expected {name} to be a torch.Tensor, got {type(images).__name__}")
     if images.dim() != 4:
         raise CaptumSiftError(f"expected {name} of shape (B, C, H, W), got {tuple(images.shape)}")
+    images = images.detach()  # keypoints need no gradient; Captum inputs often require one
     if images.shape[1] not in (1, 3):
         raise CaptumSiftError(
             f"expected {name} with 1 or 3 channels (B, C, H, W), got C={images.shape[1]} in shape {tuple(images.shape)}"
@@ -66,7 +67,7 @@ def check_images(images: object, name: str = "images") -> torch.Tensor:
             "convert 8-bit images with `images.float() / 255`"
         )
     if images.numel() == 0:
-        return images.detach()
+        return images
     if not bool(torch.isfinite(images).all()):
         n_bad = int((~torch.isfinite(images)).sum())
         raise CaptumSiftError(f"expected finite {name}, got {n_bad} NaN or Inf values")
@@ -74,7 +75,7 @@ def check_images(images: object, name: str = "images") -> torch.Tensor:
     if lo < 0.0 or hi > 1.0:
         hint = " (this looks like a 0..255 image: divide it by 255)" if hi > 1.0 and hi <= 255.0 else ""
         raise CaptumSiftError(f"expected {name} with values in [0, 1], got values in [{lo:g}, {hi:g}]{hint}")
-    return images.detach()  # keypoints need no gradient; Captum inputs often require one
+    return images
 
 
 def check_patch_size(patch_size: object, height: int, width: int) -> int:

@@ -127,7 +127,8 @@ def _load_state(path: Path) -> dict[str, torch.Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise CaptumSiftError(f"cannot read weights file {path} with weights_only=True: {exc}") from exc
+        reason = _one_line(exc) or type(exc).__name__
+        raise CaptumSiftError(f"cannot read weights file {path} with weights_only=True: {reason}") from exc
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
