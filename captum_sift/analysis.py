@@ -199,11 +199,12 @@ def patch_scores_from_report(report: InterrelationReport, layers: LayerChoice = 
         report: an :class:`InterrelationReport` with per-image data.
         layers: None (every analysed layer), layer indices (each must be in
             the report), or a stage name. A stage is found **per image** from
-            that image's own θ_KK − θ_NK curve (:func:`~captum_sift.stages.split_stages`),
+            that image's own θ_KK curve (:func:`~captum_sift.stages.split_theta_kk`, the rule of
+            :func:`~captum_sift.find_stages`),
             so a batch gives the same scores as its images one by one; to use
             one data-set stage for every image, pass ``find_stages(report)["capture"]``.
     """
-    from .stages import STAGE_NAMES, split_stages
+    from .stages import STAGE_NAMES, split_theta_kk
 
     if not report.has_per_image:
         raise CaptumSiftError("expected a report with per-image data (patch_theta), got a sums-only report")
@@ -213,14 +214,14 @@ def patch_scores_from_report(report: InterrelationReport, layers: LayerChoice = 
     if isinstance(layers, str):
         if layers not in STAGE_NAMES:
             raise CaptumSiftError(f"expected a stage name in {STAGE_NAMES}, got {layers!r}")
-        gap = torch.nanmean(report.kk - report.nk, dim=2)  # (B, L): head means per image
+        curves = torch.nanmean(report.kk, dim=2)  # (B, L): head means per image
         scores = []
         for b in range(report.num_images):
             try:
-                start, end = split_stages(gap[b])
+                start, end = split_theta_kk(curves[b])
             except CaptumSiftError as exc:
                 raise CaptumSiftError(f"cannot find the stages of image {b}: {exc}") from exc
-            span = {"retrieval": (0, start), "capture": (start, end + 1), "coach": (end + 1, gap.shape[1])}[layers]
+            span = {"retrieval": (0, start), "capture": (start, end + 1), "coach": (end + 1, curves.shape[1])}[layers]
             scores.append(torch.nanmean(theta[b, span[0] : span[1]], dim=0))
         return torch.stack(scores)
     wanted = resolve_layers(layers, max(report.layers) + 1)

@@ -36,6 +36,11 @@ class InterrelationReport:
     Data-set level: float64 ``sums`` and ``counts`` (L, h) of every stored
     quantity over images, NaN left out, so that :meth:`merge` of reports of
     several batches gives exactly the means of one big batch.
+
+    ``curves``: per-image head-mean θ_KK and focus curves ``{"kk", "focus"}``
+    (B, L), kept by :meth:`without_per_image` (small) so that
+    :func:`~captum_sift.find_stages` can bootstrap over the images of a
+    sums-only report.
     """
 
     layers: list[int]
@@ -53,6 +58,7 @@ class InterrelationReport:
     query_patch: torch.Tensor | None = None
     query_attention: torch.Tensor | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    curves: dict[str, torch.Tensor] | None = None
 
     # -- construction --------------------------------------------------------
     @classmethod
@@ -80,6 +86,10 @@ class InterrelationReport:
             sums=sums,
             counts=counts,
             num_images=int(kk.shape[0]),
+            curves={
+                "kk": torch.nanmean(kk.float(), dim=2).cpu(),
+                "focus": torch.nanmean(per_image["focus"].float(), dim=2).cpu(),
+            },
             **{name: per_image[name].cpu() for name in _PER_IMAGE},
         )
 
@@ -163,6 +173,10 @@ class InterrelationReport:
         keep = all(r.has_per_image for r in reports)
         for name in _PER_IMAGE:
             setattr(merged, name, torch.cat([getattr(r, name) for r in reports]) if keep else None)
+        if all(r.curves is not None for r in reports):
+            merged.curves = {n: torch.cat([r.curves[n] for r in reports]) for n in ("kk", "focus")}
+        else:
+            merged.curves = None
         return merged
 
     def all_reduce(self, device: torch.device | str = "cpu") -> None:
@@ -178,6 +192,15 @@ class InterrelationReport:
             self.sums[name] = all_reduce_sum(self.sums[name], device)
             self.counts[name] = all_reduce_sum(self.counts[name], device)
         self.num_images = int(all_reduce_sum(torch.tensor([self.num_images]), device)[0])
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():  # rank 0 gets every image's curves for the bootstrap
+            parts: list[Any] = [None] * dist.get_world_size()
+            dist.all_gather_object(parts, self.curves)
+            if all(p is not None for p in parts):
+                self.curves = {n: torch.cat([p[n] for p in parts]) for n in ("kk", "focus")}
+            else:
+                self.curves = None
 
     def without_per_image(self) -> InterrelationReport:
         """A copy holding only the data-set sums and counts (small, for big runs)."""
@@ -197,6 +220,8 @@ class InterrelationReport:
             "means": {n: nan_to_none(self.mean(n).tolist()) for n in QUANTITIES},
             "extra": self.extra,
         }
+        if self.curves is not None:
+            data["curves"] = {n: nan_to_none(self.curves[n].tolist()) for n in ("kk", "focus")}
         if per_image and self.has_per_image:
             data["per_image"] = {n: nan_to_none(getattr(self, n).tolist()) for n in _PER_IMAGE}
         return data
@@ -216,6 +241,13 @@ class InterrelationReport:
     def validate(self) -> None:
         """Check shapes, ranges and consistency of the sums and counts (after loading)."""
         shape = (len(self.layers), self.num_heads)
+        if self.curves is not None:
+            for n in ("kk", "focus"):
+                got = tuple(self.curves[n].shape) if n in self.curves else None
+                if got != (self.num_images, len(self.layers)):
+                    raise CaptumSiftError(
+                        f"expected {n!r} curves of shape {(self.num_images, len(self.layers))}, got {got}"
+                    )
         if self.num_images < 0 or len(self.grid_size) != 2 or min(self.grid_size) < 1:
             raise CaptumSiftError(
                 f"expected num_images >= 0 and a (Gh, Gw) grid, got {self.num_images} and {self.grid_size}"
@@ -249,6 +281,14 @@ class InterrelationReport:
             counts={n: torch.tensor(data["counts"][n], dtype=torch.long) for n in STORED},
             num_images=int(data["num_images"]),
             extra=dict(data.get("extra", {})),
+            curves=(
+                {
+                    n: torch.tensor(_none_to_nan(data["curves"][n]), dtype=torch.float32).view(-1, len(data["layers"]))
+                    for n in ("kk", "focus")
+                }
+                if data.get("curves") is not None
+                else None
+            ),  # fmt: skip
             **kwargs,
         )
 

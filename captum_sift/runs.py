@@ -604,6 +604,7 @@ def _empty_report(run: Run):
         layers=list(range(run.vit.depth)), num_heads=shape[1], grid_size=(side, side), settings={}, num_images=0,
         sums={n: torch.zeros(shape, dtype=torch.float64) for n in STORED},
         counts={n: torch.zeros(shape, dtype=torch.long) for n in STORED},
+        curves={n: torch.zeros(0, shape[0]) for n in ("kk", "focus")},
     )  # fmt: skip
 
 
@@ -631,8 +632,7 @@ def _write_analysis(run: Run, report, settings: dict[str, Any], skipped: list[li
     figures = {}
     try:
         stages = find_stages(report)
-        stage_info: dict[str, Any] = {n: stages[n] for n in ("retrieval", "capture", "coach")}
-        stage_info |= {"rule": stages.rule, "gap": stages.gap, "focus": stages.focus}
+        stage_info: dict[str, Any] = stages.to_dict()
     except CaptumSiftError as exc:
         stages, stage_info = None, {"error": str(exc)}
     examples = _first_images(run)
@@ -665,8 +665,18 @@ def _write_analysis(run: Run, report, settings: dict[str, Any], skipped: list[li
     (out / "report.json").write_text(json.dumps(nan_to_none(document), indent=1))
     report.save_csv(out / "per_layer_head.csv")
     _write_index(out, "captum-sift analyze", document, figures)
-    print(f"analysed {report.num_images} images; stages {stage_info.get('retrieval')}, "
-          f"{stage_info.get('capture')}, {stage_info.get('coach')}; wrote {out}/index.html")  # fmt: skip
+    print(f"analysed {report.num_images} images; {_stage_line(stage_info)}; wrote {out}/index.html")
+
+
+def _stage_line(info: dict[str, Any]) -> str:
+    """One line on the stages for stdout and index.html."""
+    if "error" in info:
+        return f"no stages: {info['error']}"
+    conf = info.get("confidence") or {}
+    text = ", ".join(f"{k} {v:.2f}" for k, v in conf.items() if v is not None) or "none"
+    head = "stages" if info.get("clear", True) else "NO CLEAR STAGES (best split shown)"
+    return (f"{head}: Retrieval {info['retrieval']}, Capture {info['capture']}, Coach {info['coach']} "
+            f"(boundary confidence: {text}); {info.get('verdict', '')}")  # fmt: skip
 
 
 def _write_index(out: Path, title: str, document: dict[str, Any], figures: dict[str, str]) -> None:
@@ -679,8 +689,8 @@ def _write_index(out: Path, title: str, document: dict[str, Any], figures: dict[
     )
     if "stages" in document and "error" not in document["stages"]:
         st = document["stages"]
-        summary += (f"<p>Stages: Retrieval {st['retrieval']}, Capture {st['capture']}, Coach {st['coach']}.</p>"
-                   f"<p>{html.escape(st['rule'])}</p>")  # fmt: skip
+        style = "" if st.get("clear", True) else ' style="color:#b00;font-weight:bold"'
+        summary += f"<p{style}>{html.escape(_stage_line(st))}.</p><p>{html.escape(st['rule'])}</p>"
     elif "stages" in document:
         summary += f"<p>No stages: {html.escape(document['stages']['error'])}</p>"
     if "table" in document:

@@ -11,7 +11,7 @@ from captum_sift import CaptumSiftError, analyze, count_keypoints, find_stages
 from captum_sift.attention import iter_attention
 from captum_sift.data import sample_images
 from captum_sift.report import InterrelationReport
-from captum_sift.stages import split_stages
+from captum_sift.stages import split_stages, split_theta_kk
 
 
 @pytest.fixture(scope="module")
@@ -158,23 +158,76 @@ def test_split_stages_on_synthetic_curves():
         split_stages(torch.tensor([0.0, math.nan, 1.0, 0.0]))
 
 
-def test_find_stages_on_a_report_with_known_curves():
-    layers = list(range(10))
-    gap = torch.tensor([0.0, 0.01, 0.0, 0.15, 0.25, 0.35, 0.45, 0.4, 0.35, 0.35], dtype=torch.float64)
-    nk = torch.full((10, 2), 0.3, dtype=torch.float64)
-    kk = nk + gap.view(10, 1)
-    report = InterrelationReport(
-        layers=layers, num_heads=2, grid_size=(2, 2), settings={}, num_images=1,
-        sums={"kk": kk, "nk": nk, "focus": torch.ones(10, 2, dtype=torch.float64)},
-        counts={n: torch.ones(10, 2, dtype=torch.long) for n in ("kk", "nk", "focus")},
+def _curve_report(kk_curve, nk_curve=None, focus_curve=None, image_curves=None):
+    """A report whose head-mean curves are the given ones (1 image unless per-image curves are given)."""
+    kk = torch.tensor(kk_curve, dtype=torch.float64).view(-1, 1).expand(-1, 2).contiguous()
+    nk = torch.tensor(nk_curve if nk_curve is not None else [0.3] * len(kk_curve), dtype=torch.float64)
+    focus = torch.tensor(focus_curve if focus_curve is not None else [1.0] * len(kk_curve), dtype=torch.float64)
+    n = 1 if image_curves is None else image_curves.shape[0]
+    return InterrelationReport(
+        layers=list(range(len(kk_curve))), num_heads=2, grid_size=(2, 2), settings={}, num_images=n,
+        sums={"kk": kk * n, "nk": nk.view(-1, 1).expand(-1, 2) * n, "focus": focus.view(-1, 1).expand(-1, 2) * n},
+        counts={k: torch.full((len(kk_curve), 2), n, dtype=torch.long) for k in ("kk", "nk", "focus")},
+        curves=None if image_curves is None else {"kk": image_curves.float(), "focus": torch.ones_like(image_curves)},
     )  # fmt: skip
+
+
+# The stage issue's table: a real 12-layer ViT-S/14 (DINOv2 weights), 84 photos at 224 px.
+TABLE_KK = [0.601, 0.607, 0.688, 0.729, 0.739, 0.767, 0.747, 0.776, 0.767, 0.745, 0.726, 0.672]
+TABLE_NK = [0.465, 0.280, 0.441, 0.446, 0.474, 0.574, 0.479, 0.654, 0.630, 0.661, 0.500, 0.430]
+TABLE_FOCUS = [3.737, 3.360, 3.959, 3.054, 3.555, 3.755, 4.332, 4.058, 4.011, 4.208, 4.400, 4.445]
+
+
+def test_stages_of_the_pretrained_table_follow_the_paper():
+    report = _curve_report(TABLE_KK, TABLE_NK, TABLE_FOCUS)
     stages = find_stages(report)
-    assert (stages.retrieval, stages.capture, stages.coach) == ([0, 1, 2], [3, 4, 5, 6], [7, 8, 9])
-    assert stages.boundaries == (3, 7) and stages["capture"] == [3, 4, 5, 6]
-    assert stages.gap == pytest.approx(gap.tolist()) and "largest" in stages.rule
-    two = InterrelationReport(**{**report.__dict__, "layers": [0, 1]})
+    # Capture spans the rise of θ_KK and ends at its (smoothed) peak; the θ_NK dip at layer 1 does not decide
+    assert (stages.retrieval, stages.capture, stages.coach) == ([0, 1], [2, 3, 4, 5, 6, 7], [8, 9, 10, 11])
+    assert stages.kk == pytest.approx(TABLE_KK) and "θ_KK" in stages.rule
+    assert stages.confidence == {"capture_start": None, "coach_start": None}  # one "image": no bootstrap
+    assert not stages.clear and "no per-image curves" in stages.verdict
+    assert stages.focus_by_stage["coach"] > stages.focus_by_stage["capture"]  # the focus index rebounds in Coach
+    old = find_stages(report, rule="gap")  # the earlier rule put Capture at layer 1 alone
+    assert (old.retrieval, old.capture) == ([0], [1])
+
+
+def test_stages_on_synthetic_curves_with_known_boundaries():
+    flat, rise, fall = [0.5, 0.5, 0.5, 0.5], [0.6, 0.65, 0.7, 0.75, 0.8], [0.78, 0.76, 0.75]
+    assert split_theta_kk(torch.tensor(flat + rise + fall)) == (4, 8)
+    assert split_theta_kk(torch.tensor([0.5, 0.5, 0.5, 0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.73])) == (4, 8)  # a tie
+    wiggle = torch.tensor(flat + rise + fall)
+    wiggle[1] += 0.04  # one layer's wiggle in Retrieval moves nothing
+    assert split_theta_kk(wiggle) == (4, 8)
+    wiggle[6] += 0.12  # nor does a one-layer spike inside Capture move the peak
+    assert split_theta_kk(wiggle) == (4, 8)
+    assert split_theta_kk(torch.tensor([0.0, 0.5, 0.2])) == (1, 1)
+    with pytest.raises(CaptumSiftError, match="at least 3 layers"):
+        split_theta_kk(torch.tensor([0.0, 1.0]))
+    with pytest.raises(CaptumSiftError, match=r"NaN at layer positions \[1\]"):
+        split_theta_kk(torch.tensor([0.0, math.nan, 1.0, 0.0]))
+    two = InterrelationReport(**{**_curve_report(flat + rise).__dict__, "layers": [0, 1]})
     with pytest.raises(CaptumSiftError, match="at least 3 layers"):
         find_stages(two)
+
+
+def test_bootstrap_confidence_separates_shape_from_noise():
+    g = torch.Generator().manual_seed(0)
+    shape = torch.tensor([0.5, 0.5, 0.5, 0.58, 0.63, 0.68, 0.73, 0.7, 0.68, 0.67], dtype=torch.float64)
+    images = shape + 0.03 * torch.randn(60, 10, generator=g, dtype=torch.float64)
+    stages = find_stages(_curve_report(images.mean(0).tolist(), image_curves=images))
+    assert stages.clear and stages.capture == [3, 4, 5, 6]
+    assert min(stages.confidence.values()) >= 0.5, stages.confidence
+    noise = 0.6 + 0.03 * torch.randn(60, 10, generator=g, dtype=torch.float64)  # no shape at all
+    stages = find_stages(_curve_report(noise.mean(0).tolist(), image_curves=noise))
+    assert not stages.clear and stages.verdict.startswith("no clear stages")
+
+
+def test_random_weight_vits_get_no_clear_stages(pixels):
+    for seed in (0, 1, 2):
+        torch.manual_seed(seed)
+        model = timm.create_model("vit_small_patch16_224", pretrained=False, img_size=64).eval()
+        stages = find_stages(analyze(model, pixels, image_space="pixel"))
+        assert not stages.clear, (seed, stages.verdict, stages.kk)
 
 
 def test_viz_draws_the_report(model, pixels, counts):
