@@ -7,6 +7,7 @@ from .analysis import analyze
 from .attr import SIFTInterrelation
 from .errors import CaptumSiftError
 from .keypoints import KeypointCounter, count_keypoints, detect_keypoints, keypoints_to_counts
+from .masking import MaskAsPrompt
 from .report import InterrelationReport
 from .settings import ThetaSettings
 from .stages import Stages, find_stages
@@ -17,6 +18,7 @@ __version__ = "0.1.0"
 __all__ = [
     "CaptumSiftError",
     "InterrelationReport",
+    "MaskAsPrompt",
     "SIFTInterrelation",
     "Stages",
     "ThetaSettings",

@@ -82,7 +82,11 @@ def _parser() -> argparse.ArgumentParser:
     mask = sub.add_parser("mask-eval", help="Top/Bottom/Random masking accuracy -> table and figures")
     _add_model_data_options(mask)
     mask.add_argument("--ratios", type=float, nargs="+", default=[0.05, 0.1, 0.2, 0.3, 0.4])
-    mask.add_argument("--modes", default="top,bottom,random", help="comma-separated: top,bottom,random")
+    mask.add_argument(
+        "--modes",
+        default="top,bottom,random",
+        help="comma-separated among top,bottom,random,spurious (spurious: the lowest-θ Key patches, §5.1)",
+    )
     mask.add_argument("--fill", default="0.0", help="a number (model space), mean, blur or drop")
     mask.add_argument("--seed", type=int, default=0, help="seed of the random mode")
     pre = sub.add_parser("pretrain", help="MAE pre-training with random or guided masking (Fig. 9)")

@@ -14,7 +14,7 @@ from torch import nn
 
 from ._checks import as_int, shape_of
 from .errors import CaptumSiftError
-from .patches import MODES, check_plan, mask_images, select_patches
+from .patches import DEFAULT_MODES, MODES, check_plan, mask_images, select_patches
 from .settings import ThetaSettings
 from .vit import ViTAdapter, as_vit, eval_mode
 
@@ -219,12 +219,14 @@ def evaluate_batch(
 ) -> None:
     """Add one batch to ``table`` (the body of :func:`evaluate_masking`; the model in eval mode)."""
     from .analysis import to_model_and_pixels
-    from .masking import drop_tokens, patch_scores
+    from .masking import scores_and_counts
 
     # The plausibility of model-space input is checked even for random-only plans: accuracy needs it too.
     model_input, _ = to_model_and_pixels(vit, images, image_space, need_pixels=image_space == "model")
     # θ needs the analysis and the keypoints: only when a ranked mode asks for it.
-    scores = patch_scores(vit, images, settings=settings, image_space=image_space) if set(modes) - {"random"} else None
+    scores, counts = (
+        scores_and_counts(vit, images, None, settings, image_space) if set(modes) - {"random"} else (None, None)
+    )
     grid = vit.grid(images)
     noise = random_scores(indices, grid[0] * grid[1], seed).to(images.device) if "random" in modes else None
     with torch.no_grad():
@@ -242,14 +244,36 @@ def evaluate_batch(
         table.total += int(base_ok.numel())
         for mode in modes:
             for ratio in ratios:
-                selected = (
-                    select_patches(noise, ratio, "top") if mode == "random" else select_patches(scores, ratio, mode)
-                )
-                if isinstance(fill, str) and fill == "drop":
-                    logits = drop_tokens(vit, model_input, selected)
+                if mode == "random":
+                    selected = select_patches(noise, ratio, "top")
                 else:
-                    logits = vit.logits(mask_images(model_input, selected, vit.patch_size, fill))
+                    selected = select_patches(scores, ratio, mode, keypoint_counts=counts,
+                                              min_keypoints=settings.min_keypoints)  # fmt: skip
+                logits = masked_logits(vit, model_input, selected, fill)
                 table.add(mode, ratio, logits.argmax(dim=1).cpu() == labels.cpu(), base_ok)
+
+
+def masked_logits(
+    vit: ViTAdapter, model_input: torch.Tensor, selected: torch.Tensor, fill: float | str | torch.Tensor
+) -> torch.Tensor:
+    """Logits of the model on ``model_input`` with the ``selected`` patches filled or (``fill="drop"``) dropped.
+
+    Dropping runs the images with the same number of selected patches together
+    (the spurious mode may select fewer in some images).
+    """
+    from .masking import drop_tokens
+
+    if not (isinstance(fill, str) and fill == "drop"):
+        return vit.logits(mask_images(model_input, selected, vit.patch_size, fill))
+    per_image = selected.sum(dim=1)
+    logits: torch.Tensor | None = None
+    for count in per_image.unique().tolist():
+        rows = torch.nonzero(per_image == count).flatten()
+        part = drop_tokens(vit, model_input[rows], selected[rows])
+        if logits is None:
+            logits = part.new_empty(model_input.shape[0], part.shape[1])
+        logits[rows] = part
+    return logits
 
 
 def evaluate_masking(
@@ -257,7 +281,7 @@ def evaluate_masking(
     images_or_loader: torch.Tensor | Iterable,
     labels: torch.Tensor | None = None,
     ratios: Sequence[float] = (0.05, 0.1, 0.2, 0.3, 0.4),
-    modes: Sequence[str] = MODES,
+    modes: Sequence[str] = DEFAULT_MODES,
     fill: float | str | torch.Tensor = 0.0,
     settings: ThetaSettings | None = None,
     *,
@@ -286,7 +310,9 @@ def evaluate_masking(
             iterable of ``(images, labels)`` batches (``labels=None``).
         labels: (B,) class indices for a tensor input.
         ratios: mask ratios r in [0, 1]; round(r N) patches per image.
-        modes: among ``"top"``, ``"bottom"``, ``"random"``.
+        modes: among ``"top"``, ``"bottom"``, ``"random"``, ``"spurious"``
+            (the lowest-θ Key patches, paper §5.1; fewer than round(r N)
+            where an image has fewer Key patches).
         fill: see :func:`~captum_sift.patches.mask_images`, or ``"drop"``.
         settings: the score's :class:`~captum_sift.ThetaSettings`; its fields
             may also be given as keyword ``options`` (gamma, layers, ...).

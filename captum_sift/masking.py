@@ -16,12 +16,24 @@ from torch import nn
 from .analysis import analyze, patch_scores_from_report
 from .errors import CaptumSiftError
 from .evaluation import MaskingTable, evaluate_masking, mcnemar_exact, random_scores, wilson_interval
-from .patches import MODES, _check_2d, check_plan, mask_images, num_masked, select_patches
+from .patches import (
+    DEFAULT_MODES,
+    MODES,
+    _check_2d,
+    check_plan,
+    mask_images,
+    num_masked,
+    select_patches,
+    spurious_patches,
+)
 from .settings import ThetaSettings
 from .vit import ViTAdapter, as_vit
 
 __all__ = [
+    "DEFAULT_MODES",
+    "MaskAsPrompt",
     "MODES",
+    "spurious_patches",
     "MaskingTable",
     "check_plan",
     "drop_tokens",
@@ -55,9 +67,21 @@ def patch_scores(
     """
     vit = as_vit(model, mean=mean, std=std)
     theta_settings = ThetaSettings.resolve(settings, **options)
-    theta_settings.check_for(vit.depth)
-    report = analyze(vit, images, keypoint_counts, theta_settings, image_space=image_space)  # type: ignore[arg-type]
-    return patch_scores_from_report(report, theta_settings.layers).to(images.device)
+    return scores_and_counts(vit, images, keypoint_counts, theta_settings, image_space)[0]
+
+
+def scores_and_counts(
+    vit: ViTAdapter,
+    images: torch.Tensor,
+    keypoint_counts: torch.Tensor | None,
+    settings: ThetaSettings,
+    image_space: str = "model",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(SPEC §7 scores (B, N), keypoint counts (B, N)) from one analysis."""
+    settings.check_for(vit.depth)
+    report = analyze(vit, images, keypoint_counts, settings, image_space=image_space)  # type: ignore[arg-type]
+    scores = patch_scores_from_report(report, settings.layers).to(images.device)
+    return scores, report.keypoint_counts.to(images.device)
 
 
 def drop_tokens(model: nn.Module | ViTAdapter, images: torch.Tensor, selected: torch.Tensor) -> torch.Tensor:
@@ -89,3 +113,90 @@ def drop_tokens(model: nn.Module | ViTAdapter, images: torch.Tensor, selected: t
     ]
     with vit.dropping_tokens(keep):
         return vit.logits(images)
+
+
+class MaskAsPrompt(nn.Module):
+    """A drop-in model that masks patches "as prompts" (paper §5.1) before the wrapped ViT sees the images.
+
+    ``forward(images)`` computes θ (SPEC §7 scores) on the images, selects
+    the patches of ``mode`` at ``ratio`` (:func:`select_patches`), fills them
+    (:func:`mask_images`) or drops their tokens (``fill="drop"``), and returns
+    the wrapped model's logits. Swap it for the model in any evaluation loop
+    (a plain loop, timm's validation script, Lightning's ``test_step``,
+    torchmetrics) to evaluate with masking; it gives the accuracy of
+    :func:`~captum_sift.evaluation.evaluate_masking` for the same plan.
+
+    Args:
+        model: a timm, torchvision or Hugging Face ViT classifier, or an adapter.
+        ratio: mask ratio r; round(r N) patches per image.
+        mode: ``"top"``, ``"bottom"``, ``"random"`` or ``"spurious"``.
+        fill: a number in the model's input space, ``"mean"``, ``"blur"``, a
+            tensor, or ``"drop"``.
+        settings: the score's :class:`~captum_sift.ThetaSettings` (also as
+            keyword options).
+        image_space: what ``forward`` receives: ``"model"`` (normalised, the
+            usual loader output) or ``"pixel"`` (in [0, 1]; normalised here).
+        mean, std: the model's input statistics (default: the adapter's).
+        threshold: of the spurious mode (see :func:`select_patches`).
+        seed: of the random mode (a generator owned by the wrapper).
+
+    Example:
+        >>> import timm
+        >>> vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, depth=2, num_classes=3)
+        >>> prompted = MaskAsPrompt(vit, ratio=0.25, mode="random", image_space="pixel")
+        >>> prompted(torch.rand(2, 3, 32, 32)).shape
+        torch.Size([2, 3])
+    """
+
+    def __init__(
+        self,
+        model: nn.Module | ViTAdapter,
+        ratio: float = 0.1,
+        mode: str = "bottom",
+        fill: float | str | torch.Tensor = 0.0,
+        settings: ThetaSettings | None = None,
+        *,
+        image_space: str = "model",
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+        threshold: float | None = None,
+        seed: int = 0,
+        **options: Any,
+    ) -> None:
+        super().__init__()
+        vit = as_vit(model, mean=mean, std=std)
+        if vit.forward_logits is None:
+            raise CaptumSiftError(f"expected a classifier (a model with a classification head), got {type(vit.model)}")
+        check_plan([ratio], [mode], "mode")
+        if image_space not in ("model", "pixel"):
+            raise CaptumSiftError(f"expected image_space 'model' or 'pixel', got {image_space!r}")
+        self.model = vit.model  # a registered sub-module: .eval(), .to(), state_dict() reach it
+        self.vit, self.ratio, self.mode, self.fill = vit, float(ratio), mode, fill
+        self.settings = ThetaSettings.resolve(settings, **options)
+        self.settings.check_for(vit.depth)
+        self.image_space, self.threshold = image_space, threshold
+        self.generator = torch.Generator().manual_seed(int(seed))
+
+    def select(self, images: torch.Tensor, keypoint_counts: torch.Tensor | None = None) -> torch.Tensor:
+        """The patches :meth:`forward` masks, (B, N) bool."""
+        grid = self.vit.grid(images)
+        if self.mode == "random":
+            return select_patches(torch.zeros(images.shape[0], grid[0] * grid[1], device=images.device), self.ratio,
+                                  "random", self.generator)  # fmt: skip
+        scores, counts = scores_and_counts(self.vit, images, keypoint_counts, self.settings, self.image_space)
+        return select_patches(scores, self.ratio, self.mode, keypoint_counts=counts,
+                              min_keypoints=self.settings.min_keypoints, threshold=self.threshold)  # fmt: skip
+
+    def forward(self, images: torch.Tensor, keypoint_counts: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits of the wrapped model on the masked images (counts counted on the images when None)."""
+        from .analysis import to_model_and_pixels
+        from .evaluation import masked_logits
+
+        selected = self.select(images, keypoint_counts)
+        model_input, _ = to_model_and_pixels(self.vit, images, self.image_space, need_pixels=False)
+        if self.image_space == "model":
+            model_input = images  # keep the caller's tensor (and its autograd graph) where nothing changes
+        return masked_logits(self.vit, model_input, selected, self.fill)
+
+    def extra_repr(self) -> str:
+        return f"ratio={self.ratio}, mode={self.mode!r}, fill={self.fill!r}, image_space={self.image_space!r}"

@@ -15,7 +15,9 @@ from ._checks import as_scalar, shape_of
 from .errors import CaptumSiftError
 
 __all__ = [
+    "DEFAULT_MODES",
     "MODES",
+    "spurious_patches",
     "check_plan",
     "mask_images",
     "num_masked",
@@ -24,7 +26,9 @@ __all__ = [
     "select_patches",
 ]
 
-MODES = ("top", "bottom", "random")
+MODES = ("top", "bottom", "random", "spurious")
+#: The modes :func:`~captum_sift.evaluation.evaluate_masking` and ``mask-eval`` run by default (the paper's Fig. 8).
+DEFAULT_MODES = ("top", "bottom", "random")
 
 
 def patch_scores_to_pixels(scores: torch.Tensor, shape: torch.Size | tuple[int, ...], patch_size: int) -> torch.Tensor:
@@ -85,14 +89,64 @@ def _check_2d(name: str, value: object) -> torch.Tensor:
     return value
 
 
-def select_patches(
-    scores: torch.Tensor, ratio: float, mode: str = "top", generator: torch.Generator | None = None
+def spurious_patches(
+    scores: torch.Tensor, keypoint_counts: torch.Tensor, threshold: float = 0.5, min_keypoints: int = 1
 ) -> torch.Tensor:
-    """Patches to mask: exactly round(ratio * N) per image (SPEC §7).
+    """Key patches whose attention goes mostly to Non-key patches (paper §5.1): t_j >= min_keypoints and θ < threshold.
+
+    "A keypoint patch that assigns most of its attention to Non-keypoint
+    patches will be regarded as spurious correlation, even if this patch
+    contains many keypoints." With the SPEC §7 score (θ_i, averaged over heads
+    and layers), "most" is θ_i < 0.5 by default.
+
+    Shape:
+        - scores, keypoint_counts: (B, N)
+        - output: (B, N) bool
+
+    Example:
+        >>> spurious_patches(torch.tensor([[0.2, 0.9, 0.3, 0.1]]), torch.tensor([[3, 2, 0, 1]]))
+        tensor([[ True, False, False,  True]])
+    """
+    key = _key_mask(scores, keypoint_counts, min_keypoints)
+    threshold = as_scalar(threshold)
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not math.isfinite(threshold):
+        raise CaptumSiftError(f"expected a finite threshold, got {threshold!r}")
+    return key & (scores < threshold)
+
+
+def _key_mask(scores: torch.Tensor, keypoint_counts: object, min_keypoints: int) -> torch.Tensor:
+    from ._checks import check_min_keypoints
+
+    scores = _check_2d("scores", scores)
+    if not isinstance(keypoint_counts, torch.Tensor) or keypoint_counts.flatten(1).shape != scores.shape:
+        raise CaptumSiftError(
+            f"expected keypoint_counts of shape (B, N) = {tuple(scores.shape)} with the spurious mode, "
+            f"got {shape_of(keypoint_counts)}"
+        )
+    key = keypoint_counts.flatten(1).to(scores.device) >= check_min_keypoints(min_keypoints)
+    if bool(torch.isnan(scores[key]).any()):
+        raise CaptumSiftError("expected scores without NaN on Key patches, got NaN (gamma > 1 can leave S_i empty)")
+    return key
+
+
+def select_patches(
+    scores: torch.Tensor,
+    ratio: float,
+    mode: str = "top",
+    generator: torch.Generator | None = None,
+    *,
+    keypoint_counts: torch.Tensor | None = None,
+    min_keypoints: int = 1,
+    threshold: float | None = None,
+) -> torch.Tensor:
+    """Patches to mask: round(ratio * N) per image (SPEC §7).
 
     ``"top"`` takes the highest scores, ``"bottom"`` the lowest, ties broken by
     patch index (lower first), so the result is deterministic; ``"random"``
-    ignores the scores and draws from ``generator``.
+    ignores the scores and draws from ``generator``; ``"spurious"`` takes the
+    Key patches (``keypoint_counts`` >= ``min_keypoints``) with the lowest
+    scores (paper §5.1), only those below ``threshold`` when one is given —
+    so an image with fewer such patches gets fewer than round(ratio * N).
 
     Shape:
         - scores: (B, N)
@@ -110,6 +164,14 @@ def select_patches(
         raise CaptumSiftError(f"expected mode in {MODES}, got {mode!r}")
     batch, n = scores.shape
     k = num_masked(ratio, n)
+    if mode == "spurious":
+        key = _key_mask(scores, keypoint_counts, min_keypoints)
+        candidates = key if threshold is None else spurious_patches(scores, keypoint_counts, threshold, min_keypoints)
+        ranked = torch.where(candidates, scores, torch.full_like(scores, math.inf))
+        order = torch.sort(ranked, dim=1, stable=True).indices[:, :k]
+        keep = candidates.gather(1, order)  # fewer candidates than k: only those
+        selected = torch.zeros(batch, n, dtype=torch.bool, device=scores.device)
+        return selected.scatter_(1, order, keep)
     if mode == "random":
         noise = torch.rand(batch, n, generator=generator, device=generator.device if generator else "cpu")
         order = noise.to(scores.device).argsort(dim=1)

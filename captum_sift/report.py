@@ -17,6 +17,8 @@ __all__ = ["InterrelationReport"]
 
 #: Quantities kept as sums and counts (θ_KN = 1 − θ_KK and θ_NN = 1 − θ_NK are derived).
 STORED = ("kk", "nk", "focus")
+#: θ below which a Key patch counts as spurious in :attr:`InterrelationReport.positions` (paper §5.1: "most").
+SPURIOUS_THRESHOLD = 0.5
 #: Every quantity :meth:`InterrelationReport.mean` knows.
 QUANTITIES = ("kk", "kn", "nk", "nn", "focus", "focus_normalized")
 _PER_IMAGE = ("kk", "nk", "focus", "patch_theta", "keypoint_counts", "query_patch", "query_attention")
@@ -41,6 +43,12 @@ class InterrelationReport:
     (B, L), kept by :meth:`without_per_image` (small) so that
     :func:`~captum_sift.find_stages` can bootstrap over the images of a
     sums-only report.
+
+    ``positions``: per patch position, the number of images where it is a Key
+    patch (``"key"``) and where it is flagged spurious (``"spurious"``: a Key
+    patch whose score — θ_i averaged over heads and the analysed layers — is
+    below :data:`SPURIOUS_THRESHOLD`, paper §5.1), each (N,) int64; summed by
+    :meth:`merge` and :meth:`all_reduce`.
     """
 
     layers: list[int]
@@ -59,6 +67,7 @@ class InterrelationReport:
     query_attention: torch.Tensor | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     curves: dict[str, torch.Tensor] | None = None
+    positions: dict[str, torch.Tensor] | None = None
 
     # -- construction --------------------------------------------------------
     @classmethod
@@ -90,6 +99,7 @@ class InterrelationReport:
                 "kk": torch.nanmean(kk.float(), dim=2).cpu(),
                 "focus": torch.nanmean(per_image["focus"].float(), dim=2).cpu(),
             },
+            positions=_positions(per_image, int(settings.get("min_keypoints", 1))),
             **{name: per_image[name].cpu() for name in _PER_IMAGE},
         )
 
@@ -173,6 +183,11 @@ class InterrelationReport:
         keep = all(r.has_per_image for r in reports)
         for name in _PER_IMAGE:
             setattr(merged, name, torch.cat([getattr(r, name) for r in reports]) if keep else None)
+        if all(r.positions is not None for r in reports):
+            merged.positions = {n: sum((r.positions[n] for r in reports[1:]), reports[0].positions[n].clone())
+                                for n in ("key", "spurious")}  # fmt: skip
+        else:
+            merged.positions = None
         if all(r.curves is not None for r in reports):
             merged.curves = {n: torch.cat([r.curves[n] for r in reports]) for n in ("kk", "focus")}
         else:
@@ -192,6 +207,8 @@ class InterrelationReport:
             self.sums[name] = all_reduce_sum(self.sums[name], device)
             self.counts[name] = all_reduce_sum(self.counts[name], device)
         self.num_images = int(all_reduce_sum(torch.tensor([self.num_images]), device)[0])
+        if self.positions is not None:
+            self.positions = {n: all_reduce_sum(v, device) for n, v in self.positions.items()}
         import torch.distributed as dist
 
         if dist.is_available() and dist.is_initialized():  # rank 0 gets every image's curves for the bootstrap
@@ -222,6 +239,8 @@ class InterrelationReport:
         }
         if self.curves is not None:
             data["curves"] = {n: nan_to_none(self.curves[n].tolist()) for n in ("kk", "focus")}
+        if self.positions is not None:
+            data["positions"] = {n: self.positions[n].tolist() for n in ("key", "spurious")}
         if per_image and self.has_per_image:
             data["per_image"] = {n: nan_to_none(getattr(self, n).tolist()) for n in _PER_IMAGE}
         return data
@@ -241,6 +260,14 @@ class InterrelationReport:
     def validate(self) -> None:
         """Check shapes, ranges and consistency of the sums and counts (after loading)."""
         shape = (len(self.layers), self.num_heads)
+        if self.positions is not None:
+            key, spurious = self.positions.get("key"), self.positions.get("spurious")
+            n = self.grid_size[0] * self.grid_size[1]
+            if (
+                key is None or spurious is None or tuple(key.shape) != (n,) or tuple(spurious.shape) != (n,)
+                or bool((spurious < 0).any()) or bool((spurious > key).any()) or bool((key > self.num_images).any())
+            ):  # fmt: skip
+                raise CaptumSiftError(f"expected position counts (N,) = ({n},) with 0 <= spurious <= key <= images")
         if self.curves is not None:
             for n in ("kk", "focus"):
                 got = tuple(self.curves[n].shape) if n in self.curves else None
@@ -281,6 +308,11 @@ class InterrelationReport:
             counts={n: torch.tensor(data["counts"][n], dtype=torch.long) for n in STORED},
             num_images=int(data["num_images"]),
             extra=dict(data.get("extra", {})),
+            positions=(
+                {n: torch.tensor(data["positions"][n], dtype=torch.long) for n in ("key", "spurious")}
+                if data.get("positions") is not None
+                else None
+            ),  # fmt: skip
             curves=(
                 {
                     n: torch.tensor(_none_to_nan(data["curves"][n]), dtype=torch.float32).view(-1, len(data["layers"]))
@@ -364,6 +396,14 @@ class InterrelationReport:
             f"InterrelationReport(images={self.num_images}, layers={self.layers}, heads={self.num_heads}, "
             f"grid={self.grid_size}, per_image={self.has_per_image}, settings={self.settings})"
         )
+
+
+def _positions(per_image: dict[str, torch.Tensor], min_keypoints: int) -> dict[str, torch.Tensor]:
+    """Key and spurious counts per patch position over the images of a batch."""
+    key = per_image["keypoint_counts"].cpu() >= min_keypoints
+    score = torch.nanmean(per_image["patch_theta"].float().cpu(), dim=1)  # (B, N): mean over layers
+    spurious = key & (score < SPURIOUS_THRESHOLD)
+    return {"key": key.long().sum(0), "spurious": spurious.long().sum(0)}
 
 
 def nan_to_none(value: Any) -> Any:

@@ -605,6 +605,7 @@ def _empty_report(run: Run):
         sums={n: torch.zeros(shape, dtype=torch.float64) for n in STORED},
         counts={n: torch.zeros(shape, dtype=torch.long) for n in STORED},
         curves={n: torch.zeros(0, shape[0]) for n in ("kk", "focus")},
+        positions={n: torch.zeros(side * side, dtype=torch.long) for n in ("key", "spurious")},
     )  # fmt: skip
 
 
@@ -652,6 +653,18 @@ def _write_analysis(run: Run, report, settings: dict[str, Any], skipped: list[li
             sample = analyze(run.vit, examples[:1].to(run.device), settings=run.config.theta, image_space="pixel")
             viz.plot_stage_heatmaps(sample, stages, image=examples[0]).savefig(out / "heatmaps.png", dpi=110)
             figures["heatmaps.png"] = "attention of one query patch at a layer of each stage (Fig. 7b)"
+    if examples.shape[0]:
+        from .analysis import patch_scores_from_report
+
+        sample = analyze(run.vit, examples.to(run.device), settings=run.config.theta, image_space="pixel")
+        scores = patch_scores_from_report(sample).cpu()
+        fig = viz.plot_spurious(examples, scores, sample.keypoint_counts, patch,
+                                min_keypoints=run.config.theta.min_keypoints)  # fmt: skip
+        fig.savefig(out / "spurious.png", dpi=100)
+        figures["spurious.png"] = "spurious patches (§5.1): Key patches whose θ < 0.5, outlined in red"
+    if report.positions is not None:
+        viz.plot_spurious_positions(report).figure.savefig(out / "spurious_positions.png", dpi=110)
+        figures["spurious_positions.png"] = "how often each patch position is flagged spurious among its Key images"
     plt.close("all")
     data = report.to_dict(per_image=False)
     document = {
@@ -661,6 +674,10 @@ def _write_analysis(run: Run, report, settings: dict[str, Any], skipped: list[li
         "layer_means": {n: report.layer_mean(n).tolist() for n in QUANTITIES},
         "sums": data["sums"], "counts": data["counts"], "stages": stage_info, "skipped_files": skipped,
         "warnings": _warnings(run),
+        "spurious_positions": (
+            {n: report.positions[n].view(*report.grid_size).tolist() for n in ("key", "spurious")}
+            if report.positions is not None else None
+        ),
     }  # fmt: skip
     (out / "report.json").write_text(json.dumps(nan_to_none(document), indent=1))
     report.save_csv(out / "per_layer_head.csv")

@@ -12,6 +12,7 @@ from matplotlib.figure import Figure
 from ._checks import check_images, check_patch_size, shape_of
 from .errors import CaptumSiftError
 from .keypoints import keypoints_to_counts
+from .report import InterrelationReport
 
 __all__ = [
     "overlay",
@@ -21,6 +22,8 @@ __all__ = [
     "plot_interrelation",
     "plot_keypoints",
     "plot_keypoints_grid",
+    "plot_spurious",
+    "plot_spurious_positions",
     "plot_stage_heatmaps",
     "plot_stages",
 ]
@@ -167,6 +170,7 @@ def plot_interrelation(report, *, ax: Axes | None = None) -> Axes:
     ax.set_ylabel("θ (weighted)" if report.settings.get("weighted", True) else "θ (unweighted)")
     ax.set_title(f"Patch interrelation, {report.num_images} images", fontsize=9)
     ax.legend(fontsize=8)
+    ax.figure.tight_layout()  # keeps the "layer" label inside the saved figure
     return ax
 
 
@@ -180,6 +184,7 @@ def plot_focus_index(report, *, normalized: bool = False, ax: Axes | None = None
     ax.set_ylabel(_LABELS[name] + " (larger = broader)")
     ax.set_title("Attention focus index", fontsize=9)
     ax.legend(fontsize=8)
+    ax.figure.tight_layout()  # keeps the "layer" label inside the saved figure
     return ax
 
 
@@ -206,6 +211,13 @@ def plot_stages(report, stages, *, ax: Axes | None = None) -> Axes:
     lines = ax.get_legend_handles_labels()
     more = twin.get_legend_handles_labels()
     ax.legend(lines[0] + more[0], lines[1] + more[1], fontsize=7, loc="center right")
+    if not getattr(stages, "clear", True):
+        conf = ", ".join(
+            f"{k} {v:.2f}" for k, v in (getattr(stages, "confidence", None) or {}).items() if v is not None
+        )
+        ax.set_title(f"NO CLEAR STAGES (best split shown{'; confidence ' + conf if conf else ''})", fontsize=8,
+                     color="#b00", pad=14)  # fmt: skip
+    ax.figure.tight_layout()
     return ax
 
 
@@ -224,19 +236,23 @@ def plot_stage_heatmaps(report, stages, *, image_index: int = 0, image: torch.Te
         raise CaptumSiftError(f"expected image_index in [0, {report.num_images}), got {image_index}")
     gh, gw = report.grid_size
     query = int(report.query_patch[image_index])
-    fig, axes = plt.subplots(1, 3, figsize=(9.5, 3.4))
+    fig, axes = plt.subplots(1, 3, figsize=(10.5, 3.4))
+    chosen = {name: stages[name][len(stages[name]) // 2] for name in ("retrieval", "capture", "coach")}
+    heats = {n: report.query_attention[image_index, report.layers.index(layer)].view(gh, gw).numpy()
+             for n, layer in chosen.items()}  # fmt: skip
+    vmax = max(float(h.max()) for h in heats.values())  # one scale for the three panels and the colour bar
+    shown = None
     for ax, name in zip(axes, ("retrieval", "capture", "coach"), strict=True):
-        layers = stages[name]
-        layer = layers[len(layers) // 2]
-        heat = report.query_attention[image_index, report.layers.index(layer)].view(gh, gw).numpy()
+        layer, heat = chosen[name], heats[name]
         if image is not None:
             h, w = image.shape[-2:]
             ax.imshow(image.detach().cpu().permute(1, 2, 0).squeeze().numpy(), extent=(0, w, h, 0), cmap="gray")
-            ax.imshow(heat, cmap="jet", alpha=0.5, extent=(0, w, h, 0), interpolation="nearest")
+            shown = ax.imshow(heat, cmap="jet", alpha=0.5, extent=(0, w, h, 0), interpolation="nearest", vmin=0,
+                              vmax=vmax)  # fmt: skip
             py, px = divmod(query, gw)
             ax.add_patch(plt.Rectangle((px * w / gw, py * h / gh), w / gw, h / gh, fill=False, ec="white", lw=1.5))
         else:
-            ax.imshow(heat, cmap="jet", interpolation="nearest")
+            shown = ax.imshow(heat, cmap="jet", interpolation="nearest", vmin=0, vmax=vmax)
             py, px = divmod(query, gw)
             ax.add_patch(plt.Rectangle((px - 0.5, py - 0.5), 1, 1, fill=False, ec="white", lw=1.5))
         ax.set_title(f"{name.capitalize()}: layer {layer}", fontsize=9)
@@ -244,6 +260,11 @@ def plot_stage_heatmaps(report, stages, *, image_index: int = 0, image: torch.Te
         ax.set_yticks([])
     fig.suptitle(f"Attention of query patch {query} (head mean)", fontsize=9)
     fig.tight_layout()
+    if shown is not None:
+        shown.set_alpha(1.0 if image is None else 0.5)
+        bar = fig.colorbar(shown, ax=list(axes), shrink=0.85, pad=0.02)
+        bar.set_label("attention weight (head mean)", fontsize=8)
+        bar.solids.set_alpha(1.0)
     return fig
 
 
@@ -357,4 +378,73 @@ def plot_mask_curve(table, *, ax: Axes | None = None) -> Axes:
     ax.set_xlabel("mask ratio")
     ax.set_ylabel("accuracy")
     ax.legend(fontsize=8)
+    return ax
+
+
+def plot_spurious(
+    images: torch.Tensor,
+    scores: torch.Tensor,
+    keypoint_counts: torch.Tensor,
+    patch_size: int,
+    *,
+    threshold: float = 0.5,
+    min_keypoints: int = 1,
+    titles: list[str] | None = None,
+    ncols: int = 4,
+) -> Figure:
+    """The spurious patches of each image (paper §5.1): Key patches whose θ is below ``threshold``, outlined in red.
+
+    Other Key patches are outlined in yellow; each spurious patch shows its θ.
+
+    Args:
+        images: (B, C, H, W) pixels in [0, 1].
+        scores: (B, N) per-patch θ (SPEC §7).
+        keypoint_counts: (B, N) or (B, Gh, Gw).
+        patch_size: P.
+        threshold, min_keypoints: as :func:`~captum_sift.patches.spurious_patches`.
+    """
+    from .patches import spurious_patches
+
+    images = check_images(images)
+    height, width = images.shape[2:]
+    check_patch_size(patch_size, height, width)
+    counts = keypoint_counts.flatten(1).cpu()
+    scores = scores.detach().cpu()
+    flags = spurious_patches(scores, counts, threshold, min_keypoints)
+    key = counts >= min_keypoints
+    fig, axes = _grid(images.shape[0], ncols)
+    grid_w = width // patch_size
+    for b, ax in enumerate(axes):
+        pixels = images[b].detach().cpu().permute(1, 2, 0).numpy()
+        ax.imshow(pixels if pixels.shape[2] == 3 else pixels[..., 0], cmap="gray", vmin=0, vmax=1)
+        for j in torch.nonzero(key[b]).flatten().tolist():
+            y0, x0 = (j // grid_w) * patch_size - 0.5, (j % grid_w) * patch_size - 0.5
+            spurious = bool(flags[b, j])
+            ax.add_patch(plt.Rectangle((x0, y0), patch_size, patch_size, fill=False,
+                                       ec="red" if spurious else "yellow", lw=1.6 if spurious else 0.6))  # fmt: skip
+            if spurious:
+                ax.text(x0 + 1, y0 + 1, f"{float(scores[b, j]):.2f}", color="white", fontsize=5, va="top",
+                        bbox={"facecolor": "red", "alpha": 0.6, "pad": 0.3, "lw": 0})  # fmt: skip
+        ax.set_xticks([])
+        ax.set_yticks([])
+        label = titles[b] if titles else f"image {b}"
+        ax.set_title(f"{label}: {int(flags[b].sum())} spurious of {int(key[b].sum())} Key", fontsize=8)
+    fig.suptitle(f"spurious patches (red): Key patches with θ < {threshold:g}", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def plot_spurious_positions(report: InterrelationReport, *, ax: Axes | None = None) -> Axes:
+    """How often each patch position is flagged spurious, among the images where it is a Key patch."""
+    if report.positions is None:
+        raise CaptumSiftError("expected a report with position counts (made by analyze), got none")
+    key = report.positions["key"].double()
+    share = torch.where(key > 0, report.positions["spurious"].double() / key.clamp(min=1), torch.nan)
+    if ax is None:
+        _, ax = plt.subplots(figsize=(4.5, 4))
+    image = ax.imshow(share.view(*report.grid_size).numpy(), cmap="magma", vmin=0, vmax=1)
+    ax.figure.colorbar(image, ax=ax, label="share of Key images flagged spurious")
+    ax.set_title(f"spurious patch positions over {report.num_images} images", fontsize=9)
+    ax.set_xlabel("patch column")
+    ax.set_ylabel("patch row")
     return ax

@@ -244,4 +244,5 @@ def test_viz_draws_the_report(model, pixels, counts):
     torch.testing.assert_close(torch.tensor(ax.get_lines()[0].get_ydata()), report.layer_mean("focus_normalized"))
     viz.plot_stages(report, stages)
     fig = viz.plot_stage_heatmaps(report, stages, image=pixels[0])
-    assert len(fig.axes) == 3
+    assert len(fig.axes) == 4  # three panels and one shared colour bar
+    assert fig.axes[3].get_ylabel() == "attention weight (head mean)"

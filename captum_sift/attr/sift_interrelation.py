@@ -20,6 +20,27 @@ from ..vit import ViTAdapter, as_vit
 __all__ = ["SIFTInterrelation", "patch_feature_mask", "patch_scores_to_pixels"]
 
 
+#: What :class:`SIFTInterrelation` returns per patch.
+OUTPUTS = ("theta", "centered", "rank")
+
+
+def _transform(scores: torch.Tensor, output: str) -> torch.Tensor:
+    """θ as is, minus each image's mean θ (signed), or each image's ranks scaled to [-1, 1]."""
+    if output == "centered":
+        return scores - torch.nanmean(scores, dim=1, keepdim=True)
+    if output == "rank":
+        n = scores.shape[1]
+        if bool(torch.isnan(scores).any()):
+            raise CaptumSiftError(
+                "expected scores without NaN to rank patches, got NaN (gamma > 1 can leave S_i empty)"
+            )
+        order = torch.sort(scores, dim=1, stable=True).indices
+        ranks = torch.empty_like(scores).scatter_(1, order, torch.arange(n, dtype=scores.dtype, device=scores.device)
+                                                  .expand_as(scores).contiguous())  # fmt: skip
+        return 2 * ranks / max(n - 1, 1) - 1
+    return scores
+
+
 def _expand_counts(counts: torch.Tensor | None, batch: int) -> torch.Tensor | None:
     """Counts of B' images repeated image-wise to B = k B' (Captum's expansion of the inputs)."""
     if not isinstance(counts, torch.Tensor) or counts.dim() < 1 or counts.shape[0] in (0, batch):
@@ -55,6 +76,24 @@ class SIFTInterrelation(Attribution):
         image_space: ``"model"`` (inputs normalised as the model expects,
             Captum's usual case) or ``"pixel"`` (inputs in [0, 1]).
         mean, std: the model's input statistics (default: the adapter's).
+        output: ``"theta"`` (default: θ itself, positive in a narrow band,
+            e.g. 0.44-0.76 — use ``viz.overlay(minmax=True)``),
+            ``"centered"`` (θ minus the image's mean θ: signed, so Captum's
+            ``visualize_image_attr(..., sign="all")`` and the
+            ``"masked_image"`` panel with ``sign="positive"`` show which
+            patches look more at keypoints than the image's average), or
+            ``"rank"`` (each image's ranks scaled to [-1, 1], lowest -1:
+            what Top/Bottom masking uses, independent of θ's band).
+
+    θ is no importance map: it says how much a patch's attention goes to
+    keypoint patches, not how much the prediction depends on the patch. To
+    find the patches a model relies on wrongly, use the spurious selection
+    (paper §5.1: Key patches with the lowest θ; ``select_patches(...,
+    mode="spurious")``). A measurement reported with the planning issue (not
+    re-run here): on a small ViT trained to rely only on a planted texture
+    patch, that patch had the lowest θ in 82 % of the images where it held
+    keypoints, while θ's top-1 was the planted patch in only 14 % (attention
+    rollout: 97 %).
 
     Example:
         >>> import timm
@@ -74,8 +113,12 @@ class SIFTInterrelation(Attribution):
         image_space: str = "model",
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
+        output: str = "theta",
         **options: Any,
     ) -> None:
+        if output not in OUTPUTS:
+            raise CaptumSiftError(f"expected output in {OUTPUTS}, got {output!r}")
+        self.output = output
         self.vit = as_vit(model, mean=mean, std=std)
         self.settings = ThetaSettings.resolve(settings, **options)
         self.settings.check_for(self.vit.depth)  # validate now, not at the first attribute()
@@ -131,6 +174,7 @@ class SIFTInterrelation(Attribution):
         keypoint_counts = _expand_counts(keypoint_counts, images.shape[0])
         report = analyze(self.vit, images, keypoint_counts, self.settings, image_space=self.image_space)  # type: ignore[arg-type]
         scores = patch_scores_from_report(report, self.settings.layers).to(images.device, images.dtype)
+        scores = _transform(scores, self.output)
         attributions = patch_scores_to_pixels(scores, images.shape, self.vit.patch_size)
         out: Any = (attributions,) if as_tuple else attributions
         return (out, report) if return_report else out
