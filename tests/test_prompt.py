@@ -88,7 +88,7 @@ def test_outputs_for_captums_visualiser():
     from captum.attr import visualization
 
     fig, _ = visualization.visualize_image_attr(
-        centered.new_tensor(SIFTInterrelation(model, image_space="pixel", output="centered").attribute(x)[0])
+        SIFTInterrelation(model, image_space="pixel", output="centered").attribute(x)[0]
         .permute(1, 2, 0).numpy(),
         x[0].permute(1, 2, 0).numpy(), method="blended_heat_map", sign="all", use_pyplot=False,
     )  # fmt: skip

@@ -81,3 +81,11 @@ def test_attribution_benchmark_quick_mode():
     result = run_script("benchmarks/attribution.py", "--quick")
     assert result.returncode == 0, result.stderr
     assert re.search(r"RATIO SIFTInterrelation / forward: [\d.]+", result.stdout)
+
+
+def test_bottom_prompt_fills_example_runs_as_written():
+    result = run_script("examples/bottom_prompt_fills.py", "--quick")
+    assert result.returncode == 0, result.stderr
+    for fill in ("0.0", "mean", "blur", "drop"):
+        assert f"fill {fill}: unmasked" in result.stdout
+    assert "| spurious |" in result.stdout
