@@ -583,15 +583,22 @@ def run_analyze(config: RunConfig) -> None:
         skipped = _batch_loop(run, settings, restore, step, snapshot)
         total = holder["total"] if holder["total"] is not None else _empty_report(run)  # a rank with no image joins too
         total.all_reduce(run.device)
-        if total.num_images == 0:  # the same on every rank, so no rank is left waiting
-            raise CaptumSiftError("no image could be analysed (all were unreadable or the selection is empty)")
-        skipped = _gather_skipped(skipped)
-        if run.main:
-            _write_analysis(run, total, settings, skipped)
-        barrier()
-        run.finish()
+        _conclude(
+            run, total.num_images, "analysed", skipped, lambda files: _write_analysis(run, total, settings, files)
+        )
     finally:
         run.release()
+
+
+def _conclude(run: Run, images: int, done: str, skipped: list[list[str]], write: Callable[[list], None]) -> None:
+    """After the reduction, on every rank: refuse an empty run, gather the skipped files, rank 0 writes."""
+    if images == 0:  # the same on every rank after the reduction, so no rank is left waiting
+        raise CaptumSiftError(f"no image could be {done} (all were unreadable or the selection is empty)")
+    skipped = _gather_skipped(skipped)
+    if run.main:
+        write(skipped)
+    barrier()
+    run.finish()
 
 
 def _empty_report(run: Run):
@@ -752,13 +759,7 @@ def run_mask_eval(config: RunConfig) -> None:
             cells = len(config.modes) * len(config.ratios)
             skipped = _batch_loop(run, settings, lambda state: table.load_state(state, cells), step, table.state)
         table.all_reduce(config.modes, config.ratios, run.device)
-        if table.total == 0:  # checked on every rank after the reduction, so no rank is left waiting
-            raise CaptumSiftError("no image could be evaluated (all were unreadable or the selection is empty)")
-        skipped = _gather_skipped(skipped)
-        if run.main:
-            _write_mask_eval(run, table, settings, skipped)
-        barrier()
-        run.finish()
+        _conclude(run, table.total, "evaluated", skipped, lambda files: _write_mask_eval(run, table, settings, files))
     finally:
         run.release()
 
