@@ -4,7 +4,8 @@ Prints, measured in this one run (random-init timm ViT, CPU, sample photos):
 the time of one plain (fused) forward per image, and the time per image of
 SIFTInterrelation (keypoint counting included), Captum's Saliency,
 IntegratedGradients (50 steps) and FeatureAblation over the patches (the
-same ``feature_mask``), each as a multiple of one forward. Goal: θ <= 1.5.
+same ``feature_mask``), attention rollout and raw attention, each as a
+multiple of one forward. Goals: θ <= 1.5, rollout <= 1.2.
 
 Usage: python benchmarks/attribution.py [--quick] [--model NAME] [--batch 4]
 """
@@ -18,7 +19,7 @@ import torch
 from _timing import best_time
 from captum.attr import FeatureAblation, IntegratedGradients, Saliency
 
-from captum_sift.attr import SIFTInterrelation
+from captum_sift.attr import AttentionRollout, RawAttention, SIFTInterrelation
 from captum_sift.data import SAMPLE_PHOTOS, sample_images
 
 
@@ -49,6 +50,8 @@ def main() -> None:
     per_image = {
         "plain forward": best_time(forward, args.repeats),
         "SIFTInterrelation (counts included)": best_time(lambda: sift.attribute(x), args.repeats),
+        "AttentionRollout": best_time(lambda: AttentionRollout(model).attribute(x), args.repeats),
+        "RawAttention (last layer)": best_time(lambda: RawAttention(model).attribute(x), args.repeats),
         "Saliency": best_time(lambda: Saliency(model).attribute(x, target=target), args.repeats),
         f"IntegratedGradients ({steps} steps)": best_time(
             lambda: IntegratedGradients(model).attribute(x, target=target, n_steps=steps, internal_batch_size=16), 1
@@ -63,6 +66,7 @@ def main() -> None:
         print(f"{label:>38s}: {seconds / args.batch * 1e3:8.1f} ms/image = {seconds / one:7.2f} forwards")
     print(f"RATIO SIFTInterrelation / forward: {per_image['SIFTInterrelation (counts included)'] / one:.2f}"
           "  (goal <= 1.5)")  # fmt: skip
+    print(f"RATIO AttentionRollout / forward: {per_image['AttentionRollout'] / one:.2f}  (goal <= 1.2)")
 
 
 if __name__ == "__main__":

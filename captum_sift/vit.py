@@ -84,6 +84,8 @@ class ViTAdapter:
         forward_logits: the model's class logits from its input.
         name: a description for reports.
         img_size: the input size the model was built for, if it has one.
+        class_token: whether the first prefix token is a class token (what
+            rollout and raw attention read); False for models that pool.
     """
 
     model: nn.Module
@@ -100,6 +102,7 @@ class ViTAdapter:
     forward_logits: Callable[[nn.Module, torch.Tensor], torch.Tensor] | None = None
     name: str = ""
     img_size: int | None = None
+    class_token: bool = True
 
     def __post_init__(self) -> None:
         if not self.blocks:
@@ -311,6 +314,7 @@ def _timm_adapter(model: nn.Module) -> ViTAdapter:
         in_chans=in_chans, num_heads=int(blocks[0].attn.num_heads), mean=mean, std=std, capture=_timm_capture,
         forward_stem=_timm_stem, forward_logits=_call_model if hasattr(model, "forward_head") else None,
         name=str(config.get("architecture", type(model).__name__)), img_size=img_size,
+        class_token=getattr(model, "cls_token", None) is not None,
     )  # fmt: skip
 
 
@@ -429,6 +433,7 @@ def _hf_adapter(model: nn.Module, image_processor: Any = None) -> ViTAdapter:
         in_chans=in_chans, num_heads=int(config.num_attention_heads), mean=tuple(mean), std=tuple(std),
         capture=_hf_eager, forward_stem=_hf_stem, forward_logits=_hf_logits if is_classifier else None,
         name=f"transformers {type(model).__name__}", img_size=int(size) if size else None,
+        class_token=getattr(embeddings, "cls_token", None) is not None,
     )  # fmt: skip
 
 

@@ -1,6 +1,7 @@
 """Captum Attribution classes and the patch-grid helpers they use."""
 
 from ..patches import patch_feature_mask, patch_scores_to_pixels
+from .attention_baselines import AttentionRollout, RawAttention
 from .sift_interrelation import SIFTInterrelation
 
-__all__ = ["SIFTInterrelation", "patch_feature_mask", "patch_scores_to_pixels"]
+__all__ = ["AttentionRollout", "RawAttention", "SIFTInterrelation", "patch_feature_mask", "patch_scores_to_pixels"]

@@ -1,0 +1,216 @@
+"""Attention-based baselines as Captum attributions: attention rollout and raw attention.
+
+Both read the post-softmax attention the same way θ does (any model family,
+:func:`~captum_sift.attention.iter_attention`, one layer alive at a time) and
+return a per-patch score spread over the patch's pixels, exactly
+``inputs.shape``, like :class:`~captum_sift.attr.SIFTInterrelation`. They do
+not depend on the class: ``target`` is accepted and ignored.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from captum.attr import Attribution
+from captum.log import log_usage
+from torch import nn
+
+from .._checks import as_int, as_scalar, shape_of
+from ..analysis import to_model_and_pixels
+from ..errors import CaptumSiftError
+from ..patches import patch_feature_mask, patch_scores_to_pixels
+from ..vit import ViTAdapter, as_vit
+
+__all__ = ["AttentionRollout", "RawAttention", "fuse_heads", "rollout_step"]
+
+HEAD_FUSIONS = ("mean", "max", "min")
+
+
+def fuse_heads(attn: torch.Tensor, head_fusion: str = "mean") -> torch.Tensor:
+    """(B, heads, T, T) -> (B, T, T): the mean, max or min over heads."""
+    if head_fusion == "mean":
+        return attn.mean(dim=1)
+    if head_fusion == "max":
+        return attn.amax(dim=1)
+    if head_fusion == "min":
+        return attn.amin(dim=1)
+    raise CaptumSiftError(f"expected head_fusion in {HEAD_FUSIONS}, got {head_fusion!r}")
+
+
+def rollout_step(fused: torch.Tensor, discard_ratio: float = 0.0, keep_first: bool = True) -> torch.Tensor:
+    """One layer of rollout (Abnar & Zuidema 2020): drop the weakest links, 0.5 A + 0.5 I, rows renormalised.
+
+    ``discard_ratio`` of each image's (T x T) entries with the lowest weight
+    are set to 0 (never the first column, the class token's, with
+    ``keep_first``), as common practice does; then the residual is added as
+    0.5 A + 0.5 I and every row is renormalised to sum to 1.
+    """
+    batch, tokens, _ = fused.shape
+    a = fused.clone()
+    if discard_ratio > 0:
+        flat = a.view(batch, -1)
+        k = int(flat.shape[1] * discard_ratio)
+        if k:
+            order = flat.argsort(dim=1, stable=True)
+            if keep_first:  # column 0 of every row is the class token's: kept
+                order = order[(order % tokens != 0)].view(batch, -1)
+            flat.scatter_(1, order[:, :k], 0.0)
+    eye = torch.eye(tokens, dtype=a.dtype, device=a.device)
+    a = 0.5 * a + 0.5 * eye
+    return a / a.sum(dim=-1, keepdim=True)
+
+
+def _read_patches(matrix: torch.Tensor, prefix: int, class_token: bool) -> torch.Tensor:
+    """(B, T, T) -> (B, N): the class token's row over the patches, else the mean of the patch rows."""
+    if class_token:
+        return matrix[:, 0, prefix:]
+    return matrix[:, prefix:, prefix:].mean(dim=1)
+
+
+class _PatchAttribution(Attribution):
+    """What the attention baselines share: the adapter, input checks and spreading scores over pixels."""
+
+    def __init__(
+        self,
+        model: nn.Module | ViTAdapter,
+        *,
+        image_space: str = "model",
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+    ) -> None:
+        self.vit = as_vit(model, mean=mean, std=std)
+        if image_space not in ("model", "pixel"):
+            raise CaptumSiftError(f"expected image_space 'model' or 'pixel', got {image_space!r}")
+        forward = self.vit.logits if self.vit.forward_logits is not None else self.vit.model
+        super().__init__(forward)
+        self.model = self.vit.model
+        self.image_space = image_space
+
+    def has_convergence_delta(self) -> bool:
+        return False
+
+    def _images(self, inputs: Any) -> tuple[torch.Tensor, bool]:
+        as_tuple = isinstance(inputs, tuple)
+        if as_tuple:
+            if len(inputs) != 1:
+                raise CaptumSiftError(f"expected one input tensor, got a tuple of {len(inputs)}")
+            (inputs,) = inputs
+        if not isinstance(inputs, torch.Tensor) or inputs.dim() != 4:
+            raise CaptumSiftError(f"expected inputs of shape (B, C, H, W), got {shape_of(inputs)}")
+        return inputs, as_tuple
+
+    def _spread(self, scores: torch.Tensor, images: torch.Tensor, as_tuple: bool) -> Any:
+        out = patch_scores_to_pixels(scores.to(images.device, images.dtype), images.shape, self.vit.patch_size)
+        return (out,) if as_tuple else out
+
+    def patch_scores(self, images: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    @log_usage()
+    def attribute(self, inputs: Any, target: Any = None) -> Any:  # type: ignore[override]
+        """Attribution of exactly ``inputs.shape`` (constant within each patch); ``target`` is ignored."""
+        images, as_tuple = self._images(inputs)
+        return self._spread(self.patch_scores(images), images, as_tuple)
+
+    def feature_mask(self, inputs: torch.Tensor) -> torch.Tensor:
+        """Patch index of every pixel (1, 1, H, W), for Captum's perturbation methods."""
+        images, _ = self._images(inputs)
+        self.vit.grid(images)
+        return patch_feature_mask(images.shape[2], images.shape[3], self.vit.patch_size, images.device)
+
+    def _model_input(self, images: torch.Tensor) -> torch.Tensor:
+        return to_model_and_pixels(self.vit, images, self.image_space, need_pixels=False)[0]
+
+
+class AttentionRollout(_PatchAttribution):
+    """Attention rollout (Abnar & Zuidema 2020) as a Captum attribution, for any model family.
+
+    The product over layers of 0.5 A + 0.5 I (A: the heads fused by mean, max
+    or min, the weakest ``discard_ratio`` of links dropped, rows
+    renormalised), streamed: one layer's attention and the (B, T, T) product
+    are alive at a time. The score of a patch is the class token's row of
+    the product restricted to the patches — or, for a model without a class
+    token (``class_token=False``, registers or not), the mean over the patch
+    rows.
+
+    Args:
+        model: a timm, torchvision or Hugging Face ViT, or an adapter.
+        head_fusion: ``"mean"`` (default), ``"max"`` or ``"min"``.
+        discard_ratio: share of the lowest links dropped per layer, in [0, 1).
+        image_space, mean, std: as :class:`~captum_sift.attr.SIFTInterrelation`.
+
+    Example:
+        >>> import timm
+        >>> vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, depth=2)
+        >>> AttentionRollout(vit).attribute(torch.rand(2, 3, 32, 32)).shape
+        torch.Size([2, 3, 32, 32])
+    """
+
+    def __init__(
+        self,
+        model: nn.Module | ViTAdapter,
+        *,
+        head_fusion: str = "mean",
+        discard_ratio: float = 0.0,
+        image_space: str = "model",
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+    ) -> None:
+        super().__init__(model, image_space=image_space, mean=mean, std=std)
+        if head_fusion not in HEAD_FUSIONS:
+            raise CaptumSiftError(f"expected head_fusion in {HEAD_FUSIONS}, got {head_fusion!r}")
+        ratio = as_scalar(discard_ratio)
+        if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 <= ratio < 1:
+            raise CaptumSiftError(f"expected discard_ratio in [0, 1), got {discard_ratio!r}")
+        self.head_fusion, self.discard_ratio = head_fusion, float(ratio)
+
+    def patch_scores(self, images: torch.Tensor) -> torch.Tensor:
+        """Rollout score of every patch, (B, N)."""
+        x = self._model_input(images)
+        prefix, cls = self.vit.num_prefix_tokens, self.vit.class_token
+        joint: torch.Tensor | None = None
+        for _, attn in self.vit.iter_attention(x):
+            step = rollout_step(fuse_heads(attn.float(), self.head_fusion), self.discard_ratio, keep_first=cls)
+            joint = step if joint is None else step @ joint
+            del attn, step
+        assert joint is not None
+        return _read_patches(joint, prefix, cls)
+
+
+class RawAttention(_PatchAttribution):
+    """One layer's class-token attention (head mean) over the patches, as a Captum attribution.
+
+    For a model without a class token, the mean over the patch rows. Blocks
+    after ``layer`` are not run.
+
+    Args:
+        model: a timm, torchvision or Hugging Face ViT, or an adapter.
+        layer: the block (negative counts from the end; default the last).
+        image_space, mean, std: as :class:`~captum_sift.attr.SIFTInterrelation`.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module | ViTAdapter,
+        *,
+        layer: int = -1,
+        image_space: str = "model",
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+    ) -> None:
+        super().__init__(model, image_space=image_space, mean=mean, std=std)
+        index = as_int(layer)
+        if index is None or not -self.vit.depth <= index < self.vit.depth:
+            raise CaptumSiftError(f"expected layer in [-{self.vit.depth}, {self.vit.depth}), got {layer!r}")
+        self.layer = index % self.vit.depth
+
+    def patch_scores(self, images: torch.Tensor) -> torch.Tensor:
+        """Head-mean class-token attention of every patch at ``layer``, (B, N)."""
+        x = self._model_input(images)
+        prefix = self.vit.num_prefix_tokens
+        for index, attn in self.vit.iter_attention(x):
+            if index == self.layer:
+                return _read_patches(attn.float().mean(dim=1), prefix, self.vit.class_token)
+        raise CaptumSiftError(f"the model never reached block {self.layer}")  # pragma: no cover

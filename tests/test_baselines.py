@@ -1,0 +1,86 @@
+"""AttentionRollout and RawAttention equal plain loops, for timm, torchvision and Hugging Face models."""
+
+import pytest
+import timm
+import torch
+from test_families import families, pixels, timm_vit  # noqa: F401 - fixtures
+
+from captum_sift import CaptumSiftError
+from captum_sift.attention import iter_attention
+from captum_sift.attr import AttentionRollout, RawAttention
+from captum_sift.vit import as_vit
+
+
+def loop_rollout(attns, prefix, class_token, head_fusion="mean", discard_ratio=0.0):
+    """Rollout written as plain loops over images, rows and columns."""
+    batch, _, tokens, _ = attns[0].shape
+    out = []
+    for b in range(batch):
+        joint = [[float(i == j) for j in range(tokens)] for i in range(tokens)]
+        for attn in attns:
+            heads = attn[b].double()
+            fused = {"mean": heads.mean(0), "max": heads.max(0).values, "min": heads.min(0).values}[head_fusion]
+            a = fused.tolist()
+            k = int(tokens * tokens * discard_ratio)
+            if k:
+                cells = sorted(((a[i][j], i * tokens + j) for i in range(tokens) for j in range(tokens)
+                                if not (class_token and j == 0)), key=lambda c: (c[0], c[1]))  # fmt: skip
+                for _, flat in cells[:k]:
+                    a[flat // tokens][flat % tokens] = 0.0
+            for i in range(tokens):
+                row = [0.5 * a[i][j] + 0.5 * (i == j) for j in range(tokens)]
+                total = sum(row)
+                a[i] = [v / total for v in row]
+            joint = [[sum(a[i][m] * joint[m][j] for m in range(tokens)) for j in range(tokens)] for i in range(tokens)]
+        if class_token:
+            out.append(joint[0][prefix:])
+        else:
+            rows = joint[prefix:]
+            out.append([sum(r[j] for r in rows) / len(rows) for j in range(prefix, tokens)])
+    return torch.tensor(out, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("name", ["timm", "torchvision", "hf"])
+@pytest.mark.parametrize(("head_fusion", "discard_ratio"), [("mean", 0.0), ("max", 0.3), ("min", 0.0)])
+def test_rollout_equals_a_loop_for_every_family(families, pixels, name, head_fusion, discard_ratio):  # noqa: F811
+    model = families[name]
+    x = (pixels - 0.5) / 0.5
+    attns = [a for _, a in iter_attention(model, x)]
+    expected = loop_rollout(attns, 1, True, head_fusion, discard_ratio)
+    rollout = AttentionRollout(model, head_fusion=head_fusion, discard_ratio=discard_ratio)
+    got = rollout.attribute(x)
+    assert got.shape == x.shape
+    torch.testing.assert_close(got[:, 0, ::8, ::8].flatten(1).double(), expected, atol=1e-5, rtol=1e-4)
+    raw = RawAttention(model, layer=1).attribute(x)[:, 0, ::8, ::8].flatten(1)
+    torch.testing.assert_close(raw, attns[1].mean(1)[:, 0, 1:], atol=1e-6, rtol=1e-5)
+
+
+def test_same_numbers_across_families(families, pixels):  # noqa: F811
+    x = (pixels - 0.5) / 0.5
+    ref = AttentionRollout(families["timm"]).attribute(x)
+    for name in ("torchvision", "hf"):
+        torch.testing.assert_close(AttentionRollout(families[name]).attribute(x), ref, atol=2e-5, rtol=1e-4)
+
+
+def test_models_without_a_class_token_use_the_patch_rows():
+    torch.manual_seed(0)
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, depth=2, class_token=False,
+                              global_pool="avg", reg_tokens=2).eval()  # fmt: skip
+    vit = as_vit(model)
+    assert (vit.num_prefix_tokens, vit.class_token) == (2, False)
+    x = torch.randn(2, 3, 32, 32)
+    attns = [a for _, a in iter_attention(model, x)]
+    got = AttentionRollout(model, discard_ratio=0.2).attribute(x)[:, 0, ::16, ::16].flatten(1).double()
+    torch.testing.assert_close(got, loop_rollout(attns, 2, False, "mean", 0.2), atol=1e-5, rtol=1e-4)
+
+
+def test_bad_options():
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, depth=2)
+    with pytest.raises(CaptumSiftError, match="head_fusion"):
+        AttentionRollout(model, head_fusion="median")
+    with pytest.raises(CaptumSiftError, match=r"discard_ratio in \[0, 1\)"):
+        AttentionRollout(model, discard_ratio=1.0)
+    with pytest.raises(CaptumSiftError, match=r"layer in \[-2, 2\)"):
+        RawAttention(model, layer=2)
+    with pytest.raises(CaptumSiftError, match="expected inputs of shape"):
+        AttentionRollout(model).attribute(torch.rand(3, 32, 32))
