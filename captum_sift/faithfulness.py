@@ -1,0 +1,347 @@
+"""Is θ a faithful explanation? Attribution methods side by side on standard metrics.
+
+:func:`explain` runs one method by name on any model family; :func:`compare`
+runs several on (model, images, labels) and returns one table: patch-level
+deletion and insertion AUC (most relevant patches first; fill or token
+drop), Quantus's ``FaithfulnessCorrelation`` and ``EfficientMPRT`` (does
+the attribution change when the weights are randomised?), the rank of a
+known true patch and the pointing game where one is given, and the cost of
+each method in seconds per image and in plain forwards.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import CaptumSiftError
+from .vit import ViTAdapter, as_vit, eval_mode
+
+__all__ = [
+    "METHODS",
+    "ComparisonTable",
+    "compare",
+    "deletion_insertion",
+    "deletion_insertion_curves",
+    "explain",
+    "patch_attribution",
+]
+
+#: Methods :func:`explain` knows; ``gradcam`` needs the ``gradcam`` extra (pytorch-grad-cam).
+METHODS = ("theta", "rollout", "raw_attention", "saliency", "integrated_gradients", "feature_ablation", "gradcam",
+           "random")  # fmt: skip
+DEFAULT_METHODS = ("theta", "rollout", "raw_attention", "saliency", "integrated_gradients", "random")
+
+
+class _Logits(nn.Module):
+    """The adapter's logits as a plain module (what Captum and Quantus call)."""
+
+    def __init__(self, vit: ViTAdapter) -> None:
+        super().__init__()
+        self.vit = vit
+        self.net = vit.model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.vit.logits(x)
+
+
+def explain(
+    method: str,
+    model: nn.Module | ViTAdapter,
+    images: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    ig_steps: int = 16,
+    seed: int = 0,
+) -> torch.Tensor:
+    """Attribution (B, C, H, W) of ``method`` for model-space ``images`` and class ``targets`` (B,).
+
+    ``theta``: :class:`~captum_sift.attr.SIFTInterrelation`; ``rollout`` /
+    ``raw_attention``: the attention baselines; ``saliency``,
+    ``integrated_gradients`` (``ig_steps``, baseline 0 = the mean colour),
+    ``feature_ablation`` (over the patches): Captum's; ``gradcam``:
+    pytorch-grad-cam's GradCAM on the last block's first norm, tokens
+    reshaped to the grid; ``random``: uniform noise per patch (a floor).
+    """
+    from .attr import AttentionRollout, RawAttention, SIFTInterrelation
+    from .patches import patch_feature_mask, patch_scores_to_pixels
+
+    vit = as_vit(model)
+    if method not in METHODS:
+        raise CaptumSiftError(f"expected a method among {METHODS}, got {method!r}")
+    images = images.detach()
+    if method == "theta":
+        return SIFTInterrelation(vit).attribute(images)
+    if method == "rollout":
+        return AttentionRollout(vit).attribute(images)
+    if method == "raw_attention":
+        return RawAttention(vit).attribute(images)
+    if method == "random":
+        grid = vit.grid(images)
+        g = torch.Generator().manual_seed(seed)
+        scores = torch.rand(images.shape[0], grid[0] * grid[1], generator=g).to(images.device)
+        return patch_scores_to_pixels(scores, images.shape, vit.patch_size)
+    forward = _Logits(vit)
+    targets = targets.to(images.device)
+    with eval_mode(vit.model):
+        if method == "saliency":
+            from captum.attr import Saliency
+
+            return Saliency(forward).attribute(images.clone().requires_grad_(True), target=targets).detach()
+        if method == "integrated_gradients":
+            from captum.attr import IntegratedGradients
+
+            return IntegratedGradients(forward).attribute(images, target=targets, n_steps=ig_steps).detach()
+        if method == "feature_ablation":
+            from captum.attr import FeatureAblation
+
+            mask = patch_feature_mask(images.shape[2], images.shape[3], vit.patch_size, images.device)
+            return FeatureAblation(forward).attribute(images, target=targets, feature_mask=mask,
+                                                      perturbations_per_eval=16).detach()  # fmt: skip
+        return _gradcam(vit, forward, images, targets)
+
+
+def _gradcam(vit: ViTAdapter, forward: nn.Module, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    try:
+        from pytorch_grad_cam import GradCAM
+        from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+    except ImportError as exc:
+        raise CaptumSiftError("method 'gradcam' needs pytorch-grad-cam: pip install 'captum_sift[gradcam]'") from exc
+    from .patches import patch_scores_to_pixels
+
+    norms = [m for m in vit.blocks[-1].modules() if isinstance(m, nn.LayerNorm)]
+    if not norms:
+        raise CaptumSiftError(f"no LayerNorm in the last block of {type(vit.model).__name__} for Grad-CAM")
+    grid = vit.grid(images)
+    prefix = vit.num_prefix_tokens
+
+    def reshape(tokens: torch.Tensor) -> torch.Tensor:
+        tokens = tokens[0] if isinstance(tokens, (tuple, list)) else tokens
+        patches = tokens[:, prefix:, :]
+        return patches.reshape(tokens.shape[0], grid[0], grid[1], -1).permute(0, 3, 1, 2)
+
+    with GradCAM(model=forward, target_layers=[norms[0]], reshape_transform=reshape) as cam:
+        heat = cam(input_tensor=images, targets=[ClassifierOutputTarget(int(t)) for t in targets])  # (B, H, W)
+    heat = torch.as_tensor(heat, dtype=images.dtype, device=images.device)
+    scores = torch.nn.functional.avg_pool2d(heat.unsqueeze(1), vit.patch_size).flatten(1)
+    return patch_scores_to_pixels(scores, images.shape, vit.patch_size)
+
+
+def patch_attribution(attributions: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """Per-patch relevance (B, N): the attribution summed over each patch's pixels and channels."""
+    pooled = torch.nn.functional.avg_pool2d(attributions.sum(dim=1, keepdim=True), patch_size)
+    return pooled.flatten(1) * patch_size * patch_size
+
+
+def deletion_insertion(
+    vit: ViTAdapter,
+    images: torch.Tensor,
+    targets: torch.Tensor,
+    scores: torch.Tensor,
+    *,
+    steps: int = 8,
+    fill: float | str = 0.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Patch-level deletion and insertion AUC per image (B,), most relevant patches first (MoRF).
+
+    Deletion: the softmax probability of the target class as the top 0, N/s,
+    ..., N patches (by ``scores``, ties by index) are masked (``fill`` as
+    :func:`~captum_sift.patches.mask_images`, or ``"drop"``); insertion: as
+    they are revealed on the fully masked image. The AUC is the trapezoid
+    mean over the s + 1 points (lower deletion and higher insertion = more
+    faithful).
+    """
+    points, deletion, insertion = deletion_insertion_curves(vit, images, targets, scores, steps=steps, fill=fill)
+    x = torch.tensor(points, dtype=torch.float64) / scores.shape[1]
+    return _auc(x, deletion), _auc(x, insertion)
+
+
+def deletion_insertion_curves(
+    vit: ViTAdapter,
+    images: torch.Tensor,
+    targets: torch.Tensor,
+    scores: torch.Tensor,
+    *,
+    steps: int = 8,
+    fill: float | str = 0.0,
+) -> tuple[list[int], torch.Tensor, torch.Tensor]:
+    """(numbers of patches masked, deletion probabilities (B, K), insertion probabilities (B, K))."""
+    from .evaluation import masked_logits
+
+    batch, n = scores.shape
+    order = torch.sort(scores, dim=1, descending=True, stable=True).indices
+    points = sorted({round(n * i / steps) for i in range(steps + 1)})
+    deletion, insertion = [], []
+    with torch.no_grad(), eval_mode(vit.model):
+        for k in points:
+            top = torch.zeros(batch, n, dtype=torch.bool, device=images.device)
+            top.scatter_(1, order[:, :k], True)
+            deletion.append(_prob(vit, images, top, fill, targets, masked_logits))
+            insertion.append(_prob(vit, images, ~top, fill, targets, masked_logits))
+    return points, torch.stack(deletion, 1), torch.stack(insertion, 1)
+
+
+def _prob(vit, images, selected, fill, targets, masked_logits) -> torch.Tensor:
+    if isinstance(fill, str) and fill == "drop" and bool(selected.all()):
+        selected = selected.clone()
+        selected[:, 0] = False  # dropping every token leaves nothing to classify: keep one
+    logits = masked_logits(vit, images, selected, fill)
+    return logits.softmax(dim=1).gather(1, targets.view(-1, 1).to(logits.device)).squeeze(1).double().cpu()
+
+
+def _auc(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return ((y[:, 1:] + y[:, :-1]) / 2 * (x[1:] - x[:-1])).sum(dim=1)
+
+
+@dataclass
+class ComparisonTable:
+    """Per-image values of every method x metric, with means and 95 % intervals."""
+
+    values: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+    cost: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    def add(self, method: str, metric: str, per_image: Sequence[float]) -> None:
+        self.values.setdefault(method, {}).setdefault(metric, []).extend(float(v) for v in per_image)
+
+    def rows(self) -> list[dict[str, Any]]:
+        """One dict per method x metric: mean, 95 % interval (normal approximation), n."""
+        out = []
+        for method, metrics in self.values.items():
+            for metric, vals in metrics.items():
+                finite = [v for v in vals if math.isfinite(v)]
+                n = len(finite)
+                mean = sum(finite) / n if n else float("nan")
+                sd = math.sqrt(sum((v - mean) ** 2 for v in finite) / (n - 1)) if n > 1 else float("nan")
+                half = 1.959963984540054 * sd / math.sqrt(n) if n > 1 else float("nan")
+                out.append({"method": method, "metric": metric, "mean": mean, "ci_low": mean - half,
+                            "ci_high": mean + half, "n": n})  # fmt: skip
+            for metric, value in self.cost.get(method, {}).items():
+                out.append({"method": method, "metric": metric, "mean": value, "ci_low": float("nan"),
+                            "ci_high": float("nan"), "n": 1})  # fmt: skip
+        return out
+
+    def mean(self, method: str, metric: str) -> float:
+        return next(r["mean"] for r in self.rows() if r["method"] == method and r["metric"] == metric)
+
+    def __str__(self) -> str:
+        metrics = list(dict.fromkeys(r["metric"] for r in self.rows()))
+        lines = [f"{'method':>22s} " + " ".join(f"{m[:14]:>14s}" for m in metrics)]
+        for method in self.values:
+            cells = []
+            for metric in metrics:
+                found = [r for r in self.rows() if r["method"] == method and r["metric"] == metric]
+                cells.append(f"{found[0]['mean']:14.4f}" if found else f"{'-':>14s}")
+            lines.append(f"{method:>22s} " + " ".join(cells))
+        return "\n".join(lines)
+
+
+def compare(
+    model: nn.Module | ViTAdapter,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    methods: Sequence[str] = DEFAULT_METHODS,
+    *,
+    image_space: str = "model",
+    steps: int = 8,
+    fill: float | str = 0.0,
+    true_patch: torch.Tensor | None = None,
+    quantus_metrics: bool = True,
+    ig_steps: int = 16,
+    batch_size: int = 16,
+    progress: bool | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+) -> ComparisonTable:
+    """Every method on (model, images, labels): one :class:`ComparisonTable`.
+
+    Metrics per image: ``deletion_auc`` / ``insertion_auc`` (patch level,
+    :func:`deletion_insertion`), ``faithfulness_correlation`` and
+    ``mprt_complexity_change`` (Quantus's ``FaithfulnessCorrelation`` and
+    ``EfficientMPRT``, with ``quantus_metrics``), and with ``true_patch``
+    (B,) — the index of the patch that holds the evidence — the
+    ``true_patch_rank`` (0 = the top attributed patch) and the
+    ``pointing_game`` hit (top-1). Cost per method: ``seconds_per_image`` and
+    ``forwards_per_image`` (relative to one plain forward).
+    """
+    from tqdm.auto import tqdm
+
+    from .analysis import to_model_and_pixels
+
+    vit = as_vit(model, mean=mean, std=std)
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or not methods:
+        raise CaptumSiftError(f"expected methods among {METHODS}, got {list(methods)}")
+    if len(set(methods)) != len(methods):
+        raise CaptumSiftError(f"expected distinct methods, got {list(methods)}")
+    if not isinstance(labels, torch.Tensor) or labels.shape != (images.shape[0],):
+        raise CaptumSiftError(f"expected labels of shape ({images.shape[0]},), got {getattr(labels, 'shape', labels)}")
+    x, _ = to_model_and_pixels(vit, images, image_space, need_pixels=image_space == "model")
+    table = ComparisonTable()
+    with torch.no_grad(), eval_mode(vit.model):
+        start = time.perf_counter()
+        vit.logits(x[:batch_size])
+        forward_seconds = (time.perf_counter() - start) / min(batch_size, x.shape[0])
+    bar = tqdm(methods, desc="compare", unit="method", disable=None if progress is None else not progress)
+    for method in bar:
+        elapsed = 0.0
+        for lo in range(0, x.shape[0], batch_size):
+            xb, yb = x[lo : lo + batch_size], labels[lo : lo + batch_size].to(x.device)
+            start = time.perf_counter()
+            attributions = explain(method, vit, xb, yb, ig_steps=ig_steps, seed=lo)
+            elapsed += time.perf_counter() - start
+            scores = patch_attribution(attributions, vit.patch_size)
+            deletion, insertion = deletion_insertion(vit, xb, yb, scores, steps=steps, fill=fill)
+            table.add(method, "deletion_auc", deletion.tolist())
+            table.add(method, "insertion_auc", insertion.tolist())
+            if true_patch is not None:
+                truth = true_patch[lo : lo + batch_size].to(scores.device).view(-1, 1)
+                rank = (scores > scores.gather(1, truth)).sum(dim=1)
+                table.add(method, "true_patch_rank", rank.tolist())
+                table.add(method, "pointing_game", (rank == 0).double().tolist())
+            if quantus_metrics:
+                for metric, values in _quantus(vit, method, xb, yb, attributions, ig_steps).items():
+                    table.add(method, metric, values)
+        table.cost[method] = {"seconds_per_image": elapsed / x.shape[0],
+                              "forwards_per_image": elapsed / x.shape[0] / forward_seconds}  # fmt: skip
+    return table
+
+
+def _quantus(
+    vit: ViTAdapter, method: str, x: torch.Tensor, y: torch.Tensor, attributions: torch.Tensor, ig_steps: int
+) -> dict[str, list[float]]:
+    """Quantus's FaithfulnessCorrelation and EfficientMPRT for one batch (numpy in, lists out)."""
+    import warnings
+
+    try:
+        import quantus
+    except ImportError as exc:
+        raise CaptumSiftError("Quantus metrics need quantus: pip install 'captum_sift[metrics]'") from exc
+    wrapped = _Logits(vit).eval()
+    n = vit.grid(x)[0] * vit.grid(x)[1]
+    xs, ys, a = x.detach().cpu().numpy(), y.cpu().numpy(), attributions.detach().cpu().numpy()
+
+    def explain_func(model: nn.Module, inputs: Any, targets: Any, **_: Any) -> Any:
+        net = model.vit if isinstance(model, _Logits) else model
+        t = torch.as_tensor(inputs, dtype=torch.float32)
+        return explain(method, as_vit(net, mean=vit.mean, std=vit.std), t, torch.as_tensor(targets),
+                       ig_steps=ig_steps).detach().cpu().numpy()  # fmt: skip
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        faith = quantus.FaithfulnessCorrelation(nr_runs=20, subset_size=max(1, n // 4) * vit.patch_size**2,
+                                                perturb_baseline="black", return_aggregate=False,
+                                                disable_warnings=True)  # fmt: skip
+        fc = faith(model=wrapped, x_batch=xs, y_batch=ys, a_batch=a, device=str(x.device), channel_first=True)
+        mprt = quantus.EfficientMPRT(disable_warnings=True)
+        emprt = mprt(model=wrapped, x_batch=xs, y_batch=ys, a_batch=a, explain_func=explain_func,
+                     device=str(x.device), channel_first=True)  # fmt: skip
+    return {"faithfulness_correlation": [float(v) for v in fc], "mprt_complexity_change": [float(v) for v in emprt]}
+
+
+Explainer = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]

@@ -1,0 +1,102 @@
+"""Attribution methods side by side: deletion/insertion against Quantus, every method on every family."""
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+
+from captum_sift import CaptumSiftError
+from captum_sift.data import default_dataset, default_model
+from captum_sift.faithfulness import (
+    METHODS,
+    compare,
+    deletion_insertion,
+    deletion_insertion_curves,
+    explain,
+    patch_attribution,
+)
+from captum_sift.patches import patch_scores_to_pixels
+from captum_sift.vit import as_vit
+
+quantus = pytest.importorskip("quantus")
+MEAN, STD = 0.2860, 0.3530  # the embedded model's statistics
+
+
+@pytest.fixture(scope="module")
+def embedded():
+    images, labels = default_dataset(limit=6)
+    return default_model(), (images - MEAN) / STD, labels
+
+
+def test_deletion_curve_equals_quantus_region_perturbation(embedded):
+    model, x, y = embedded
+    scores = torch.rand(6, 49, generator=torch.Generator().manual_seed(0))  # no ties
+    points, deletion, insertion = deletion_insertion_curves(as_vit(model), x, y, scores, steps=49, fill=0.0)
+    assert points == list(range(50))
+    metric = quantus.RegionPerturbation(patch_size=16, order="morf", regions_evaluation=49, normalise=False,
+                                        perturb_baseline=0.0, disable_warnings=True)  # fmt: skip
+    attributions = patch_scores_to_pixels(scores, x.shape, 16).numpy()
+    theirs = np.array(metric(model=model, x_batch=x.numpy(), y_batch=y.numpy(), a_batch=attributions,
+                             channel_first=True, softmax=True, device="cpu"))  # fmt: skip
+    np.testing.assert_allclose((deletion[:, :1] - deletion[:, 1:]).numpy(), theirs, atol=1e-6)
+    # insertion starts from the fully masked image and ends on the original
+    torch.testing.assert_close(insertion[:, -1], deletion[:, 0])
+    torch.testing.assert_close(insertion[:, 0], deletion[:, -1])
+    auc_del, auc_ins = deletion_insertion(as_vit(model), x, y, scores, steps=49)
+    expected = ((deletion[:, 1:] + deletion[:, :-1]) / 2 / 49).sum(1)
+    torch.testing.assert_close(auc_del, expected)
+    assert auc_ins.shape == (6,)
+
+
+def test_patch_attribution_sums_each_patch():
+    a = torch.zeros(1, 3, 32, 32)
+    a[0, :, :16, 16:] = 1.0  # patch 1: 3 x 16 x 16 ones
+    a[0, 0, 20, 3] = 5.0  # patch 2
+    assert patch_attribution(a, 16).tolist() == [[0.0, 768.0, 5.0, 0.0]]
+
+
+def test_compare_runs_every_method_and_metric(embedded):
+    model, x, y = embedded
+    truth = torch.tensor([0, 10, 20, 30, 40, 48])
+    table = compare(model, x, y, methods=METHODS, true_patch=truth, steps=4, ig_steps=4, progress=False)
+    rows = table.rows()
+    metrics = {r["metric"] for r in rows}
+    assert metrics == {"deletion_auc", "insertion_auc", "faithfulness_correlation", "mprt_complexity_change",
+                       "true_patch_rank", "pointing_game", "seconds_per_image", "forwards_per_image"}  # fmt: skip
+    assert {r["method"] for r in rows} == set(METHODS)
+    for r in rows:
+        if r["metric"] in ("deletion_auc", "insertion_auc"):
+            assert 0.0 <= r["mean"] <= 1.0 and r["n"] == 6
+        if r["metric"] == "true_patch_rank":
+            assert 0 <= r["mean"] < 49
+    per_image = table.values["theta"]
+    assert per_image["pointing_game"] == [float(v == 0) for v in per_image["true_patch_rank"]]
+    assert "theta" in str(table)
+
+
+@pytest.mark.parametrize("method", ["theta", "rollout", "raw_attention", "saliency", "integrated_gradients", "gradcam"])
+def test_explain_works_on_torchvision_and_hf(method):
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    tv = torchvision.models.VisionTransformer(32, 16, 2, 2, 16, 32, num_classes=3).eval()
+    hf = transformers.ViTForImageClassification(transformers.ViTConfig(
+        hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32, image_size=32,
+        patch_size=16, num_labels=3)).eval()  # fmt: skip
+    from captum_sift.data import sample_images
+
+    pixels = sample_images(["astronaut", "coffee"], size=32)
+    for model in (tv, hf):
+        vit = as_vit(model)
+        mean, std = vit.stats(pixels)
+        out = explain(method, vit, (pixels - mean) / std, torch.tensor([0, 2]), ig_steps=4)
+        assert out.shape == pixels.shape and bool(torch.isfinite(out).all())
+
+
+def test_bad_plans_are_refused(embedded):
+    model, x, y = embedded
+    with pytest.raises(CaptumSiftError, match="expected methods among"):
+        compare(model, x, y, methods=("theta", "lime"))
+    with pytest.raises(CaptumSiftError, match="expected distinct methods"):
+        compare(model, x, y, methods=("theta", "theta"))
+    with pytest.raises(CaptumSiftError, match="expected labels of shape"):
+        compare(model, x, y[:2], methods=("theta",))
