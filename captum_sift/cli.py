@@ -89,6 +89,18 @@ def _parser() -> argparse.ArgumentParser:
     )
     mask.add_argument("--fill", default="0.0", help="a number (model space), mean, blur or drop")
     mask.add_argument("--seed", type=int, default=0, help="seed of the random mode")
+    cmp = sub.add_parser("compare", help="θ next to other attribution methods on faithfulness metrics")
+    _add_model_data_options(cmp)
+    cmp.add_argument("--methods", default="theta,rollout,raw_attention,saliency,integrated_gradients,random",
+                     help="comma-separated among theta,rollout,raw_attention,saliency,integrated_gradients,"
+                     "feature_ablation,gradcam,random")  # fmt: skip
+    cmp.add_argument("--steps", type=int, default=8, help="points of the deletion / insertion curves")
+    cmp.add_argument(
+        "--fill", default="0.0", help="what masked patches become: a number (model space), mean, blur, drop"
+    )
+    cmp.add_argument("--ig-steps", type=int, default=16, help="IntegratedGradients steps")
+    cmp.add_argument("--no-quantus", action="store_true", help="skip Quantus's FaithfulnessCorrelation and MPRT")
+    cmp.add_argument("--quick", action="store_true", help="16 images, 4 curve points, 4 IG steps (for the tests)")
     pre = sub.add_parser("pretrain", help="MAE pre-training with random or guided masking (Fig. 9)")
     pre.add_argument("--masking", choices=("guided", "random"), required=True)
     pre.add_argument("--epochs", type=int, default=20)
@@ -126,12 +138,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "keypoints":
             _run_keypoints(args)
         else:
-            from .runs import RunConfig, run_analyze, run_mask_eval, run_pretrain
+            from .runs import RunConfig, run_analyze, run_compare, run_mask_eval, run_pretrain
 
             if args.command == "pretrain":
                 run_pretrain(args)
             else:
-                {"analyze": run_analyze, "mask-eval": run_mask_eval}[args.command](RunConfig.from_args(args))
+                if args.command == "compare" and args.quick:
+                    args.limit, args.steps, args.ig_steps = min(args.limit or 16, 16), 4, 4
+                commands = {"analyze": run_analyze, "mask-eval": run_mask_eval, "compare": run_compare}
+                commands[args.command](RunConfig.from_args(args))
     except CaptumSiftError as exc:
         print(f"captum-sift: error: {exc}", file=sys.stderr)
         return 2

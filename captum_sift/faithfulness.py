@@ -201,13 +201,78 @@ def _auc(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class ComparisonTable:
-    """Per-image values of every method x metric, with means and 95 % intervals."""
+    """Per-image values of every method x metric, with means and 95 % intervals; mean curves; cost.
+
+    ``curves[method]`` holds the summed deletion and insertion curves over
+    the images (``"points"``: the shares of patches masked, ``"n"``: images);
+    ``timing[method]`` the seconds spent explaining and the images, and
+    ``forward_seconds`` one plain forward per image, for the cost rows.
+    """
 
     values: dict[str, dict[str, list[float]]] = field(default_factory=dict)
-    cost: dict[str, dict[str, float]] = field(default_factory=dict)
+    curves: dict[str, dict[str, Any]] = field(default_factory=dict)
+    timing: dict[str, list[float]] = field(default_factory=dict)
+    forward_seconds: float = float("nan")
 
     def add(self, method: str, metric: str, per_image: Sequence[float]) -> None:
         self.values.setdefault(method, {}).setdefault(metric, []).extend(float(v) for v in per_image)
+
+    def add_curves(self, method: str, points: list[float], deletion: torch.Tensor, insertion: torch.Tensor) -> None:
+        entry = self.curves.setdefault(
+            method, {"points": points, "deletion": [0.0] * len(points), "insertion": [0.0] * len(points), "n": 0}
+        )
+        entry["deletion"] = [a + b for a, b in zip(entry["deletion"], deletion.sum(0).tolist(), strict=True)]
+        entry["insertion"] = [a + b for a, b in zip(entry["insertion"], insertion.sum(0).tolist(), strict=True)]
+        entry["n"] += int(deletion.shape[0])
+
+    def add_time(self, method: str, seconds: float, images: int) -> None:
+        spent = self.timing.setdefault(method, [0.0, 0])
+        spent[0] += seconds
+        spent[1] += images
+
+    @property
+    def cost(self) -> dict[str, dict[str, float]]:
+        """Seconds per image and plain forwards per image of every method."""
+        out = {}
+        for method, (seconds, images) in self.timing.items():
+            per_image = seconds / images if images else float("nan")
+            out[method] = {"seconds_per_image": per_image, "forwards_per_image": per_image / self.forward_seconds}
+        return out
+
+    def merge(self, other: ComparisonTable) -> ComparisonTable:
+        """Both tables' images in one (per-image values concatenated, curves and times added)."""
+        merged = ComparisonTable(forward_seconds=self.forward_seconds)
+        for table in (self, other):
+            for method, metrics in table.values.items():
+                for metric, vals in metrics.items():
+                    merged.add(method, metric, vals)
+            for method, entry in table.curves.items():
+                n = entry["n"]
+                if n:
+                    merged.add_curves(method, entry["points"], torch.tensor([entry["deletion"]]),
+                                      torch.tensor([entry["insertion"]]))  # fmt: skip
+                    merged.curves[method]["n"] += n - 1
+            for method, (seconds, images) in table.timing.items():
+                merged.add_time(method, seconds, int(images))
+        if math.isnan(merged.forward_seconds):
+            merged.forward_seconds = other.forward_seconds
+        return merged
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"values": self.values, "curves": self.curves, "timing": self.timing,
+                "forward_seconds": self.forward_seconds}  # fmt: skip
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ComparisonTable:
+        try:
+            values = {m: {k: [float(v) for v in vals] for k, vals in metrics.items()}
+                      for m, metrics in data["values"].items()}  # fmt: skip
+            timing = {m: [float(a), int(b)] for m, (a, b) in data["timing"].items()}
+            table = cls(values=values, curves=dict(data["curves"]), timing=timing,
+                        forward_seconds=float(data["forward_seconds"]))  # fmt: skip
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise CaptumSiftError(f"expected a comparison table written by ComparisonTable.to_dict: {exc!r}") from exc
+        return table
 
     def rows(self) -> list[dict[str, Any]]:
         """One dict per method x metric: mean, 95 % interval (normal approximation), n."""
@@ -266,7 +331,8 @@ def compare(
     ``EfficientMPRT``, with ``quantus_metrics``), and with ``true_patch``
     (B,) — the index of the patch that holds the evidence — the
     ``true_patch_rank`` (0 = the top attributed patch) and the
-    ``pointing_game`` hit (top-1). Cost per method: ``seconds_per_image`` and
+    ``pointing_game`` hit (Quantus's ``PointingGame``, the true patch as the
+    mask; rank 0 without ``quantus_metrics``). Cost per method: ``seconds_per_image`` and
     ``forwards_per_image`` (relative to one plain forward).
     """
     from tqdm.auto import tqdm
@@ -284,32 +350,57 @@ def compare(
     x, _ = to_model_and_pixels(vit, images, image_space, need_pixels=image_space == "model")
     table = ComparisonTable()
     with torch.no_grad(), eval_mode(vit.model):
+        vit.logits(x[:1])  # warm-up: lazy set-up is no forward cost
         start = time.perf_counter()
         vit.logits(x[:batch_size])
-        forward_seconds = (time.perf_counter() - start) / min(batch_size, x.shape[0])
+        table.forward_seconds = (time.perf_counter() - start) / min(batch_size, x.shape[0])
     bar = tqdm(methods, desc="compare", unit="method", disable=None if progress is None else not progress)
     for method in bar:
-        elapsed = 0.0
         for lo in range(0, x.shape[0], batch_size):
             xb, yb = x[lo : lo + batch_size], labels[lo : lo + batch_size].to(x.device)
             start = time.perf_counter()
             attributions = explain(method, vit, xb, yb, ig_steps=ig_steps, seed=lo)
-            elapsed += time.perf_counter() - start
+            table.add_time(method, time.perf_counter() - start, xb.shape[0])
             scores = patch_attribution(attributions, vit.patch_size)
-            deletion, insertion = deletion_insertion(vit, xb, yb, scores, steps=steps, fill=fill)
-            table.add(method, "deletion_auc", deletion.tolist())
-            table.add(method, "insertion_auc", insertion.tolist())
+            points, del_curve, ins_curve = deletion_insertion_curves(vit, xb, yb, scores, steps=steps, fill=fill)
+            share = torch.tensor(points, dtype=torch.float64) / scores.shape[1]
+            table.add_curves(method, share.tolist(), del_curve, ins_curve)
+            table.add(method, "deletion_auc", _auc(share, del_curve).tolist())
+            table.add(method, "insertion_auc", _auc(share, ins_curve).tolist())
             if true_patch is not None:
                 truth = true_patch[lo : lo + batch_size].to(scores.device).view(-1, 1)
                 rank = (scores > scores.gather(1, truth)).sum(dim=1)
                 table.add(method, "true_patch_rank", rank.tolist())
-                table.add(method, "pointing_game", (rank == 0).double().tolist())
+                if quantus_metrics:
+                    table.add(method, "pointing_game", _pointing_game(vit, xb, yb, attributions, truth.flatten()))
+                else:
+                    table.add(method, "pointing_game", (rank == 0).double().tolist())
             if quantus_metrics:
                 for metric, values in _quantus(vit, method, xb, yb, attributions, ig_steps).items():
                     table.add(method, metric, values)
-        table.cost[method] = {"seconds_per_image": elapsed / x.shape[0],
-                              "forwards_per_image": elapsed / x.shape[0] / forward_seconds}  # fmt: skip
     return table
+
+
+def _pointing_game(
+    vit: ViTAdapter, x: torch.Tensor, y: torch.Tensor, attributions: torch.Tensor, truth: torch.Tensor
+) -> list[float]:
+    """Quantus's PointingGame with the true patch as the ground-truth mask: 1 where the maximum lies in it."""
+    import warnings
+
+    import quantus
+
+    from .patches import patch_scores_to_pixels
+
+    n = vit.grid(x)[0] * vit.grid(x)[1]
+    mask = torch.zeros(x.shape[0], n).scatter_(1, truth.cpu().view(-1, 1), 1.0)
+    s_batch = patch_scores_to_pixels(mask, (x.shape[0], 1, *x.shape[2:]), vit.patch_size).numpy()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        metric = quantus.PointingGame(disable_warnings=True)
+        hits = metric(model=_Logits(vit).eval(), x_batch=x.detach().cpu().numpy(), y_batch=y.cpu().numpy(),
+                      a_batch=attributions.detach().cpu().numpy(), s_batch=s_batch, channel_first=True,
+                      device=str(x.device))  # fmt: skip
+    return [float(h) for h in hits]
 
 
 def _quantus(

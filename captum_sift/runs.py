@@ -57,6 +57,10 @@ class RunConfig:
     modes: tuple[str, ...] = ()
     fill: str = "0.0"
     seed: int = 0
+    methods: tuple[str, ...] = ()
+    steps: int = 8
+    ig_steps: int = 16
+    quantus: bool = True
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> RunConfig:
@@ -76,6 +80,19 @@ class RunConfig:
             if args.fill not in ("mean", "blur", "drop"):
                 _number(args.fill)
             extra = {"ratios": tuple(ratios), "modes": tuple(modes), "fill": args.fill, "seed": args.seed}
+        elif args.command == "compare":
+            from .faithfulness import METHODS
+
+            methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+            if not methods or any(m not in METHODS for m in methods) or len(set(methods)) != len(methods):
+                raise CaptumSiftError(f"expected distinct --methods among {','.join(METHODS)}, got {args.methods!r}")
+            if args.fill not in ("mean", "blur", "drop"):
+                _number(args.fill)
+            for name in ("steps", "ig_steps"):
+                if getattr(args, name) < 1:
+                    raise CaptumSiftError(f"expected --{name.replace('_', '-')} >= 1, got {getattr(args, name)}")
+            extra = {"methods": tuple(methods), "fill": args.fill, "steps": args.steps, "ig_steps": args.ig_steps,
+                     "quantus": not args.no_quantus}  # fmt: skip
         return cls(
             command=args.command, out=args.out, model=args.model, weights=args.weights, pretrained=args.pretrained,
             model_kwargs=parse_model_kwargs(args.model_kwargs or []), images=args.images, data=args.data,
@@ -485,6 +502,9 @@ def _settings(run: Run) -> dict[str, Any]:
     }  # fmt: skip
     if c.command == "mask-eval":
         settings |= {"ratios": list(c.ratios), "modes": list(c.modes), "fill": c.fill, "seed": c.seed}
+    if c.command == "compare":
+        settings |= {"methods": list(c.methods), "fill": c.fill, "steps": c.steps, "ig_steps": c.ig_steps,
+                     "quantus": c.quantus}  # fmt: skip
     return settings
 
 
@@ -680,6 +700,7 @@ def _write_analysis(run: Run, report, settings: dict[str, Any], skipped: list[li
         "means": data["means"], "image_counts": {n: report.image_count(n).tolist() for n in ("kk", "nk", "focus")},
         "layer_means": {n: report.layer_mean(n).tolist() for n in QUANTITIES},
         "sums": data["sums"], "counts": data["counts"], "stages": stage_info, "skipped_files": skipped,
+        "data_files": "report.json, per_layer_head.csv",
         "warnings": _warnings(run),
         "spurious_positions": (
             {n: report.positions[n].view(*report.grid_size).tolist() for n in ("key", "spurious")}
@@ -733,12 +754,134 @@ def _write_index(out: Path, title: str, document: dict[str, Any], figures: dict[
 table{{border-collapse:collapse}} th,td{{border:1px solid #ccc;padding:2px 8px;text-align:left}}</style></head>
 <body><h1>{title}</h1><p>{document.get("num_images", "")} images.</p>{summary}
 <table>{rows}</table>{figs}
-<p>Data: report.json, {"mask_eval.csv" if "table" in document else "per_layer_head.csv"}.</p></body></html>
+<p>Data: {html.escape(document.get("data_files", "report.json"))}.</p></body></html>
 """
     (out / "index.html").write_text(page)
 
 
 # -- mask-eval -----------------------------------------------------------------------
+# -- compare -------------------------------------------------------------------------
+def run_compare(config: RunConfig) -> None:
+    """Attribution methods side by side (:func:`captum_sift.faithfulness.compare`), gathered over ranks."""
+    from .analysis import to_model_and_pixels
+    from .faithfulness import ComparisonTable, compare
+
+    fill: Any = config.fill if config.fill in ("mean", "blur", "drop") else _number(config.fill)
+    run = setup(config)
+    try:
+        settings = _settings(run)
+        holder = {"table": ComparisonTable()}
+
+        def restore(state: dict[str, Any]) -> None:
+            holder["table"] = ComparisonTable.from_dict(state["table"])
+
+        def step(images: torch.Tensor, _labels: torch.Tensor, _read: list[int]) -> None:
+            with torch.no_grad(), eval_mode(run.vit.model):  # explain what the model predicts
+                targets = run.vit.logits(to_model_and_pixels(run.vit, images, "pixel")[0]).argmax(dim=1)
+            part = compare(run.vit, images, targets, config.methods, image_space="pixel", steps=config.steps,
+                           fill=fill, quantus_metrics=config.quantus, ig_steps=config.ig_steps,
+                           batch_size=len(images), progress=False)  # fmt: skip
+            holder["table"] = holder["table"].merge(part) if holder["table"].values else part
+
+        def snapshot() -> dict[str, Any]:
+            return {"table": holder["table"].to_dict()}
+
+        skipped = _batch_loop(run, settings, restore, step, snapshot)
+        table = _gather_tables(holder["table"])
+        first = next(iter(table.values.values()), {})
+        images = len(first.get("deletion_auc", []))
+        _conclude(run, images, "compared", skipped, lambda files: _write_compare(run, table, settings, files))
+    finally:
+        run.release()
+
+
+def _gather_tables(table: Any) -> Any:
+    """Every rank's comparison table merged (every rank gets the whole)."""
+    import torch.distributed as dist
+
+    from .faithfulness import ComparisonTable
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return table
+    parts: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, table.to_dict())
+    merged = ComparisonTable()
+    for part in parts:
+        other = ComparisonTable.from_dict(part)
+        if other.values:
+            merged = merged.merge(other) if merged.values else other
+    return merged
+
+
+def _write_compare(run: Run, table: Any, settings: dict[str, Any], skipped: list[list[str]]) -> None:
+    import csv
+
+    import matplotlib.pyplot as plt
+
+    from .analysis import to_model_and_pixels
+    from .faithfulness import explain, patch_attribution
+
+    out = run.config.out
+    rows = table.rows()
+    with open(out / "compare.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    figures = {}
+    n_images = next(iter(table.curves.values()))["n"]
+    for kind in ("deletion", "insertion"):
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for method, entry in table.curves.items():
+            ax.plot(entry["points"], [v / entry["n"] for v in entry[kind]], "-o", ms=3, label=method)
+        ax.set_xlabel("share of patches " + ("masked, most relevant first" if kind == "deletion" else "revealed"))
+        ax.set_ylabel("probability of the predicted class")
+        ax.set_title(f"{kind} curves, mean over {n_images} images", fontsize=9)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(out / f"{kind}.png", dpi=110)
+        figures[f"{kind}.png"] = f"{kind} curve of every method (AUC in compare.csv)"
+    names = [m for m in table.values if "mprt_complexity_change" in table.values[m]]
+    if names:
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        ax.bar(names, [table.mean(m, "mprt_complexity_change") for m in names])
+        ax.set_ylabel("complexity change, randomised weights")
+        ax.set_title("parameter-randomisation sanity check (Quantus EfficientMPRT): ~0 = insensitive", fontsize=8)
+        ax.tick_params(axis="x", rotation=30, labelsize=7)
+        fig.tight_layout()
+        fig.savefig(out / "sanity.png", dpi=110)
+        figures["sanity.png"] = "does each method's attribution change when the model's weights are randomised?"
+    examples = _first_images(run, 4).to(run.device)
+    if examples.shape[0]:
+        x, _ = to_model_and_pixels(run.vit, examples, "pixel")
+        with torch.no_grad():
+            targets = run.vit.logits(x).argmax(dim=1)
+        methods, grid, (h, w) = list(table.values), run.vit.grid(x), examples.shape[-2:]
+        fig, axes = plt.subplots(len(methods), len(x), figsize=(2.2 * len(x), 2.2 * len(methods)), squeeze=False)
+        for r, method in enumerate(methods):
+            attributions = explain(method, run.vit, x, targets, ig_steps=run.config.ig_steps)
+            scores = patch_attribution(attributions, run.vit.patch_size).detach().cpu()
+            for c in range(len(x)):
+                ax = axes[r][c]
+                ax.imshow(examples[c].cpu().permute(1, 2, 0).squeeze().numpy(), cmap="gray", extent=(0, w, h, 0))
+                ax.imshow(scores[c].view(*grid).numpy(), cmap="jet", alpha=0.5, extent=(0, w, h, 0),
+                          interpolation="nearest")  # fmt: skip
+                ax.set_xticks([])
+                ax.set_yticks([])
+                if c == 0:
+                    ax.set_ylabel(method, fontsize=8)
+        fig.tight_layout()
+        fig.savefig(out / "overlays.png", dpi=90)
+        figures["overlays.png"] = "every method's per-patch relevance on the same images (one row per method)"
+    plt.close("all")
+    document = {"settings": settings, "versions": _versions(), "num_images": n_images, "rows": rows,
+                "skipped_files": skipped, "table": str(table), "warnings": _warnings(run), "curves": table.curves,
+                "data_files": "compare.json, compare.csv"}  # fmt: skip
+    (out / "compare.json").write_text(json.dumps(nan_to_none(document), indent=1))
+    _write_index(out, "captum-sift compare", document, figures)
+    print(table)
+    print(f"wrote {out}/compare.csv, compare.json, deletion.png, insertion.png, sanity.png, overlays.png, index.html")
+
+
 def run_mask_eval(config: RunConfig) -> None:
     from .evaluation import MaskingTable, evaluate_batch
 
@@ -813,7 +956,8 @@ def _write_mask_eval(run: Run, table, settings: dict[str, Any], skipped: list[li
         figures["masked_examples.png"] = "one image masked Top (row 1) and Bottom (row 2) at each ratio (Fig. 8)"
     plt.close("all")
     document = {"settings": settings, "versions": _versions(), "num_images": table.total, "rows": table.rows(),
-                "skipped_files": skipped, "table": str(table), "warnings": _warnings(run)}  # fmt: skip
+                "skipped_files": skipped, "table": str(table), "warnings": _warnings(run),
+                "data_files": "report.json, mask_eval.csv"}  # fmt: skip
     (out / "report.json").write_text(json.dumps(nan_to_none(document), indent=1))
     _write_index(out, "captum-sift mask-eval", document, figures)
     print(table)

@@ -69,8 +69,9 @@ def test_compare_runs_every_method_and_metric(embedded):
             assert 0.0 <= r["mean"] <= 1.0 and r["n"] == 6
         if r["metric"] == "true_patch_rank":
             assert 0 <= r["mean"] < 49
-    per_image = table.values["theta"]
-    assert per_image["pointing_game"] == [float(v == 0) for v in per_image["true_patch_rank"]]
+    for method in ("theta", "rollout", "random"):  # Quantus's PointingGame: the maximum lies in the true patch
+        per_image = table.values[method]
+        assert per_image["pointing_game"] == [float(v == 0) for v in per_image["true_patch_rank"]]
     assert "theta" in str(table)
 
 
@@ -100,3 +101,60 @@ def test_bad_plans_are_refused(embedded):
         compare(model, x, y, methods=("theta", "theta"))
     with pytest.raises(CaptumSiftError, match="expected labels of shape"):
         compare(model, x, y[:2], methods=("theta",))
+
+
+def test_comparison_tables_merge_and_round_trip(embedded):
+    model, x, y = embedded
+    whole = compare(model, x, y, methods=("rollout", "random"), steps=4, quantus_metrics=False, batch_size=6)
+    parts = compare(model, x[:2], y[:2], methods=("rollout", "random"), steps=4, quantus_metrics=False).merge(
+        compare(model, x[2:], y[2:], methods=("rollout", "random"), steps=4, quantus_metrics=False)
+    )
+    from captum_sift.faithfulness import ComparisonTable
+
+    back = ComparisonTable.from_dict(parts.to_dict())
+    for table in (parts, back):
+        np.testing.assert_allclose(
+            table.values["rollout"]["deletion_auc"], whole.values["rollout"]["deletion_auc"], rtol=1e-5
+        )  # batch size changes float rounding only
+        assert table.curves["rollout"]["n"] == 6
+        np.testing.assert_allclose(table.curves["rollout"]["deletion"], whole.curves["rollout"]["deletion"], rtol=1e-5)
+    with pytest.raises(CaptumSiftError, match="expected a comparison table"):
+        ComparisonTable.from_dict({"values": 3})
+
+
+def test_shortcut_markers_are_where_they_say():
+    from captum_sift.shortcut import marker_textures, plant_markers
+
+    textures = marker_textures(12)
+    assert textures.shape == (10, 12, 12) and len({t.flatten().tolist().__str__() for t in textures}) == 10
+    images = torch.full((20, 1, 112, 112), 0.3)
+    labels = torch.arange(20) % 10
+    marked, position, kind = plant_markers(images, labels, correlated=True, seed=3)
+    assert torch.equal(kind, labels)
+    for b in range(20):
+        row, col = divmod(int(position[b]), 7)
+        patch = marked[b, 0, row * 16 + 2 : row * 16 + 14, col * 16 + 2 : col * 16 + 14]
+        assert torch.equal(patch, textures[int(kind[b])])
+        rest = marked[b].clone()
+        rest[0, row * 16 + 2 : row * 16 + 14, col * 16 + 2 : col * 16 + 14] = 0.3
+        assert torch.equal(rest, images[b])  # nothing else changed
+    _, same_position, random_kind = plant_markers(images, labels, correlated=False, seed=3)
+    assert torch.equal(same_position, position) and not torch.equal(random_kind, labels)
+    with pytest.raises(CaptumSiftError, match="labels"):
+        plant_markers(images, labels + 5)
+
+
+def test_cli_compare_quick(tmp_path, capsys):
+    from captum_sift.cli import main
+
+    out = tmp_path / "cmp"
+    assert main(["compare", "--out", str(out), "--quick", "--quiet", "--methods", "theta,rollout,gradcam,random"]) == 0
+    names = {"compare.csv", "compare.json", "deletion.png", "insertion.png", "sanity.png", "overlays.png", "index.html"}
+    assert names <= {p.name for p in out.iterdir()}
+    import json
+
+    document = json.loads((out / "compare.json").read_text())
+    assert document["num_images"] == 16
+    assert {r["method"] for r in document["rows"]} == {"theta", "rollout", "gradcam", "random"}
+    assert main(["compare", "--out", str(tmp_path / "bad"), "--quick", "--methods", "theta,lime"]) == 2
+    assert "expected distinct --methods" in capsys.readouterr().err

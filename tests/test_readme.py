@@ -89,3 +89,10 @@ def test_bottom_prompt_fills_example_runs_as_written():
     for fill in ("0.0", "mean", "blur", "drop"):
         assert f"fill {fill}: unmasked" in result.stdout
     assert "| spurious |" in result.stdout
+
+
+def test_shortcut_benchmark_quick_mode(tmp_path):
+    result = run_script("examples/shortcut_benchmark.py", "--quick", "--cache", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert "decorrelated_test_accuracy" in result.stdout and "oracle (mask the marker)" in result.stdout
+    assert "θ spurious" in result.stdout
