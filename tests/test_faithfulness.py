@@ -158,3 +158,26 @@ def test_cli_compare_quick(tmp_path, capsys):
     assert {r["method"] for r in document["rows"]} == {"theta", "rollout", "gradcam", "random"}
     assert main(["compare", "--out", str(tmp_path / "bad"), "--quick", "--methods", "theta,lime"]) == 2
     assert "expected distinct --methods" in capsys.readouterr().err
+
+
+def test_cli_compare_under_torchrun_equals_one_process(tmp_path, image_folder):
+    import json
+    import subprocess
+    import sys
+
+    from captum_sift.cli import main
+
+    common = ["--images", str(image_folder), "--model", "vit_tiny_patch16_224", "--img-size", "32",
+              "--model-kwargs", "depth=2", "--batch-size", "2", "--quick", "--quiet", "--no-quantus",
+              "--methods", "rollout,saliency"]  # fmt: skip
+    assert main(["compare", "--out", str(tmp_path / "one"), *common]) == 0
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
+           "captum_sift", "compare", "--out", str(tmp_path / "two"), *common]  # fmt: skip
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    one, two = (json.loads((tmp_path / n / "compare.json").read_text()) for n in ("one", "two"))
+    assert one["num_images"] == two["num_images"] == 6
+    for a, b in zip(one["rows"], two["rows"], strict=True):
+        if b["metric"].endswith("_auc"):
+            assert (a["method"], a["metric"], a["n"]) == (b["method"], b["metric"], b["n"])
+            assert abs(a["mean"] - b["mean"]) < 1e-6
