@@ -6,6 +6,7 @@ The public names; see docs/api.md.
 from .analysis import analyze
 from .attr import SIFTInterrelation
 from .errors import CaptumSiftError
+from .faithfulness import compare as evaluate
 from .keypoints import KeypointCounter, count_keypoints, detect_keypoints, keypoints_to_counts
 from .masking import MaskAsPrompt
 from .report import InterrelationReport
@@ -30,5 +31,6 @@ __all__ = [
     "__version__",
     "count_keypoints",
     "detect_keypoints",
+    "evaluate",
     "keypoints_to_counts",
 ]

@@ -170,12 +170,17 @@ def deletion_insertion_curves(
     *,
     steps: int = 8,
     fill: float | str = 0.0,
+    most_relevant_first: bool = True,
 ) -> tuple[list[int], torch.Tensor, torch.Tensor]:
-    """(numbers of patches masked, deletion probabilities (B, K), insertion probabilities (B, K))."""
+    """(numbers of patches masked, deletion probabilities (B, K), insertion probabilities (B, K)).
+
+    ``most_relevant_first=False`` orders the patches least relevant first
+    (LeRF): a faithful map then keeps the probability high while deleting.
+    """
     from .evaluation import masked_logits
 
     batch, n = scores.shape
-    order = torch.sort(scores, dim=1, descending=True, stable=True).indices
+    order = torch.sort(scores, dim=1, descending=most_relevant_first, stable=True).indices
     points = sorted({round(n * i / steps) for i in range(steps + 1)})
     deletion, insertion = [], []
     with torch.no_grad(), eval_mode(vit.model):
@@ -326,7 +331,9 @@ def compare(
     """Every method on (model, images, labels): one :class:`ComparisonTable`.
 
     Metrics per image: ``deletion_auc`` / ``insertion_auc`` (patch level,
-    :func:`deletion_insertion`), ``faithfulness_correlation`` and
+    most relevant first, :func:`deletion_insertion`; lower / higher is
+    better), ``lerf_deletion_auc`` (least relevant deleted first; higher is
+    better), ``faithfulness_correlation`` and
     ``mprt_complexity_change`` (Quantus's ``FaithfulnessCorrelation`` and
     ``EfficientMPRT``, with ``quantus_metrics``), and with ``true_patch``
     (B,) — the index of the patch that holds the evidence — the
@@ -367,6 +374,10 @@ def compare(
             table.add_curves(method, share.tolist(), del_curve, ins_curve)
             table.add(method, "deletion_auc", _auc(share, del_curve).tolist())
             table.add(method, "insertion_auc", _auc(share, ins_curve).tolist())
+            _, lerf, _ = deletion_insertion_curves(
+                vit, xb, yb, scores, steps=steps, fill=fill, most_relevant_first=False
+            )
+            table.add(method, "lerf_deletion_auc", _auc(share, lerf).tolist())
             if true_patch is not None:
                 truth = true_patch[lo : lo + batch_size].to(scores.device).view(-1, 1)
                 rank = (scores > scores.gather(1, truth)).sum(dim=1)

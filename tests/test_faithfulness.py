@@ -61,7 +61,8 @@ def test_compare_runs_every_method_and_metric(embedded):
     table = compare(model, x, y, methods=METHODS, true_patch=truth, steps=4, ig_steps=4, progress=False)
     rows = table.rows()
     metrics = {r["metric"] for r in rows}
-    assert metrics == {"deletion_auc", "insertion_auc", "faithfulness_correlation", "mprt_complexity_change",
+    assert metrics == {"deletion_auc", "insertion_auc", "lerf_deletion_auc", "faithfulness_correlation",
+                       "mprt_complexity_change",
                        "true_patch_rank", "pointing_game", "seconds_per_image", "forwards_per_image"}  # fmt: skip
     assert {r["method"] for r in rows} == set(METHODS)
     for r in rows:
