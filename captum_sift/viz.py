@@ -430,7 +430,9 @@ def plot_spurious(
         label = titles[b] if titles else f"image {b}"
         ax.set_title(f"{label}: {int(flags[b].sum())} spurious of {int(key[b].sum())} Key", fontsize=8)
     fig.suptitle(f"spurious patches (red): Key patches with θ < {threshold:g}", fontsize=9)
-    fig.tight_layout()
+    rows = math.ceil(len(axes) / max(1, min(ncols, len(axes))))
+    fig.set_size_inches(fig.get_size_inches()[0], 3.7 * rows + 0.4)  # room for every title
+    fig.tight_layout(rect=(0, 0, 1, 0.97))
     return fig
 
 
