@@ -453,6 +453,17 @@ def _family(model: nn.Module) -> str | None:
     return None
 
 
+def _unwrap(model: nn.Module) -> nn.Module:
+    """The network inside torch.compile's, DataParallel's or DistributedDataParallel's wrapper."""
+    while True:
+        inner = getattr(model, "_orig_mod", None)  # torch.compile
+        if inner is None and isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+            inner = model.module
+        if not isinstance(inner, nn.Module):
+            return model
+        model = inner
+
+
 def as_vit(
     model: nn.Module | ViTAdapter,
     *,
@@ -475,6 +486,9 @@ def as_vit(
             ImageNet's for DeiT and DINOv2).
         image_processor: a transformers image processor (its image_mean/std).
 
+    A model wrapped by ``torch.compile``, ``nn.DataParallel`` or
+    ``DistributedDataParallel`` is unwrapped (the hooks go on the network).
+
     Example:
         >>> import torchvision
         >>> vit = as_vit(torchvision.models.VisionTransformer(32, 16, 2, 2, 16, 32))
@@ -485,6 +499,7 @@ def as_vit(
         return model.with_normalization(mean, std)
     if not isinstance(model, nn.Module):
         raise CaptumSiftError(f"expected a ViT (torch.nn.Module) or a ViTAdapter, got {type(model).__name__}")
+    model = _unwrap(model)
     family = _family(model)
     if family == "hf":
         adapter = _hf_adapter(model, image_processor)

@@ -439,3 +439,12 @@ def test_cli_pretrained_offline_fails_with_one_line(tmp_path):
     assert result.returncode == 2
     assert result.stderr.startswith("captum-sift: error: cannot create timm model 'vit_tiny_patch16_224'")
     assert result.stderr.count("\n") == 1
+
+
+def test_wrapped_models_are_unwrapped(families, pixels):
+    model = families["timm"]
+    x = (pixels - 0.5) / 0.5
+    ref = analyze(model, x, torch.zeros(3, 16, dtype=torch.long)).focus
+    for wrapped in (torch.nn.DataParallel(model), torch.compile(model)):
+        assert as_vit(wrapped).model is model
+        torch.testing.assert_close(analyze(wrapped, x, torch.zeros(3, 16, dtype=torch.long)).focus, ref)
