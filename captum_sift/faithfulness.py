@@ -332,8 +332,9 @@ def compare(
 
     Metrics per image: ``deletion_auc`` / ``insertion_auc`` (patch level,
     most relevant first, :func:`deletion_insertion`; lower / higher is
-    better), ``lerf_deletion_auc`` (least relevant deleted first; higher is
-    better), ``faithfulness_correlation`` and
+    better; deleting the least relevant first (LeRF) keeps the patch sets of
+    insertion, so its AUC equals the insertion AUC and is not repeated),
+    ``faithfulness_correlation`` and
     ``mprt_complexity_change`` (Quantus's ``FaithfulnessCorrelation`` and
     ``EfficientMPRT``, with ``quantus_metrics``), and with ``true_patch``
     (B,) — the index of the patch that holds the evidence — the
@@ -374,10 +375,6 @@ def compare(
             table.add_curves(method, share.tolist(), del_curve, ins_curve)
             table.add(method, "deletion_auc", _auc(share, del_curve).tolist())
             table.add(method, "insertion_auc", _auc(share, ins_curve).tolist())
-            _, lerf, _ = deletion_insertion_curves(
-                vit, xb, yb, scores, steps=steps, fill=fill, most_relevant_first=False
-            )
-            table.add(method, "lerf_deletion_auc", _auc(share, lerf).tolist())
             if true_patch is not None:
                 truth = true_patch[lo : lo + batch_size].to(scores.device).view(-1, 1)
                 rank = (scores > scores.gather(1, truth)).sum(dim=1)
@@ -418,7 +415,6 @@ def _quantus(
     vit: ViTAdapter, method: str, x: torch.Tensor, y: torch.Tensor, attributions: torch.Tensor, ig_steps: int
 ) -> dict[str, list[float]]:
     """Quantus's FaithfulnessCorrelation and EfficientMPRT for one batch (numpy in, lists out)."""
-    import warnings
 
     try:
         import quantus
@@ -434,15 +430,30 @@ def _quantus(
         return explain(method, as_vit(net, mean=vit.mean, std=vit.std), t, torch.as_tensor(targets),
                        ig_steps=ig_steps).detach().cpu().numpy()  # fmt: skip
 
+    import numpy as np
+
+    numpy_state = np.random.get_state()
+    np.random.seed(0)  # Quantus draws its random subsets from numpy's global generator: same table every run
+    try:
+        return _quantus_metrics(quantus, vit, wrapped, xs, ys, a, n, explain_func, x.device)
+    finally:
+        np.random.set_state(numpy_state)
+
+
+def _quantus_metrics(
+    quantus: Any, vit: ViTAdapter, wrapped: nn.Module, xs: Any, ys: Any, a: Any, n: int, explain_func: Any, device: Any
+) -> dict[str, list[float]]:
+    import warnings
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         faith = quantus.FaithfulnessCorrelation(nr_runs=20, subset_size=max(1, n // 4) * vit.patch_size**2,
                                                 perturb_baseline="black", return_aggregate=False,
                                                 disable_warnings=True)  # fmt: skip
-        fc = faith(model=wrapped, x_batch=xs, y_batch=ys, a_batch=a, device=str(x.device), channel_first=True)
+        fc = faith(model=wrapped, x_batch=xs, y_batch=ys, a_batch=a, device=str(device), channel_first=True)
         mprt = quantus.EfficientMPRT(disable_warnings=True)
         emprt = mprt(model=wrapped, x_batch=xs, y_batch=ys, a_batch=a, explain_func=explain_func,
-                     device=str(x.device), channel_first=True)  # fmt: skip
+                     device=str(device), channel_first=True)  # fmt: skip
     return {"faithfulness_correlation": [float(v) for v in fc], "mprt_complexity_change": [float(v) for v in emprt]}
 
 
