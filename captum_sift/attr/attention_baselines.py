@@ -115,7 +115,11 @@ class _PatchAttribution(Attribution):
         return self._spread(self.patch_scores(images), images, as_tuple)
 
     def feature_mask(self, inputs: torch.Tensor) -> torch.Tensor:
-        """Patch index of every pixel (1, 1, H, W), for Captum's perturbation methods."""
+        """Patch index of every pixel (1, 1, H, W).
+
+        Captum's FeatureAblation, ShapleyValueSampling, Lime and KernelShap take
+        it as ``feature_mask``, to perturb the same patches the method scores.
+        """
         images, _ = self._images(inputs)
         self.vit.grid(images)
         return patch_feature_mask(images.shape[2], images.shape[3], self.vit.patch_size, images.device)

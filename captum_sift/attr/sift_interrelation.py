@@ -6,16 +6,15 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from captum.attr import Attribution
 from captum.log import log_usage
 from torch import nn
 
-from .._checks import shape_of
 from ..analysis import analyze, patch_scores_from_report
 from ..errors import CaptumSiftError
 from ..patches import patch_feature_mask, patch_scores_to_pixels
 from ..settings import LayerChoice, ThetaSettings
-from ..vit import ViTAdapter, as_vit
+from ..vit import ViTAdapter
+from .attention_baselines import _PatchAttribution
 
 __all__ = ["SIFTInterrelation", "patch_feature_mask", "patch_scores_to_pixels"]
 
@@ -53,7 +52,7 @@ def _expand_counts(counts: torch.Tensor | None, batch: int) -> torch.Tensor | No
     )
 
 
-class SIFTInterrelation(Attribution):
+class SIFTInterrelation(_PatchAttribution):
     """θ-based patch attribution of a ViT (paper §5.1, SPEC §7), as a Captum method.
 
     The attribution of every pixel is the score of its patch: θ_i (eq. 3)
@@ -119,22 +118,13 @@ class SIFTInterrelation(Attribution):
         if output not in OUTPUTS:
             raise CaptumSiftError(f"expected output in {OUTPUTS}, got {output!r}")
         self.output = output
-        self.vit = as_vit(model, mean=mean, std=std)
+        super().__init__(model, image_space=image_space, mean=mean, std=std)
         self.settings = ThetaSettings.resolve(settings, **options)
         self.settings.check_for(self.vit.depth)  # validate now, not at the first attribute()
-        if image_space not in ("model", "pixel"):
-            raise CaptumSiftError(f"expected image_space 'model' or 'pixel', got {image_space!r}")
-        forward = self.vit.logits if self.vit.forward_logits is not None else self.vit.model
-        super().__init__(forward)
-        self.model = self.vit.model
-        self.image_space = image_space
 
     @property
     def layers(self) -> LayerChoice:
         return self.settings.layers
-
-    def has_convergence_delta(self) -> bool:
-        return False
 
     @log_usage()
     def attribute(  # type: ignore[override]
@@ -162,32 +152,10 @@ class SIFTInterrelation(Attribution):
             The attribution (a tensor, or a 1-tuple if ``inputs`` was one), and
             the report if ``return_report``.
         """
-        as_tuple = isinstance(inputs, tuple)
-        if as_tuple:
-            if len(inputs) != 1:
-                raise CaptumSiftError(f"expected one input tensor, got a tuple of {len(inputs)}")
-            (images,) = inputs
-        else:
-            images = inputs
-        if not isinstance(images, torch.Tensor) or images.dim() != 4:
-            raise CaptumSiftError(f"expected inputs of shape (B, C, H, W), got {shape_of(images)}")
+        images, as_tuple = self._images(inputs)
         keypoint_counts = _expand_counts(keypoint_counts, images.shape[0])
         report = analyze(self.vit, images, keypoint_counts, self.settings, image_space=self.image_space)  # type: ignore[arg-type]
         scores = patch_scores_from_report(report, self.settings.layers).to(images.device, images.dtype)
         scores = _transform(scores, self.output)
-        attributions = patch_scores_to_pixels(scores, images.shape, self.vit.patch_size)
-        out: Any = (attributions,) if as_tuple else attributions
+        out = self._spread(scores, images, as_tuple)
         return (out, report) if return_report else out
-
-    def feature_mask(self, inputs: torch.Tensor) -> torch.Tensor:
-        """Patch index of every pixel (1, 1, H, W).
-
-        Captum's FeatureAblation, ShapleyValueSampling, Lime and KernelShap take
-        it as ``feature_mask``, to perturb the same patches θ scores.
-        """
-        if isinstance(inputs, tuple):
-            inputs = inputs[0]
-        if not isinstance(inputs, torch.Tensor) or inputs.dim() != 4:
-            raise CaptumSiftError(f"expected inputs of shape (B, C, H, W), got {shape_of(inputs)}")
-        self.vit.grid(inputs)
-        return patch_feature_mask(inputs.shape[2], inputs.shape[3], self.vit.patch_size, inputs.device)
