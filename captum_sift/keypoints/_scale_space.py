@@ -98,6 +98,9 @@ def _pad_hw(x: torch.Tensor, pad: int) -> torch.Tensor:
     return x.index_select(1, _reflect101_index(w, pad, x.device))
 
 
+_SMALL_SINGLE = 160 * 160  # up to this many pixels, one image is blurred as a plain (1, 1, H, W) convolution
+
+
 def _blur(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
     """Separable Gaussian blur of an (H, W, b) stack, reflect-101 borders.
 
@@ -108,6 +111,12 @@ def _blur(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
     b = x.shape[2]
     k = kernel.numel()
     xp = _pad_hw(x, k // 2)
+    if b == 1 and x.shape[0] * x.shape[1] <= _SMALL_SINGLE:
+        # One small image: oneDNN's one-channel channels-last path is up to ~10x slower here than a plain
+        # (1, 1, H, W) convolution (benchmarks/keypoints.py: batch 1 at 224 px visits 112, 56, 28 px octaves).
+        y = F.conv2d(xp.view(1, 1, *xp.shape[:2]), kernel.view(1, 1, 1, k))
+        y = F.conv2d(y, kernel.view(1, 1, k, 1))
+        return y.view(*x.shape[:2], 1)
     # (1, b, H+2r, W+2r) channels-last view. The batch stride must be the full
     # size: oneDNN falls back to a ~8x slower path for unsqueeze(0)'s stride.
     xp = xp.view(1, *xp.shape).permute(0, 3, 1, 2)
