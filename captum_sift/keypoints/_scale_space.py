@@ -101,6 +101,28 @@ def _pad_hw(x: torch.Tensor, pad: int) -> torch.Tensor:
 _SMALL_SINGLE = 160 * 160  # up to this many pixels, one image is blurred as a plain (1, 1, H, W) convolution
 
 
+def _blur_single(xp: torch.Tensor, kernel: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """Blur of one padded image (H+2r, W+2r, 1): oneDNN's one-channel depthwise path is slow for it.
+
+    Measured single-thread (this CPU): a plain (1, 1, H, W) convolution is up
+    to 10x faster than the channels-last depthwise one up to ~160 x 160 px;
+    above, k shifted multiply-adds per direction are ~2x faster (and give the
+    depthwise convolution's values bit for bit on the sizes tried).
+    """
+    k = kernel.numel()
+    if h * w <= _SMALL_SINGLE:
+        y = F.conv2d(xp.view(1, 1, *xp.shape[:2]), kernel.view(1, 1, 1, k))
+        return F.conv2d(y, kernel.view(1, 1, k, 1)).view(h, w, 1)
+    taps = kernel.tolist()
+    row = xp[:, 0:w] * taps[0]
+    for i in range(1, k):
+        row.add_(xp[:, i : i + w], alpha=taps[i])
+    out = row[0:h] * taps[0]
+    for i in range(1, k):
+        out.add_(row[i : i + h], alpha=taps[i])
+    return out
+
+
 def _blur(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
     """Separable Gaussian blur of an (H, W, b) stack, reflect-101 borders.
 
@@ -111,12 +133,8 @@ def _blur(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
     b = x.shape[2]
     k = kernel.numel()
     xp = _pad_hw(x, k // 2)
-    if b == 1 and x.shape[0] * x.shape[1] <= _SMALL_SINGLE:
-        # One small image: oneDNN's one-channel channels-last path is up to ~10x slower here than a plain
-        # (1, 1, H, W) convolution (benchmarks/keypoints.py: batch 1 at 224 px visits 112, 56, 28 px octaves).
-        y = F.conv2d(xp.view(1, 1, *xp.shape[:2]), kernel.view(1, 1, 1, k))
-        y = F.conv2d(y, kernel.view(1, 1, k, 1))
-        return y.view(*x.shape[:2], 1)
+    if b == 1:
+        return _blur_single(xp, kernel, x.shape[0], x.shape[1])
     # (1, b, H+2r, W+2r) channels-last view. The batch stride must be the full
     # size: oneDNN falls back to a ~8x slower path for unsqueeze(0)'s stride.
     xp = xp.view(1, *xp.shape).permute(0, 3, 1, 2)
