@@ -11,6 +11,10 @@ Prints, measured in this one run on this machine:
   (OpenCV over the same 32 images, detect + count, same process), and kornia's
   stock detector for comparison;
 * the blur the detector uses vs ``kornia.filters.gaussian_blur2d``;
+* one thread each (``torch.set_num_threads(1)``, ``cv2.setNumThreads(1)``),
+  ours / OpenCV for the embedded Fashion-MNIST (112 px, batch 256), photos
+  at 224 px (batch 32), one 224-px photo and photos at 448 px (batch 4):
+  the lines ``ONE THREAD ...: RATIO``;
 * with ``--device cuda`` (when available) the GPU time per image.
 
 Usage: python benchmarks/keypoints.py [--quick] [--repeats N] [--device cuda]
@@ -66,6 +70,34 @@ def kornia_stock_counts(images: torch.Tensor, patch: int, top_k: list[int] | Non
     return keypoints_to_counts(kps, tuple(images.shape[2:]), patch)
 
 
+def single_thread_table(photos: torch.Tensor, patch: int, repeats: int, quick: bool) -> None:
+    """ours / OpenCV per configuration, both on one thread (counts included on both sides)."""
+    import cv2
+
+    from captum_sift.data import default_dataset
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    cv2.setNumThreads(1)
+    try:
+        fmnist, _ = default_dataset(limit=32 if quick else 256)
+        rows = {
+            f"embedded Fashion-MNIST, 112 px, batch {len(fmnist)}": fmnist,
+            f"photos, 224 px, batch {8 if quick else 32}": photos[torch.arange(8 if quick else 32) % len(photos)],
+            "one 224-px photo (batch 1)": photos[:1],
+            "photos at 448 px, batch 4": sample_images(list(SAMPLE_PHOTOS[:4]), size=448),
+        }
+        for name, images in rows.items():
+            images = images.contiguous()
+            t_cv = best_time(lambda images=images: count_keypoints(images, patch, backend="opencv"), repeats)
+            t_ours = best_time(lambda images=images: count_keypoints(images, patch), repeats)
+            print(f"ONE THREAD {name}: ours {t_ours * 1e3:.0f} ms, OpenCV {t_cv * 1e3:.0f} ms, "
+                  f"RATIO {t_ours / t_cv:.2f}")  # fmt: skip
+    finally:
+        torch.set_num_threads(threads)
+        cv2.setNumThreads(-1)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="a few images, one repeat (for the tests)")
@@ -104,6 +136,9 @@ def main() -> None:
           f"kornia stock {t_stock * 1e3:.0f} ms")  # fmt: skip
     print(f"RATIO ours / OpenCV time: {t_ours / t_cv:.2f}  (target <= 3.0)")
     print(f"RATIO kornia stock / OpenCV time: {t_stock / t_cv:.1f}")
+
+    # -- one thread, every size -----------------------------------------------
+    single_thread_table(photos, args.patch, repeats, args.quick)
 
     # -- the blur ----------------------------------------------------------
     import kornia

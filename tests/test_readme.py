@@ -96,3 +96,16 @@ def test_shortcut_benchmark_quick_mode(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "decorrelated_test_accuracy" in result.stdout and "oracle (mask the marker)" in result.stdout
     assert "θ spurious" in result.stdout
+
+
+def test_keypoint_benchmark_prints_the_one_thread_table():
+    pytest.importorskip("cv2")
+    result = run_script("benchmarks/keypoints.py", "--quick")
+    assert result.returncode == 0, result.stderr
+    rows = re.findall(r"ONE THREAD (.+?): ours \d+ ms, OpenCV \d+ ms, RATIO ([\d.]+)", result.stdout)
+    assert [name.split(",")[0] for name, _ in rows] == [
+        "embedded Fashion-MNIST",
+        "photos",
+        "one 224-px photo (batch 1)",
+        "photos at 448 px",
+    ]
