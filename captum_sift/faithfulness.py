@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from .errors import CaptumSiftError
+from .evaluation import masked_logits
 from .vit import ViTAdapter, as_vit, eval_mode
 
 __all__ = [
@@ -170,29 +171,25 @@ def deletion_insertion_curves(
     *,
     steps: int = 8,
     fill: float | str = 0.0,
-    most_relevant_first: bool = True,
 ) -> tuple[list[int], torch.Tensor, torch.Tensor]:
-    """(numbers of patches masked, deletion probabilities (B, K), insertion probabilities (B, K)).
-
-    ``most_relevant_first=False`` orders the patches least relevant first
-    (LeRF): a faithful map then keeps the probability high while deleting.
-    """
-    from .evaluation import masked_logits
-
+    """(numbers of patches masked, deletion probabilities (B, K), insertion probabilities (B, K))."""
     batch, n = scores.shape
-    order = torch.sort(scores, dim=1, descending=most_relevant_first, stable=True).indices
+    order = torch.sort(scores, dim=1, descending=True, stable=True).indices
     points = sorted({round(n * i / steps) for i in range(steps + 1)})
     deletion, insertion = [], []
     with torch.no_grad(), eval_mode(vit.model):
         for k in points:
             top = torch.zeros(batch, n, dtype=torch.bool, device=images.device)
             top.scatter_(1, order[:, :k], True)
-            deletion.append(_prob(vit, images, top, fill, targets, masked_logits))
-            insertion.append(_prob(vit, images, ~top, fill, targets, masked_logits))
+            deletion.append(_prob(vit, images, top, fill, targets))
+            insertion.append(_prob(vit, images, ~top, fill, targets))
     return points, torch.stack(deletion, 1), torch.stack(insertion, 1)
 
 
-def _prob(vit, images, selected, fill, targets, masked_logits) -> torch.Tensor:
+def _prob(
+    vit: ViTAdapter, images: torch.Tensor, selected: torch.Tensor, fill: float | str, targets: torch.Tensor
+) -> torch.Tensor:
+    """Softmax probability of each image's target class with the ``selected`` patches masked."""
     if isinstance(fill, str) and fill == "drop" and bool(selected.all()):
         selected = selected.clone()
         selected[:, 0] = False  # dropping every token leaves nothing to classify: keep one
@@ -223,12 +220,18 @@ class ComparisonTable:
         self.values.setdefault(method, {}).setdefault(metric, []).extend(float(v) for v in per_image)
 
     def add_curves(self, method: str, points: list[float], deletion: torch.Tensor, insertion: torch.Tensor) -> None:
+        """Add the curves (B, K) of B images."""
+        self._add_curve_sums(method, points, deletion.sum(0).tolist(), insertion.sum(0).tolist(), deletion.shape[0])
+
+    def _add_curve_sums(
+        self, method: str, points: list[float], deletion: list[float], insertion: list[float], images: int
+    ) -> None:
         entry = self.curves.setdefault(
             method, {"points": points, "deletion": [0.0] * len(points), "insertion": [0.0] * len(points), "n": 0}
         )
-        entry["deletion"] = [a + b for a, b in zip(entry["deletion"], deletion.sum(0).tolist(), strict=True)]
-        entry["insertion"] = [a + b for a, b in zip(entry["insertion"], insertion.sum(0).tolist(), strict=True)]
-        entry["n"] += int(deletion.shape[0])
+        entry["deletion"] = [a + b for a, b in zip(entry["deletion"], deletion, strict=True)]
+        entry["insertion"] = [a + b for a, b in zip(entry["insertion"], insertion, strict=True)]
+        entry["n"] += int(images)
 
     def add_time(self, method: str, seconds: float, images: int) -> None:
         spent = self.timing.setdefault(method, [0.0, 0])
@@ -252,11 +255,7 @@ class ComparisonTable:
                 for metric, vals in metrics.items():
                     merged.add(method, metric, vals)
             for method, entry in table.curves.items():
-                n = entry["n"]
-                if n:
-                    merged.add_curves(method, entry["points"], torch.tensor([entry["deletion"]]),
-                                      torch.tensor([entry["insertion"]]))  # fmt: skip
-                    merged.curves[method]["n"] += n - 1
+                merged._add_curve_sums(method, entry["points"], entry["deletion"], entry["insertion"], entry["n"])
             for method, (seconds, images) in table.timing.items():
                 merged.add_time(method, seconds, int(images))
         if math.isnan(merged.forward_seconds):
@@ -415,7 +414,6 @@ def _quantus(
     vit: ViTAdapter, method: str, x: torch.Tensor, y: torch.Tensor, attributions: torch.Tensor, ig_steps: int
 ) -> dict[str, list[float]]:
     """Quantus's FaithfulnessCorrelation and EfficientMPRT for one batch (numpy in, lists out)."""
-
     try:
         import quantus
     except ImportError as exc:
@@ -455,6 +453,3 @@ def _quantus_metrics(
         emprt = mprt(model=wrapped, x_batch=xs, y_batch=ys, a_batch=a, explain_func=explain_func,
                      device=str(device), channel_first=True)  # fmt: skip
     return {"faithfulness_correlation": [float(v) for v in fc], "mprt_complexity_change": [float(v) for v in emprt]}
-
-
-Explainer = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
