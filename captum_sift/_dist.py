@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -27,6 +28,15 @@ def all_reduce_sum(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
     work = tensor.to(device if device.type == "cuda" else "cpu").clone()
     dist.all_reduce(work, op=dist.ReduceOp.SUM)
     return work.to(tensor.device)
+
+
+def all_gather_objects(value: Any) -> list[Any]:
+    """Every rank's ``value``, in rank order (``[value]`` in one process)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return [value]
+    parts: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, value)
+    return parts
 
 
 def barrier() -> None:

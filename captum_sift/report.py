@@ -200,7 +200,7 @@ class InterrelationReport:
         A no-op in one process; every rank must call it (a rank with no image
         passes an empty report of the same layers and heads).
         """
-        from ._dist import all_reduce_sum
+        from ._dist import all_gather_objects, all_reduce_sum
 
         device = torch.device(device)
         for name in STORED:
@@ -209,15 +209,10 @@ class InterrelationReport:
         self.num_images = int(all_reduce_sum(torch.tensor([self.num_images]), device)[0])
         if self.positions is not None:
             self.positions = {n: all_reduce_sum(v, device) for n, v in self.positions.items()}
-        import torch.distributed as dist
-
-        if dist.is_available() and dist.is_initialized():  # rank 0 gets every image's curves for the bootstrap
-            parts: list[Any] = [None] * dist.get_world_size()
-            dist.all_gather_object(parts, self.curves)
-            if all(p is not None for p in parts):
-                self.curves = {n: torch.cat([p[n] for p in parts]) for n in ("kk", "focus")}
-            else:
-                self.curves = None
+        parts = all_gather_objects(self.curves)  # every image's curves, for the stage bootstrap
+        if len(parts) > 1:
+            ok = all(p is not None for p in parts)
+            self.curves = {n: torch.cat([p[n] for p in parts]) for n in ("kk", "focus")} if ok else None
 
     def without_per_image(self) -> InterrelationReport:
         """A copy holding only the data-set sums and counts (small, for big runs)."""

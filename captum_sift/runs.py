@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from . import __version__
-from ._dist import barrier, init_from_env
+from ._dist import all_gather_objects, barrier, init_from_env
 from .errors import CaptumSiftError
 from .report import nan_to_none
 from .settings import ThetaSettings
@@ -391,16 +391,11 @@ def on_every_rank(fn: Callable[[], Any]) -> Any:
     So that under torchrun a bad input ends every process with the same line
     instead of leaving the others to die on a closed connection.
     """
-    import torch.distributed as dist
-
     try:
         result, message = fn(), None
     except CaptumSiftError as exc:
         result, message = None, str(exc)
-    if dist.is_available() and dist.is_initialized():
-        messages: list[Any] = [None] * dist.get_world_size()
-        dist.all_gather_object(messages, message)
-        message = next((m for m in messages if m), None)
+    message = next((m for m in all_gather_objects(message) if m), None)
     if message:
         raise CaptumSiftError(message)
     return result
@@ -562,13 +557,7 @@ def _versions() -> dict[str, str]:
 
 
 def _gather_skipped(skipped: list[list[str]]) -> list[list[str]]:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        everything: list[Any] = [None] * dist.get_world_size()
-        dist.all_gather_object(everything, skipped)
-        return [item for part in everything for item in part]
-    return skipped
+    return [item for part in all_gather_objects(skipped) for item in part]
 
 
 # -- analyze -------------------------------------------------------------------------
@@ -797,14 +786,11 @@ def run_compare(config: RunConfig) -> None:
 
 def _gather_tables(table: Any) -> Any:
     """Every rank's comparison table merged (every rank gets the whole)."""
-    import torch.distributed as dist
-
     from .faithfulness import ComparisonTable
 
-    if not (dist.is_available() and dist.is_initialized()):
+    parts = all_gather_objects(table.to_dict())
+    if len(parts) == 1:
         return table
-    parts: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(parts, table.to_dict())
     merged = ComparisonTable()
     for part in parts:
         other = ComparisonTable.from_dict(part)
