@@ -221,12 +221,12 @@ def evaluate_batch(
     from .analysis import to_model_and_pixels
     from .masking import scores_and_counts
 
-    # The plausibility of model-space input is checked even for random-only plans: accuracy needs it too.
-    model_input, _ = to_model_and_pixels(vit, images, image_space, need_pixels=image_space == "model")
-    # θ needs the analysis and the keypoints: only when a ranked mode asks for it.
-    scores, counts = (
-        scores_and_counts(vit, images, None, settings, image_space) if set(modes) - {"random"} else (None, None)
-    )
+    # θ needs the analysis and the keypoints: only when a ranked mode asks for it. The analysis checks
+    # that model-space input can be normalised images; a random-only plan checks it here (accuracy needs it too).
+    ranked = bool(set(modes) - {"random"})
+    scores, counts = scores_and_counts(vit, images, None, settings, image_space) if ranked else (None, None)
+    check = image_space == "model" and not ranked
+    model_input, _ = to_model_and_pixels(vit, images, image_space, need_pixels=check)
     grid = vit.grid(images)
     noise = random_scores(indices, grid[0] * grid[1], seed).to(images.device) if "random" in modes else None
     with torch.no_grad():
