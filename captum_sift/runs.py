@@ -77,8 +77,7 @@ class RunConfig:
 
             modes = [m.strip() for m in args.modes.split(",") if m.strip()]
             ratios, modes = check_plan(args.ratios, modes, "--modes")
-            if args.fill not in ("mean", "blur", "drop"):
-                _number(args.fill)
+            parse_fill(args.fill)
             extra = {"ratios": tuple(ratios), "modes": tuple(modes), "fill": args.fill, "seed": args.seed}
         elif args.command == "compare":
             from .faithfulness import METHODS
@@ -86,8 +85,7 @@ class RunConfig:
             methods = [m.strip() for m in args.methods.split(",") if m.strip()]
             if not methods or any(m not in METHODS for m in methods) or len(set(methods)) != len(methods):
                 raise CaptumSiftError(f"expected distinct --methods among {','.join(METHODS)}, got {args.methods!r}")
-            if args.fill not in ("mean", "blur", "drop"):
-                _number(args.fill)
+            parse_fill(args.fill)
             for name in ("steps", "ig_steps"):
                 if getattr(args, name) < 1:
                     raise CaptumSiftError(f"expected --{name.replace('_', '-')} >= 1, got {getattr(args, name)}")
@@ -755,7 +753,7 @@ def run_compare(config: RunConfig) -> None:
     from .analysis import to_model_and_pixels
     from .faithfulness import ComparisonTable, compare
 
-    fill: Any = config.fill if config.fill in ("mean", "blur", "drop") else _number(config.fill)
+    fill = parse_fill(config.fill)
     run = setup(config)
     try:
         settings = _settings(run)
@@ -871,7 +869,7 @@ def _write_compare(run: Run, table: Any, settings: dict[str, Any], skipped: list
 def run_mask_eval(config: RunConfig) -> None:
     from .evaluation import MaskingTable, evaluate_batch
 
-    fill: Any = config.fill if config.fill in ("mean", "blur", "drop") else _number(config.fill)
+    fill = parse_fill(config.fill)
     run = setup(config)
     try:
         settings = _settings(run)
@@ -915,7 +913,10 @@ def _check_classes(run: Run) -> None:
             print(message, flush=True)
 
 
-def _number(text: str) -> float:
+def parse_fill(text: str) -> float | str:
+    """``--fill``: ``mean``, ``blur`` or ``drop`` as they are, anything else a number."""
+    if text in ("mean", "blur", "drop"):
+        return text
     try:
         return float(text)
     except ValueError as exc:
