@@ -19,11 +19,9 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-from .vit import ViTAdapter, as_vit, eval_mode
+from .vit import ViTAdapter, as_vit
 
 __all__ = ["iter_attention", "model_grid", "num_prefix_tokens", "patch_size_of"]
-
-_eval_mode = eval_mode  # the name the rest of the package used
 
 
 def num_prefix_tokens(model: nn.Module | ViTAdapter) -> int:
