@@ -61,8 +61,27 @@ def _call_model(model: nn.Module, images: torch.Tensor) -> Any:
     return model(images)
 
 
-def _plain_logits(output: Any) -> torch.Tensor:
-    return output
+_TOKEN_KEYS = ("hidden_states", "x", "input")  # how blocks name their token argument when it is passed by keyword
+
+
+def _split_tokens(args: tuple, kwargs: dict[str, Any]) -> tuple[torch.Tensor, tuple, dict[str, Any]]:
+    """(tokens, other positional args, other kwargs) of a call to a block."""
+    if args:
+        return args[0], args[1:], dict(kwargs)
+    kwargs = dict(kwargs)
+    for key in _TOKEN_KEYS:
+        if key in kwargs:
+            return kwargs.pop(key), (), kwargs
+    raise CaptumSiftError(f"cannot find the tokens among the first block's arguments {sorted(kwargs)}")
+
+
+def _per_channel(
+    mean: Sequence[float], std: Sequence[float], in_chans: int
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Statistics with one value per input channel: 3-channel ones averaged for a model of other channels."""
+    if len(mean) == in_chans:
+        return tuple(mean), tuple(std)
+    return (float(sum(mean) / len(mean)),) * in_chans, (float(sum(std) / len(std)),) * in_chans
 
 
 @dataclass(frozen=True, eq=False)
@@ -173,13 +192,7 @@ class ViTAdapter:
             handle.remove()
         if "args" not in captured:
             raise CaptumSiftError(f"{type(self.model).__name__}'s forward never reached its first block")
-        args, kwargs = captured["args"], dict(captured["kwargs"])
-        if args:
-            return args[0], args[1:], kwargs
-        for key in ("hidden_states", "x", "input"):
-            if key in kwargs:
-                return kwargs.pop(key), (), kwargs
-        raise CaptumSiftError(f"cannot find the tokens among the first block's arguments {sorted(kwargs)}")
+        return _split_tokens(captured["args"], captured["kwargs"])
 
     def iter_attention(self, images: torch.Tensor) -> Iterator[tuple[int, torch.Tensor]]:
         """Yield ``(layer, attn)`` per block; see :func:`captum_sift.attention.iter_attention`."""
@@ -224,13 +237,7 @@ class ViTAdapter:
         prefix = self.num_prefix_tokens
 
         def drop(_module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
-            if args:
-                x, args = args[0], args[1:]
-            else:
-                key = next((k for k in ("hidden_states", "x", "input") if k in kwargs), None)
-                if key is None:
-                    raise CaptumSiftError(f"cannot find the tokens among the first block's arguments {sorted(kwargs)}")
-                x = kwargs.pop(key)
+            x, args, kwargs = _split_tokens(args, kwargs)
             extra = [a for a in args if isinstance(a, torch.Tensor)] + [
                 v for v in kwargs.values() if isinstance(v, torch.Tensor)
             ]
@@ -302,10 +309,8 @@ def _timm_adapter(model: nn.Module) -> ViTAdapter:
     proj = getattr(model.patch_embed, "proj", None)
     in_chans = int(getattr(proj, "in_channels", 0) or getattr(model.patch_embed, "in_chans", 3))
     config = getattr(model, "pretrained_cfg", None) or {}
-    mean = tuple(config.get("mean", IMAGENET_MEAN))
-    std = tuple(config.get("std", IMAGENET_STD))
-    if len(mean) != in_chans:  # timm keeps 3-channel statistics for models built with in_chans=1
-        mean, std = (float(sum(mean) / len(mean)),) * in_chans, (float(sum(std) / len(std)),) * in_chans
+    # timm keeps 3-channel statistics for models built with in_chans=1
+    mean, std = _per_channel(config.get("mean", IMAGENET_MEAN), config.get("std", IMAGENET_STD), in_chans)
     size = config.get("input_size")
     img_size = getattr(model.patch_embed, "img_size", None)
     img_size = int(img_size[-1]) if isinstance(img_size, (tuple, list)) else (int(size[-1]) if size else None)
@@ -423,8 +428,7 @@ def _hf_adapter(model: nn.Module, image_processor: Any = None) -> ViTAdapter:
     else:
         mean = _HF_MEAN.get(model_type, IMAGENET_MEAN)
         std = _HALF if mean == _HALF else IMAGENET_STD
-    if len(mean) != in_chans:
-        mean, std = (float(sum(mean) / len(mean)),) * in_chans, (float(sum(std) / len(std)),) * in_chans
+    mean, std = _per_channel(mean, std, in_chans)
     size = getattr(config, "image_size", None)
     size = size[-1] if isinstance(size, (tuple, list)) else size
     is_classifier = type(model).__name__.endswith(("ForImageClassification", "ForImageClassificationWithTeacher"))
