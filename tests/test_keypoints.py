@@ -1,11 +1,14 @@
 """SIFT keypoints and per-patch counts (SPEC §1): hand-made images with known answers."""
 
+import warnings
+
 import pytest
 import torch
 from conftest import blob_image, ring_image
 
 from captum_sift import CaptumSiftError, KeypointCounter, count_keypoints, detect_keypoints, keypoints_to_counts
-from captum_sift.keypoints._scale_space import SiftParams, Workspace, _extrema, num_octaves
+from captum_sift.keypoints import _scale_space
+from captum_sift.keypoints._scale_space import SiftParams, Workspace, _extrema, _pad_hw, _reflect101_index, num_octaves
 
 
 @pytest.mark.parametrize("channels", [1, 3])
@@ -96,20 +99,73 @@ def test_min_keypoints_zeroes_counts_below_the_bar():
     assert int((t1 > 0).sum()) > int((t3 > 0).sum()) > 0
 
 
-def test_extrema_equal_brute_force():
-    torch.manual_seed(1)
-    dog = torch.randn(5, 17, 19, 2).round(decimals=1)  # ties included: the test is non-strict
-    found = {tuple(r) for r in _extrema(dog, 0.3, 3, Workspace()).tolist()}
+def _brute_force_extrema(dog: torch.Tensor, threshold: float) -> set:
     expected = set()
-    for s in range(1, 4):
-        for r in range(5, 17 - 5):
-            for c in range(5, 19 - 5):
-                for b in range(2):
+    s_n, h, w, b_n = dog.shape
+    for s in range(1, s_n - 1):
+        for r in range(5, h - 5):
+            for c in range(5, w - 5):
+                for b in range(b_n):
                     v = float(dog[s, r, c, b])
                     cube = dog[s - 1 : s + 2, r - 1 : r + 2, c - 1 : c + 2, b]
-                    if (v > 0.3 and v >= float(cube.max())) or (v < -0.3 and v <= float(cube.min())):
+                    if (v > threshold and v >= float(cube.max())) or (v < -threshold and v <= float(cube.min())):
                         expected.add((s, r, c, b))
-    assert found == expected and len(expected) > 0
+    return expected
+
+
+@pytest.fixture(params=["eager", "compiled"])
+def prefilter(request, monkeypatch):
+    """The eager prefilter, or torch.compile's (CAPTUM_SIFT_COMPILE=1), each from a fresh state."""
+    monkeypatch.setattr(_scale_space, "_COMPILED", {})
+    monkeypatch.setenv("CAPTUM_SIFT_COMPILE", "1" if request.param == "compiled" else "0")
+    return request.param
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_extrema_equal_brute_force(prefilter, dtype):
+    torch.manual_seed(1)
+    # ties included (the test is non-strict); a flat-ish stack has many candidates for the gathered rounds
+    for shape, scale in (((5, 17, 19, 2), 1.0), ((6, 23, 14, 3), 0.4)):
+        dog = (torch.randn(*shape) * scale).round(decimals=1).to(dtype)
+        found = _extrema(dog, 0.3, shape[0] - 2, Workspace())
+        assert found.tolist() == sorted(found.tolist())  # ordered as the dense mask's nonzero
+        expected = _brute_force_extrema(dog, 0.3)
+        assert {tuple(r) for r in found.tolist()} == expected and len(expected) > 0
+    if prefilter == "compiled" and _scale_space._COMPILED.get("cpu") is None:
+        pytest.skip("torch.compile does not work here (the eager fallback gave the right answer)")
+
+
+def test_compile_failure_falls_back_to_eager_once(monkeypatch):
+    def broken(*args):
+        raise RuntimeError("no C++ compiler")
+
+    images = torch.nn.functional.avg_pool2d(
+        torch.rand(2, 1, 48, 48, generator=torch.Generator().manual_seed(3)), 3, 1, 1
+    )
+    monkeypatch.setenv("CAPTUM_SIFT_COMPILE", "0")
+    expected = count_keypoints(images, 8)
+    monkeypatch.setenv("CAPTUM_SIFT_COMPILE", "1")
+    monkeypatch.setattr(_scale_space, "_COMPILED", {"cpu": broken})
+    with pytest.warns(RuntimeWarning, match="torch.compile of the keypoint detector failed.*no C\\+\\+ compiler"):
+        counts = count_keypoints(images, 8)
+    assert torch.equal(counts, expected) and int(expected.sum()) > 0
+    assert _scale_space._COMPILED == {"cpu": None}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # warned once: later calls stay eager in silence
+        assert torch.equal(count_keypoints(images, 8), expected)
+
+
+@pytest.mark.parametrize("size", [(5, 7, 2, 3), (3, 2, 1, 9), (20, 11, 4, 12), (1, 6, 2, 2), (8, 8, 3, 0)])
+def test_reflect101_padding_equals_index_gather(size):
+    h, w, b, pad = size
+    x = torch.randn(h, w, b)
+    rows, cols = _reflect101_index(h, pad, x.device), _reflect101_index(w, pad, x.device)
+    expected = x.index_select(0, rows).index_select(1, cols)
+    assert torch.equal(_pad_hw(x, pad), expected) and torch.equal(_pad_hw(x, pad, Workspace()), expected)
+    if h > 1 and w > 1:  # gfedcb|abcdefgh|gfedcba by hand
+        assert _pad_hw(torch.arange(4.0).view(1, 4, 1).expand(2, 4, 1).contiguous(), 2)[0, :, 0].tolist() == [
+            2.0, 1.0, 0.0, 1.0, 2.0, 3.0, 2.0, 1.0,
+        ]  # fmt: skip
 
 
 def test_octave_count_follows_opencv():
