@@ -14,7 +14,11 @@ Prints, measured in this one run on this machine:
 * one thread each (``torch.set_num_threads(1)``, ``cv2.setNumThreads(1)``),
   ours / OpenCV for the embedded Fashion-MNIST (112 px, batch 256), photos
   at 224 px (batch 32), one 224-px photo and photos at 448 px (batch 4):
-  the lines ``ONE THREAD ...: RATIO``;
+  the lines ``ONE THREAD ...: RATIO``, for the default eager detector and
+  with the opt-in ``CAPTUM_SIFT_COMPILE=1`` (and its first call's time);
+* torch's default thread count vs one thread, on an idle CPU and with one
+  core kept busy by another process (``SHARED CPU``);
+* the wall time of ``captum-sift analyze`` on the embedded default;
 * with ``--device cuda`` (when available) the GPU time per image.
 
 Usage: python benchmarks/keypoints.py [--quick] [--repeats N] [--device cuda]
@@ -23,7 +27,12 @@ Usage: python benchmarks/keypoints.py [--quick] [--repeats N] [--device cuda]
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
+import subprocess
+import sys
+import tempfile
+import time
 
 import numpy as np
 import torch
@@ -70,8 +79,18 @@ def kornia_stock_counts(images: torch.Tensor, patch: int, top_k: list[int] | Non
     return keypoints_to_counts(kps, tuple(images.shape[2:]), patch)
 
 
+def _compiled(enabled: bool) -> None:
+    """Switch the detector's opt-in torch.compile prefilter (read at every call)."""
+    os.environ["CAPTUM_SIFT_COMPILE"] = "1" if enabled else "0"
+
+
 def single_thread_table(photos: torch.Tensor, patch: int, repeats: int, quick: bool) -> None:
-    """ours / OpenCV per configuration, both on one thread (counts included on both sides)."""
+    """ours / OpenCV per configuration, both on one thread (counts included on both sides).
+
+    ``ours`` is the default eager detector; ``compiled`` the same with
+    ``CAPTUM_SIFT_COMPILE=1`` (best of the repeats: its one-time compile is
+    printed apart as the first call's time).
+    """
     import cv2
 
     from captum_sift.data import default_dataset
@@ -90,12 +109,59 @@ def single_thread_table(photos: torch.Tensor, patch: int, repeats: int, quick: b
         for name, images in rows.items():
             images = images.contiguous()
             t_cv = best_time(lambda images=images: count_keypoints(images, patch, backend="opencv"), repeats)
+            _compiled(False)
             t_ours = best_time(lambda images=images: count_keypoints(images, patch), repeats)
+            _compiled(True)
+            start = time.perf_counter()
+            count_keypoints(images, patch)
+            t_first = time.perf_counter() - start
+            t_comp = best_time(lambda images=images: count_keypoints(images, patch), repeats)
+            _compiled(False)
             print(f"ONE THREAD {name}: ours {t_ours * 1e3:.0f} ms, OpenCV {t_cv * 1e3:.0f} ms, "
-                  f"RATIO {t_ours / t_cv:.2f}")  # fmt: skip
+                  f"RATIO {t_ours / t_cv:.2f}; compiled {t_comp * 1e3:.0f} ms, RATIO {t_comp / t_cv:.2f} "
+                  f"(its first call {t_first:.1f} s)")  # fmt: skip
     finally:
         torch.set_num_threads(threads)
         cv2.setNumThreads(-1)
+        os.environ.pop("CAPTUM_SIFT_COMPILE", None)
+
+
+def shared_cpu(images: torch.Tensor, patch: int, repeats: int) -> None:
+    """Default threads vs one thread, on an idle CPU and with one core kept busy by another process."""
+    import cv2
+
+    threads = torch.get_num_threads()
+    cv2.setNumThreads(1)
+    try:
+        for load in ("idle", "one core busy"):
+            busy = None
+            if load != "idle":
+                busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+            try:
+                t_cv = best_time(lambda: count_keypoints(images, patch, backend="opencv"), repeats)
+                times = {}
+                for n in sorted({threads, 1}, reverse=True):
+                    torch.set_num_threads(n)
+                    times[n] = best_time(lambda: count_keypoints(images, patch), repeats)
+                torch.set_num_threads(threads)
+            finally:
+                if busy is not None:
+                    busy.kill()
+                    busy.wait()
+            cells = ", ".join(f"{n} thread(s) {t * 1e3:.0f} ms (x{t / t_cv:.2f})" for n, t in times.items())
+            print(f"SHARED CPU ({load}), batch {len(images)}: OpenCV one thread {t_cv * 1e3:.0f} ms; ours {cells}")
+    finally:
+        torch.set_num_threads(threads)
+        cv2.setNumThreads(-1)
+
+
+def analyze_end_to_end() -> None:
+    """Wall time of the README's main job, ``captum-sift analyze`` on the embedded default (own process)."""
+    with tempfile.TemporaryDirectory() as out:
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "captum_sift", "analyze", "--out", out, "--quiet"], check=True)
+        total = time.perf_counter() - start
+    print(f"END TO END captum-sift analyze (embedded default, 1,000 images, default threads): {total:.1f} s")
 
 
 def main() -> None:
@@ -139,6 +205,9 @@ def main() -> None:
 
     # -- one thread, every size -----------------------------------------------
     single_thread_table(photos, args.patch, repeats, args.quick)
+    shared_cpu(images, args.patch, repeats)
+    if not args.quick:
+        analyze_end_to_end()
 
     # -- the blur ----------------------------------------------------------
     import kornia
