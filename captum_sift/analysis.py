@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -136,6 +137,19 @@ def analyze(
     """
     vit = as_vit(model, mean=mean, std=std)
     theta_settings = ThetaSettings.resolve(settings, **options)
+    return _analyze(vit, images, keypoint_counts, theta_settings, image_space, query_patch)
+
+
+def _analyze(
+    vit: ViTAdapter,
+    images: torch.Tensor,
+    keypoint_counts: torch.Tensor | None,
+    theta_settings: ThetaSettings,
+    image_space: Literal["model", "pixel"],
+    query_patch: int | None,
+    focus: bool = True,
+) -> InterrelationReport:
+    """:func:`analyze` on an adapter; ``focus=False`` skips the focus index (NaN: a report nobody reads)."""
     layer_list = theta_settings.layer_list(vit.depth)
     if not isinstance(images, torch.Tensor) or images.dim() != 4:
         raise CaptumSiftError(f"expected images of shape (B, C, H, W), got {shape_of(images)}")
@@ -169,7 +183,7 @@ def analyze(
         classes = interrelation(theta, counts, min_keypoints)
         per_layer["kk"].append(classes.kk)
         per_layer["nk"].append(classes.nk)
-        per_layer["focus"].append(focus_index(attn_patch))
+        per_layer["focus"].append(focus_index(attn_patch) if focus else classes.kk.new_full(classes.kk.shape, math.nan))
         per_layer["patch_theta"].append(torch.nanmean(theta, dim=1))  # SPEC §7: mean over heads
         per_layer["query_attention"].append(attn_patch[rows, :, query].mean(dim=1))
         del attn, attn_patch, theta  # before the next block runs: one layer's attention alive at a time

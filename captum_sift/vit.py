@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._checks import shape_of
+from ._checks import all_finite, shape_of
 from .errors import CaptumSiftError
 
 __all__ = ["FAMILIES", "IMAGENET_MEAN", "IMAGENET_STD", "ViTAdapter", "as_vit", "eval_mode"]
@@ -198,7 +198,7 @@ class ViTAdapter:
         """Yield ``(layer, attn)`` per block; see :func:`captum_sift.attention.iter_attention`."""
         if not isinstance(images, torch.Tensor) or images.dim() != 4:
             raise CaptumSiftError(f"expected images of shape (B, C, H, W), got {shape_of(images)}")
-        if not images.is_floating_point() or not bool(torch.isfinite(images).all()):
+        if not images.is_floating_point() or not all_finite(images):
             raise CaptumSiftError("expected finite floating-point images")
         if images.shape[1] != self.in_chans:
             raise CaptumSiftError(
@@ -226,7 +226,7 @@ class ViTAdapter:
                     f"({type(block).__name__}), got {got}"
                 )
             attn = store.pop()
-            if not bool(torch.isfinite(attn).all()):
+            if not all_finite(attn):
                 raise CaptumSiftError(f"non-finite attention in block {index}: check the weights and the input")
             yield index, attn
             del attn

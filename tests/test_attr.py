@@ -38,8 +38,10 @@ def test_shape_contract_and_values_per_patch(model, pixels, counts):
                 block = attr[b, :, row * 16 : (row + 1) * 16, col * 16 : (col + 1) * 16]
                 assert torch.all(block == expected[b, row * 4 + col])  # constant within the patch, all channels
     assert torch.isfinite(attr).all()  # gamma = 1: every S_i is non-empty
-    (attr_tuple,) = explainer.attribute((pixels,), counts)
+    (attr_tuple,) = explainer.attribute((pixels,), counts)  # no report asked: the focus index is skipped
     assert torch.equal(attr_tuple, attr)
+    full = analyze(model, pixels, counts, image_space="pixel")  # the returned report is the whole analysis
+    assert torch.isfinite(report.focus).all() and torch.equal(report.focus, full.focus)
 
 
 def test_batch_equals_single_images_and_target_is_ignored(model, pixels, counts):

@@ -9,7 +9,7 @@ import torch
 from captum.log import log_usage
 from torch import nn
 
-from ..analysis import analyze, patch_scores_from_report
+from ..analysis import _analyze, patch_scores_from_report
 from ..errors import CaptumSiftError
 from ..patches import patch_feature_mask, patch_scores_to_pixels
 from ..settings import LayerChoice, ThetaSettings
@@ -154,7 +154,8 @@ class SIFTInterrelation(_PatchAttribution):
         """
         images, as_tuple = self._images(inputs)
         keypoint_counts = _expand_counts(keypoint_counts, images.shape[0])
-        report = analyze(self.vit, images, keypoint_counts, self.settings, image_space=self.image_space)  # type: ignore[arg-type]
+        # The focus index (an entropy pass per layer) only goes into the report: skipped when it is not returned.
+        report = _analyze(self.vit, images, keypoint_counts, self.settings, self.image_space, None, return_report)  # type: ignore[arg-type]
         scores = patch_scores_from_report(report, self.settings.layers).to(images.device, images.dtype)
         scores = _transform(scores, self.output)
         out = self._spread(scores, images, as_tuple)
