@@ -79,9 +79,13 @@ def kornia_stock_counts(images: torch.Tensor, patch: int, top_k: list[int] | Non
     return keypoints_to_counts(kps, tuple(images.shape[2:]), patch)
 
 
-def _compiled(enabled: bool) -> None:
-    """Switch the detector's opt-in torch.compile prefilter (read at every call)."""
-    os.environ["CAPTUM_SIFT_COMPILE"] = "1" if enabled else "0"
+def _compiled(enabled: bool | str | None) -> None:
+    """Switch the detector's opt-in torch.compile prefilter (read at every call); a str or None restores a value."""
+    value = ("1" if enabled else "0") if isinstance(enabled, bool) else enabled
+    if value is None:
+        os.environ.pop("CAPTUM_SIFT_COMPILE", None)
+    else:
+        os.environ["CAPTUM_SIFT_COMPILE"] = value
 
 
 def single_thread_table(photos: torch.Tensor, patch: int, repeats: int, quick: bool) -> None:
@@ -95,7 +99,7 @@ def single_thread_table(photos: torch.Tensor, patch: int, repeats: int, quick: b
 
     from captum_sift.data import default_dataset
 
-    threads = torch.get_num_threads()
+    threads, compile_setting = torch.get_num_threads(), os.environ.get("CAPTUM_SIFT_COMPILE")
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
     try:
@@ -116,14 +120,13 @@ def single_thread_table(photos: torch.Tensor, patch: int, repeats: int, quick: b
             count_keypoints(images, patch)
             t_first = time.perf_counter() - start
             t_comp = best_time(lambda images=images: count_keypoints(images, patch), repeats)
-            _compiled(False)
             print(f"ONE THREAD {name}: ours {t_ours * 1e3:.0f} ms, OpenCV {t_cv * 1e3:.0f} ms, "
                   f"RATIO {t_ours / t_cv:.2f}; compiled {t_comp * 1e3:.0f} ms, RATIO {t_comp / t_cv:.2f} "
                   f"(its first call {t_first:.1f} s)")  # fmt: skip
     finally:
         torch.set_num_threads(threads)
         cv2.setNumThreads(-1)
-        os.environ.pop("CAPTUM_SIFT_COMPILE", None)
+        _compiled(compile_setting)
 
 
 def shared_cpu(images: torch.Tensor, patch: int, repeats: int) -> None:
@@ -143,7 +146,6 @@ def shared_cpu(images: torch.Tensor, patch: int, repeats: int) -> None:
                 for n in sorted({threads, 1}, reverse=True):
                     torch.set_num_threads(n)
                     times[n] = best_time(lambda: count_keypoints(images, patch), repeats)
-                torch.set_num_threads(threads)
             finally:
                 if busy is not None:
                     busy.kill()

@@ -267,10 +267,9 @@ def _compiled(device: torch.device):
     return _COMPILED["cpu"]
 
 
-def _candidates(dog: torch.Tensor, threshold: float, n_layers: int, ws: Workspace) -> torch.Tensor:
-    """Flat indices into (n_layers, H - 10, W - 10, b) of the samples that pass :func:`_prefilter`."""
-    shape = (n_layers, dog.shape[1] - 2 * _BORDER, dog.shape[2] - 2 * _BORDER, dog.shape[3])
-    n = math.prod(shape)
+def _candidates(dog: torch.Tensor, threshold: float, shape: tuple[int, int, int, int], ws: Workspace) -> torch.Tensor:
+    """Flat indices into ``shape`` = (n_layers, H - 10, W - 10, b) of the samples that pass :func:`_prefilter`."""
+    n_layers, n = shape[0], math.prod(shape)
     # A bool buffer padded to whole 8-byte words: nonzero runs over the words
     # first (8x fewer elements; candidates are sparse), then inside the hits.
     words = ws.get("words", (-(-n // 8),), dog, torch.int64)
@@ -305,17 +304,12 @@ def _extrema(dog: torch.Tensor, threshold: float, n_layers: int, ws: Workspace) 
     that pass the 6 face neighbours; only those are gathered with their 26
     neighbours, so the result equals the full dense test.
     """
-    s2, h, w, b = dog.shape
+    _, h, w, b = dog.shape
     if h <= 2 * _BORDER or w <= 2 * _BORDER:
         return torch.zeros(0, 4, dtype=torch.long, device=dog.device)
-    flat = _candidates(dog, threshold, n_layers, ws)
-    hh, ww = h - 2 * _BORDER, w - 2 * _BORDER
-    image = flat % b
-    rest = flat // b
-    col = rest % ww + _BORDER
-    rest = rest // ww
-    row = rest % hh + _BORDER
-    layer = rest // hh + 1
+    shape = (n_layers, h - 2 * _BORDER, w - 2 * _BORDER, b)
+    layer, row, col, image = torch.unravel_index(_candidates(dog, threshold, shape, ws), shape)
+    layer, row, col = layer + 1, row + _BORDER, col + _BORDER
     sd, sr = h * w * b, w * b
     at = layer * sd + row * sr + col * b + image
     flat_dog = dog.reshape(-1)
@@ -333,8 +327,9 @@ def _extrema(dog: torch.Tensor, threshold: float, n_layers: int, ws: Workspace) 
     return torch.stack([layer, row, col, image], 1)[keep]
 
 
+# The 20 neighbours the prefilter does not test: the 4 in-scale diagonals, then the 16 of the scales above and below.
 _REST = [(ds, dr, dc) for ds in (-1, 0, 1) for dr in (-1, 0, 1) for dc in (-1, 0, 1) if (ds, dr, dc) not in _FACES]
-_RINGS = ([n for n in _REST if n[0] == 0 and n != (0, 0, 0)], [n for n in _REST if n[0] != 0])  # 4 + 16
+_RINGS = ([n for n in _REST if n[0] == 0 and n != (0, 0, 0)], [n for n in _REST if n[0] != 0])
 
 
 def _local_fit(dflat: torch.Tensor, flat: torch.Tensor, strides: tuple[int, int, int]) -> tuple[torch.Tensor, ...]:

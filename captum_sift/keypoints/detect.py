@@ -57,11 +57,10 @@ def _detect_flat(
         raise CaptumSiftError(f"expected chunk_size to be an int >= 1, got {chunk_size!r}")
     index, keypoints = [], []
     workspace = Workspace()
-    with torch.no_grad():  # locations are not differentiable; no graph for an input that requires grad
-        for start in range(0, images.shape[0], chunk_size):
-            idx, kps = detect_chunk(images[start : start + chunk_size], params, workspace)
-            index.append(idx + start)
-            keypoints.append(kps)
+    for start in range(0, images.shape[0], chunk_size):
+        idx, kps = detect_chunk(images[start : start + chunk_size], params, workspace)
+        index.append(idx + start)
+        keypoints.append(kps)
     return torch.cat(index), torch.cat(keypoints)
 
 
