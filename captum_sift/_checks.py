@@ -19,6 +19,13 @@ def all_finite(tensor: torch.Tensor) -> bool:
     return bool(torch.isfinite(tensor.sum())) or bool(torch.isfinite(tensor).all())
 
 
+def check_image_space(image_space: object) -> str:
+    """What inputs are: ``"model"`` (normalised as the model expects) or ``"pixel"`` (in [0, 1])."""
+    if image_space not in ("model", "pixel"):
+        raise CaptumSiftError(f"expected image_space 'model' or 'pixel', got {image_space!r}")
+    return image_space  # type: ignore[return-value]
+
+
 def shape_of(value: object) -> object:
     """What to print for a value that should have been a tensor: its shape, else its type name."""
     return tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__

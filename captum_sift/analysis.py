@@ -9,7 +9,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from ._checks import check_images, shape_of
+from ._checks import all_finite, check_image_space, check_images, shape_of
 from .errors import CaptumSiftError
 from .functional import _check_counts, focus_index, interrelation, patch_block, patch_theta
 from .keypoints import count_keypoints
@@ -69,8 +69,7 @@ def to_model_and_pixels(
     vit: ViTAdapter, images: torch.Tensor, image_space: str, need_pixels: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(model input, pixel images in [0, 1] or None when not needed) for images in ``image_space``."""
-    if image_space not in ("model", "pixel"):
-        raise CaptumSiftError(f"expected image_space 'model' or 'pixel', got {image_space!r}")
+    check_image_space(image_space)
     if not isinstance(images, torch.Tensor) or images.dim() != 4:
         raise CaptumSiftError(f"expected images of shape (B, C, H, W), got {shape_of(images)}")
     if images.shape[1] != vit.in_chans:
@@ -80,7 +79,7 @@ def to_model_and_pixels(
         pixels = check_images(images)
         mean, std = vit.stats(pixels)
         return (pixels - mean) / std, pixels
-    if not images.is_floating_point() or not bool(torch.isfinite(images).all()):
+    if not images.is_floating_point() or not all_finite(images):
         raise CaptumSiftError("expected finite floating-point images")
     return images, (check_model_space(vit, images) if need_pixels else None)
 

@@ -335,10 +335,7 @@ def evaluate_masking(
     vit = as_vit(model, mean=mean, std=std)
     theta_settings = ThetaSettings.resolve(settings, **options)
     theta_settings.check_for(vit.depth)
-    if vit.forward_logits is None:
-        raise CaptumSiftError(
-            f"expected a classifier (a model with a classification head), got {type(vit.model).__name__}"
-        )
+    vit.check_classifier()  # before any work
     table = MaskingTable(
         settings={"fill": str(fill), **theta_settings.to_dict(), "layers": str(theta_settings.layers), "seed": seed}
     )

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ._checks import check_image_space
 from .analysis import analyze, patch_scores_from_report
 from .errors import CaptumSiftError
 from .evaluation import MaskingTable, evaluate_masking, mcnemar_exact, random_scores, wilson_interval
@@ -165,11 +166,9 @@ class MaskAsPrompt(nn.Module):
     ) -> None:
         super().__init__()
         vit = as_vit(model, mean=mean, std=std)
-        if vit.forward_logits is None:
-            raise CaptumSiftError(f"expected a classifier (a model with a classification head), got {type(vit.model)}")
+        vit.check_classifier()
         check_plan([ratio], [mode], "mode")
-        if image_space not in ("model", "pixel"):
-            raise CaptumSiftError(f"expected image_space 'model' or 'pixel', got {image_space!r}")
+        check_image_space(image_space)
         self.model = vit.model  # a registered sub-module: .eval(), .to(), state_dict() reach it
         self.vit, self.ratio, self.mode, self.fill = vit, float(ratio), mode, fill
         self.settings = ThetaSettings.resolve(settings, **options)

@@ -163,13 +163,17 @@ class ViTAdapter:
         std = torch.tensor(self.std, device=images.device, dtype=images.dtype).view(shape)
         return mean, std
 
-    def logits(self, images: torch.Tensor) -> torch.Tensor:
-        """Class logits (B, classes) of model-space ``images``."""
+    def check_classifier(self) -> None:
+        """Raise unless the model has a classification head (what :meth:`logits` needs)."""
         if self.forward_logits is None:
             raise CaptumSiftError(
                 f"expected a classifier (a model with a classification head), got {type(self.model).__name__}"
             )
-        return self.forward_logits(self.model, images)
+
+    def logits(self, images: torch.Tensor) -> torch.Tensor:
+        """Class logits (B, classes) of model-space ``images``."""
+        self.check_classifier()
+        return self.forward_logits(self.model, images)  # type: ignore[misc]
 
     def stem(self, images: torch.Tensor) -> tuple[torch.Tensor, tuple, dict[str, Any]]:
         """(tokens, other args, kwargs) the model's forward passes to its first block."""
@@ -256,6 +260,14 @@ class ViTAdapter:
             handle.remove()
 
 
+def _square_patch(patch: object) -> int:
+    """The side of a square patch given as an int or a (h, w) pair."""
+    pair = tuple(patch) if isinstance(patch, (tuple, list)) else (int(patch), int(patch))  # type: ignore[call-overload]
+    if pair[0] != pair[1]:
+        raise CaptumSiftError(f"expected square patches, got patch_size={pair}")
+    return int(pair[0])
+
+
 def _as_sequence(value: object, name: str) -> Sequence[float]:
     if isinstance(value, torch.Tensor):
         value = value.flatten().tolist()
@@ -302,9 +314,7 @@ def _timm_adapter(model: nn.Module) -> ViTAdapter:
     patch = getattr(model.patch_embed, "patch_size", None)
     if patch is None:
         raise CaptumSiftError(f"expected model.patch_embed.patch_size, got a {type(model).__name__} without it")
-    patch = tuple(patch) if isinstance(patch, (tuple, list)) else (int(patch), int(patch))
-    if patch[0] != patch[1]:
-        raise CaptumSiftError(f"expected square patches, got patch_size={patch}")
+    patch = _square_patch(patch)
     prefix = int(getattr(model, "num_prefix_tokens", 1 if getattr(model, "cls_token", None) is not None else 0))
     proj = getattr(model.patch_embed, "proj", None)
     in_chans = int(getattr(proj, "in_channels", 0) or getattr(model.patch_embed, "in_chans", 3))
@@ -315,7 +325,7 @@ def _timm_adapter(model: nn.Module) -> ViTAdapter:
     img_size = getattr(model.patch_embed, "img_size", None)
     img_size = int(img_size[-1]) if isinstance(img_size, (tuple, list)) else (int(size[-1]) if size else None)
     return ViTAdapter(
-        model=model, family="timm", blocks=blocks, num_prefix_tokens=prefix, patch_size=int(patch[0]),
+        model=model, family="timm", blocks=blocks, num_prefix_tokens=prefix, patch_size=patch,
         in_chans=in_chans, num_heads=int(blocks[0].attn.num_heads), mean=mean, std=std, capture=_timm_capture,
         forward_stem=_timm_stem, forward_logits=_call_model if hasattr(model, "forward_head") else None,
         name=str(config.get("architecture", type(model).__name__)), img_size=img_size,
@@ -418,10 +428,7 @@ def _hf_adapter(model: nn.Module, image_processor: Any = None) -> ViTAdapter:
     prefix += int(getattr(embeddings, "distillation_token", None) is not None)
     registers = getattr(embeddings, "register_tokens", None)
     prefix += int(registers.shape[1]) if isinstance(registers, torch.Tensor) else 0
-    patch = config.patch_size
-    patch = tuple(patch) if isinstance(patch, (tuple, list)) else (int(patch), int(patch))
-    if patch[0] != patch[1]:
-        raise CaptumSiftError(f"expected square patches, got patch_size={patch}")
+    patch = _square_patch(config.patch_size)
     in_chans = int(getattr(config, "num_channels", 3))
     if image_processor is not None and getattr(image_processor, "image_mean", None) is not None:
         mean, std = tuple(image_processor.image_mean), tuple(image_processor.image_std)
@@ -433,7 +440,7 @@ def _hf_adapter(model: nn.Module, image_processor: Any = None) -> ViTAdapter:
     size = size[-1] if isinstance(size, (tuple, list)) else size
     is_classifier = type(model).__name__.endswith(("ForImageClassification", "ForImageClassificationWithTeacher"))
     return ViTAdapter(
-        model=model, family="hf", blocks=tuple(layers), num_prefix_tokens=prefix, patch_size=int(patch[0]),
+        model=model, family="hf", blocks=tuple(layers), num_prefix_tokens=prefix, patch_size=patch,
         in_chans=in_chans, num_heads=int(config.num_attention_heads), mean=tuple(mean), std=tuple(std),
         capture=_hf_eager, forward_stem=_hf_stem, forward_logits=_hf_logits if is_classifier else None,
         name=f"transformers {type(model).__name__}", img_size=int(size) if size else None,

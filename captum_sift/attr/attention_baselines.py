@@ -17,7 +17,7 @@ from captum.attr import Attribution
 from captum.log import log_usage
 from torch import nn
 
-from .._checks import as_int, as_scalar, shape_of
+from .._checks import as_int, as_scalar, check_image_space, shape_of
 from ..analysis import to_model_and_pixels
 from ..errors import CaptumSiftError
 from ..patches import patch_feature_mask, patch_scores_to_pixels
@@ -81,8 +81,7 @@ class _PatchAttribution(Attribution):
         std: Sequence[float] | None = None,
     ) -> None:
         self.vit = as_vit(model, mean=mean, std=std)
-        if image_space not in ("model", "pixel"):
-            raise CaptumSiftError(f"expected image_space 'model' or 'pixel', got {image_space!r}")
+        check_image_space(image_space)
         forward = self.vit.logits if self.vit.forward_logits is not None else self.vit.model
         super().__init__(forward)
         self.model = self.vit.model
