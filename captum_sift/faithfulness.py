@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from .errors import CaptumSiftError
-from .evaluation import masked_logits
+from .evaluation import _Z95, masked_logits
 from .vit import ViTAdapter, as_vit, eval_mode
 
 __all__ = [
@@ -287,7 +287,7 @@ class ComparisonTable:
                 n = len(finite)
                 mean = sum(finite) / n if n else float("nan")
                 sd = math.sqrt(sum((v - mean) ** 2 for v in finite) / (n - 1)) if n > 1 else float("nan")
-                half = 1.959963984540054 * sd / math.sqrt(n) if n > 1 else float("nan")
+                half = _Z95 * sd / math.sqrt(n) if n > 1 else float("nan")
                 out.append({"method": method, "metric": metric, "mean": mean, "ci_low": mean - half,
                             "ci_high": mean + half, "n": n})  # fmt: skip
             for metric, value in self.cost.get(method, {}).items():
@@ -299,13 +299,14 @@ class ComparisonTable:
         return next(r["mean"] for r in self.rows() if r["method"] == method and r["metric"] == metric)
 
     def __str__(self) -> str:
-        metrics = list(dict.fromkeys(r["metric"] for r in self.rows()))
+        means = {(r["method"], r["metric"]): r["mean"] for r in self.rows()}
+        metrics = list(dict.fromkeys(metric for _, metric in means))
         lines = [f"{'method':>22s} " + " ".join(f"{m[:14]:>14s}" for m in metrics)]
         for method in self.values:
             cells = []
             for metric in metrics:
-                found = [r for r in self.rows() if r["method"] == method and r["metric"] == metric]
-                cells.append(f"{found[0]['mean']:14.4f}" if found else f"{'-':>14s}")
+                found = (method, metric) in means
+                cells.append(f"{means[(method, metric)]:14.4f}" if found else f"{'-':>14s}")
             lines.append(f"{method:>22s} " + " ".join(cells))
         return "\n".join(lines)
 
@@ -398,7 +399,7 @@ def _pointing_game(
 
     from .patches import patch_scores_to_pixels
 
-    n = vit.grid(x)[0] * vit.grid(x)[1]
+    n = math.prod(vit.grid(x))
     mask = torch.zeros(x.shape[0], n).scatter_(1, truth.cpu().view(-1, 1), 1.0)
     s_batch = patch_scores_to_pixels(mask, (x.shape[0], 1, *x.shape[2:]), vit.patch_size).numpy()
     with warnings.catch_warnings():
@@ -419,7 +420,7 @@ def _quantus(
     except ImportError as exc:
         raise CaptumSiftError("Quantus metrics need quantus: pip install 'captum_sift[metrics]'") from exc
     wrapped = _Logits(vit).eval()
-    n = vit.grid(x)[0] * vit.grid(x)[1]
+    n = math.prod(vit.grid(x))
     xs, ys, a = x.detach().cpu().numpy(), y.cpu().numpy(), attributions.detach().cpu().numpy()
 
     def explain_func(model: nn.Module, inputs: Any, targets: Any, **_: Any) -> Any:

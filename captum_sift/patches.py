@@ -27,6 +27,8 @@ __all__ = [
 ]
 
 MODES = ("top", "bottom", "random", "spurious")
+#: θ below which a Key patch is spurious by default (paper §5.1: "most" of its attention to Non-key patches).
+SPURIOUS_THRESHOLD = 0.5
 #: The modes :func:`~captum_sift.evaluation.evaluate_masking` and ``mask-eval`` run by default (the paper's Fig. 8).
 DEFAULT_MODES = ("top", "bottom", "random")
 
@@ -90,7 +92,10 @@ def _check_2d(name: str, value: object) -> torch.Tensor:
 
 
 def spurious_patches(
-    scores: torch.Tensor, keypoint_counts: torch.Tensor, threshold: float = 0.5, min_keypoints: int = 1
+    scores: torch.Tensor,
+    keypoint_counts: torch.Tensor,
+    threshold: float = SPURIOUS_THRESHOLD,
+    min_keypoints: int = 1,
 ) -> torch.Tensor:
     """Key patches whose attention goes mostly to Non-key patches (paper §5.1): t_j >= min_keypoints and θ < threshold.
 

@@ -12,13 +12,12 @@ from typing import Any
 import torch
 
 from .errors import CaptumSiftError
+from .patches import SPURIOUS_THRESHOLD
 
 __all__ = ["InterrelationReport"]
 
 #: Quantities kept as sums and counts (θ_KN = 1 − θ_KK and θ_NN = 1 − θ_NK are derived).
 STORED = ("kk", "nk", "focus")
-#: θ below which a Key patch counts as spurious in :attr:`InterrelationReport.positions` (paper §5.1: "most").
-SPURIOUS_THRESHOLD = 0.5
 #: Every quantity :meth:`InterrelationReport.mean` knows.
 QUANTITIES = ("kk", "kn", "nk", "nn", "focus", "focus_normalized")
 _PER_IMAGE = ("kk", "nk", "focus", "patch_theta", "keypoint_counts", "query_patch", "query_attention")
@@ -397,6 +396,7 @@ def _positions(per_image: dict[str, torch.Tensor], min_keypoints: int) -> dict[s
     """Key and spurious counts per patch position over the images of a batch."""
     key = per_image["keypoint_counts"].cpu() >= min_keypoints
     score = torch.nanmean(per_image["patch_theta"].float().cpu(), dim=1)  # (B, N): mean over layers
+    # spurious_patches' rule, except that a NaN θ (gamma > 1) is counted as not spurious instead of refused
     spurious = key & (score < SPURIOUS_THRESHOLD)
     return {"key": key.long().sum(0), "spurious": spurious.long().sum(0)}
 

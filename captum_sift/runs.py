@@ -341,8 +341,7 @@ class Run:
     def release(self) -> None:
         """Release the output folder's lock (after success or failure)."""
         if self.lock is not None and not self.lock.closed:
-            self.lock.close()
-            Path(self.lock.name).unlink(missing_ok=True)
+            release_lock(self.lock)
 
     @property
     def vit(self) -> ViTAdapter:
@@ -381,6 +380,12 @@ def prepare_out(out: Path, rank: int = 0) -> Any:
         lock.close()
         raise CaptumSiftError(f"the output folder {out} is in use by another captum-sift run") from None
     return lock
+
+
+def release_lock(lock: Any) -> None:
+    """Close a lock file of :func:`prepare_out` and remove it."""
+    lock.close()
+    Path(lock.name).unlink(missing_ok=True)
 
 
 def on_every_rank(fn: Callable[[], Any]) -> Any:
@@ -473,19 +478,13 @@ def _load_partial(run: Run, settings: dict[str, Any], check: Callable[[dict[str,
     return state
 
 
-def _file_digest(path: Path | None) -> str | None:
-    if path is None:
-        return None
-    import hashlib
-
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def _settings(run: Run) -> dict[str, Any]:
+    from .data import _sha256
+
     c = run.config
     settings = {
         "model": run.loaded.name, "model_kwargs": [list(kv) for kv in c.model_kwargs],
-        "weights_sha256": _file_digest(c.weights), "random_weights": run.loaded.random_weights,
+        "weights_sha256": _sha256(c.weights) if c.weights else None, "random_weights": run.loaded.random_weights,
         "data": run.data_name, "data_fingerprint": run.source.fingerprint(), "images": len(run.source),
         "class_map": [list(kv) for kv in c.class_map] if c.class_map else None,
         "img_size": run.source.size, "limit": c.limit,
@@ -897,10 +896,11 @@ def _check_classes(run: Run) -> None:
 
     if not isinstance(run.source, ImageFolder) or run.source.class_map is not None:
         return
+    from .analysis import to_model_and_pixels
+
     with torch.no_grad(), eval_mode(run.vit.model):
         probe = torch.full((1, run.vit.in_chans, run.source.size, run.source.size), 0.5, device=run.device)
-        mean, std = run.vit.stats(probe)
-        outputs = int(run.vit.logits((probe - mean) / std).shape[1])
+        outputs = int(run.vit.logits(to_model_and_pixels(run.vit, probe, "pixel")[0]).shape[1])
     folders = len(run.source.classes)
     if folders != outputs:
         message = (
@@ -1008,5 +1008,4 @@ def run_pretrain(args: argparse.Namespace) -> None:
                   f"probe accuracy {row['probe_accuracy']:.4f}")  # fmt: skip
         print(f"wrote {args.out}/history.csv, checkpoint.pt, config.json")
     barrier()
-    lock.close()
-    Path(lock.name).unlink(missing_ok=True)
+    release_lock(lock)

@@ -12,6 +12,7 @@ from matplotlib.figure import Figure
 from ._checks import check_images, check_patch_size, shape_of
 from .errors import CaptumSiftError
 from .keypoints import keypoints_to_counts
+from .patches import SPURIOUS_THRESHOLD
 from .report import InterrelationReport
 
 __all__ = [
@@ -387,7 +388,7 @@ def plot_spurious(
     keypoint_counts: torch.Tensor,
     patch_size: int,
     *,
-    threshold: float = 0.5,
+    threshold: float = SPURIOUS_THRESHOLD,
     min_keypoints: int = 1,
     titles: list[str] | None = None,
     ncols: int = 4,
