@@ -133,11 +133,7 @@ class MaskingTable:
             self.cells[key] = dict(zip(fields, summed[2 + 4 * i : 6 + 4 * i], strict=True))
 
     def save_csv(self, path: str | Path) -> None:
-        rows = self.rows()
-        with open(path, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
+        write_rows_csv(path, self.rows())
 
     def __str__(self) -> str:
         lines = [f"{'mode':>7s} {'ratio':>6s} {'acc':>7s} {'95% CI':>17s} {'delta':>7s} {'p':>8s}"]
@@ -147,6 +143,14 @@ class MaskingTable:
                 f"{r['delta']:+7.3f} {r['p_value']:8.2g}"
             )
         return "\n".join(lines)
+
+
+def write_rows_csv(path: str | Path, rows: list[dict[str, Any]]) -> None:
+    """Rows of a table (dicts with the same keys, in order) as a CSV file with a header."""
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
 
 
 def _batches(

@@ -650,7 +650,9 @@ def _write_analysis(run: Run, report, settings: dict[str, Any], skipped: list[li
     except CaptumSiftError as exc:
         stages, stage_info = None, {"error": str(exc)}
     examples = _first_images(run)
+    sample = None  # one analysis of the example images serves the heatmaps and the spurious figure
     if examples.shape[0]:
+        sample = analyze(run.vit, examples.to(run.device), settings=run.config.theta, image_space="pixel")
         keypoints = detect_keypoints(examples, backend=run.config.theta.keypoint_backend)
         fig = viz.plot_keypoints_grid(examples, keypoints, patch)
         fig.savefig(out / "keypoints.png", dpi=100)
@@ -662,14 +664,14 @@ def _write_analysis(run: Run, report, settings: dict[str, Any], skipped: list[li
     if stages is not None:
         viz.plot_stages(report, stages).figure.savefig(out / "stages.png", dpi=110)
         figures["stages.png"] = "Retrieval / Capture / Coach stages over the four classes (Fig. 7a)"
-        if examples.shape[0]:
-            sample = analyze(run.vit, examples[:1].to(run.device), settings=run.config.theta, image_space="pixel")
-            viz.plot_stage_heatmaps(sample, stages, image=examples[0]).savefig(out / "heatmaps.png", dpi=110)
+        if sample is not None:
+            viz.plot_stage_heatmaps(sample, stages, image_index=0, image=examples[0]).savefig(
+                out / "heatmaps.png", dpi=110
+            )
             figures["heatmaps.png"] = "attention of one query patch at a layer of each stage (Fig. 7b)"
-    if examples.shape[0]:
+    if sample is not None:
         from .analysis import patch_scores_from_report
 
-        sample = analyze(run.vit, examples.to(run.device), settings=run.config.theta, image_space="pixel")
         scores = patch_scores_from_report(sample).cpu()
         fig = viz.plot_spurious(examples, scores, sample.keypoint_counts, patch,
                                 min_keypoints=run.config.theta.min_keypoints)  # fmt: skip
@@ -797,19 +799,15 @@ def _gather_tables(table: Any) -> Any:
 
 
 def _write_compare(run: Run, table: Any, settings: dict[str, Any], skipped: list[list[str]]) -> None:
-    import csv
-
     import matplotlib.pyplot as plt
 
     from .analysis import to_model_and_pixels
+    from .evaluation import write_rows_csv
     from .faithfulness import explain, patch_attribution
 
     out = run.config.out
     rows = table.rows()
-    with open(out / "compare.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_rows_csv(out / "compare.csv", rows)
     figures = {}
     n_images = next(iter(table.curves.values()))["n"]
     for kind in ("deletion", "insertion"):
