@@ -17,6 +17,7 @@ from .errors import CaptumSiftError
 __all__ = [
     "DEFAULT_MODES",
     "MODES",
+    "SPURIOUS_THRESHOLD",
     "spurious_patches",
     "check_plan",
     "mask_images",
