@@ -84,11 +84,13 @@ def check_images(images: object, name: str = "images") -> torch.Tensor:
         )
     if images.numel() == 0:
         return images
-    if not all_finite(images):
-        n_bad = int((~torch.isfinite(images)).sum())
-        raise CaptumSiftError(f"expected finite {name}, got {n_bad} NaN or Inf values")
-    lo, hi = float(images.min()), float(images.max())
-    if lo < 0.0 or hi > 1.0:
+    # One pass settles the usual case (min and max propagate NaN); a shared CPU
+    # makes every parallel pass expensive (a thread that waits for a busy core).
+    lo, hi = (float(v) for v in torch.aminmax(images))
+    if not (lo >= 0.0 and hi <= 1.0):
+        if not all_finite(images):
+            n_bad = int((~torch.isfinite(images)).sum())
+            raise CaptumSiftError(f"expected finite {name}, got {n_bad} NaN or Inf values")
         hint = " (this looks like a 0..255 image: divide it by 255)" if hi > 1.0 and hi <= 255.0 else ""
         raise CaptumSiftError(f"expected {name} with values in [0, 1], got values in [{lo:g}, {hi:g}]{hint}")
     return images

@@ -37,3 +37,10 @@ def image_folder(tmp_path_factory):
             Image.fromarray(load_sample_photo(name)).save(root / cls / f"{name}.png")
     (root / "b" / "broken.jpg").write_bytes(b"not an image")
     return root
+
+
+def failure_of(result) -> str:
+    """What a failed subprocess (torchrun included) said: its first traceback, else its stderr's end."""
+    err = result.stderr
+    start = err.find("Traceback")
+    return err[start : start + 4000] if start >= 0 else err[-2000:]

@@ -6,6 +6,7 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import failure_of
 
 from captum_sift.cli import main
 
@@ -102,7 +103,7 @@ def test_torchrun_two_processes_give_the_numbers_of_one(tmp_path, image_folder):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "captum_sift", "analyze", "--out", str(two), *common]  # fmt: skip
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.returncode == 0, failure_of(result)
     a, b = _means(one), _means(two)
     for name in a:
         np.testing.assert_allclose(b[name], a[name], rtol=0, atol=1e-6)
@@ -113,7 +114,7 @@ def test_torchrun_two_processes_give_the_numbers_of_one(tmp_path, image_folder):
     assert main(["mask-eval", "--out", str(masks[0]), *common, "--ratios", "0.25"]) == 0
     cmd = [*cmd[:8], "mask-eval", "--out", str(masks[1]), *common, "--ratios", "0.25"]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.returncode == 0, failure_of(result)
     assert (masks[0] / "mask_eval.csv").read_text() == (masks[1] / "mask_eval.csv").read_text()
 
 
@@ -124,7 +125,7 @@ def test_torchrun_with_a_rank_that_reads_no_image(tmp_path, image_folder):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "captum_sift", "analyze", "--out", str(two), *common]  # fmt: skip
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.returncode == 0, failure_of(result)
     a, b = _means(one), _means(two)
     for name in a:
         np.testing.assert_allclose(b[name], a[name], rtol=0, atol=1e-6)

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision
+from conftest import failure_of
 
 from captum_sift import CaptumSiftError
 from captum_sift.data import default_dataset, default_model
@@ -175,7 +176,7 @@ def test_cli_compare_under_torchrun_equals_one_process(tmp_path, image_folder):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
            "captum_sift", "compare", "--out", str(tmp_path / "two"), *common]  # fmt: skip
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.returncode == 0, failure_of(result)
     one, two = (json.loads((tmp_path / n / "compare.json").read_text()) for n in ("one", "two"))
     assert one["num_images"] == two["num_images"] == 6
     for a, b in zip(one["rows"], two["rows"], strict=True):

@@ -1,5 +1,6 @@
 """SIFT keypoints and per-patch counts (SPEC §1): hand-made images with known answers."""
 
+import shutil
 import warnings
 
 import pytest
@@ -7,7 +8,7 @@ import torch
 from conftest import blob_image, ring_image
 
 from captum_sift import CaptumSiftError, KeypointCounter, count_keypoints, detect_keypoints, keypoints_to_counts
-from captum_sift.keypoints import _scale_space
+from captum_sift.keypoints import _native, _scale_space
 from captum_sift.keypoints._scale_space import SiftParams, Workspace, _extrema, _pad_hw, _reflect101_index, num_octaves
 
 
@@ -113,46 +114,150 @@ def _brute_force_extrema(dog: torch.Tensor, threshold: float) -> set:
     return expected
 
 
-@pytest.fixture(params=["eager", "compiled"])
-def prefilter(request, monkeypatch):
-    """The eager prefilter, or torch.compile's (CAPTUM_SIFT_COMPILE=1), each from a fresh state."""
-    monkeypatch.setattr(_scale_space, "_COMPILED", {})
-    monkeypatch.setenv("CAPTUM_SIFT_COMPILE", "1" if request.param == "compiled" else "0")
-    return request.param
+def _extrema_of(path: str, dog: torch.Tensor, threshold: float) -> torch.Tensor:
+    """The extremum search of either path, as (n, 4) [layer, r, c, image] rows."""
+    if path == "eager":
+        return _extrema(dog, threshold, dog.shape[0] - 2, Workspace())
+    assert _native.library() is not None, "the native kernels must build where a C compiler exists"
+    return torch.stack(torch.unravel_index(_native.extrema(dog, threshold, 5), dog.shape), 1)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_extrema_equal_brute_force(prefilter, dtype):
+@pytest.mark.parametrize(
+    ("path", "dtype"), [("eager", torch.float32), ("eager", torch.float64), ("native", torch.float32)]
+)
+def test_extrema_equal_brute_force(path, dtype):
     torch.manual_seed(1)
     # ties included (the test is non-strict); a flat-ish stack has many candidates for the gathered rounds
-    for shape, scale in (((5, 17, 19, 2), 1.0), ((6, 23, 14, 3), 0.4)):
+    for shape, scale in (((5, 17, 19, 2), 1.0), ((6, 23, 14, 3), 0.4), ((5, 12, 40, 1), 1.0)):
         dog = (torch.randn(*shape) * scale).round(decimals=1).to(dtype)
-        found = _extrema(dog, 0.3, shape[0] - 2, Workspace())
+        found = _extrema_of(path, dog, 0.3)
         assert found.tolist() == sorted(found.tolist())  # ordered as the dense mask's nonzero
         expected = _brute_force_extrema(dog, 0.3)
         assert {tuple(r) for r in found.tolist()} == expected and len(expected) > 0
-    if prefilter == "compiled" and _scale_space._COMPILED.get("cpu") is None:
-        pytest.skip("torch.compile does not work here (the eager fallback gave the right answer)")
 
 
-def test_compile_failure_falls_back_to_eager_once(monkeypatch):
-    def broken(*args):
-        raise RuntimeError("no C++ compiler")
+def _photo_dog(size: int = 96, images: int = 2) -> torch.Tensor:
+    """The octave-0 DoG stack (5, 2 size, 2 size, b) of real photos, from the eager blur."""
+    from captum_sift.data import SAMPLE_PHOTOS, sample_images
 
+    p = SiftParams()
+    base = _scale_space._initial_image(sample_images(list(SAMPLE_PHOTOS[:images]), size=size), p)
+    kernels = [_scale_space.gaussian_kernel1d(s, base.device, base.dtype) for s in _scale_space._layer_sigmas(p)]
+    gauss = [base]
+    for k in kernels[1:]:
+        gauss.append(_scale_space._blur(gauss[-1], k))
+    return torch.stack([b - a for a, b in zip(gauss[:-1], gauss[1:], strict=True)]).contiguous()
+
+
+def test_native_refine_equals_eager_bit_for_bit(monkeypatch):
+    monkeypatch.setenv("CAPTUM_SIFT_NATIVE", "0")
+    dog = _photo_dog()
+    monkeypatch.setenv("CAPTUM_SIFT_NATIVE", "1")
+    p = SiftParams()
+    cand = _extrema(dog, 1, 3, Workspace())
+    pos, fit = _scale_space._refine(dog, cand, p)
+    flat = ((cand[:, 0] * dog.shape[1] + cand[:, 1]) * dog.shape[2] + cand[:, 2]) * dog.shape[3] + cand[:, 3]
+    n_pos, n_fit = _scale_space._merge(*_native.refine(dog, flat, 5, p), dog.shape)
+    assert pos.shape[0] > 50 and cand.shape[0] > pos.shape[0]  # the tests reject some
+    assert torch.equal(n_pos, pos) and torch.equal(n_fit, fit)
+    strict = SiftParams(contrast_threshold=0.1, edge_threshold=3.0)  # other thresholds reach the kernel
+    assert torch.equal(_scale_space._merge(*_native.refine(dog, flat, 5, strict), dog.shape)[0],
+                       _scale_space._refine(dog, cand, strict)[0])  # fmt: skip
+
+
+def _reference_blur(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+    """float64 separable blur of an (H, W, b) stack with reflect-101 borders, by index gathers."""
+    r = kernel.numel() // 2
+    h, w, _ = x.shape
+    xp = (
+        x.double().index_select(0, _reflect101_index(h, r, x.device)).index_select(1, _reflect101_index(w, r, x.device))
+    )
+    k = kernel.double()
+    rows = sum(k[t] * xp[:, t : t + w] for t in range(2 * r + 1))
+    return sum(k[t] * rows[t : t + h] for t in range(2 * r + 1))
+
+
+@pytest.mark.parametrize("shape", [(40, 37, 3), (7, 5, 2), (1, 30, 1), (33, 1, 4), (64, 64, 16)])
+@pytest.mark.parametrize("sigma", [0.8, 3.09])
+def test_native_blur_equals_reference(shape, sigma):
+    x = torch.rand(*shape, generator=torch.Generator().manual_seed(4)) * 255
+    kernel = _scale_space.gaussian_kernel1d(sigma, x.device, x.dtype)
+    dog = torch.empty_like(x)
+    out = _scale_space._blur(x, kernel, Workspace(), dog=dog)
+    assert _native.usable(x)
+    torch.testing.assert_close(out.double(), _reference_blur(x, kernel), rtol=0, atol=2e-4 * 255)
+    assert torch.equal(dog, out - x)
+    for i in range(shape[2]):  # each image gets the values it gets alone
+        assert torch.equal(_scale_space._blur(x[..., i : i + 1].contiguous(), kernel)[..., 0], out[..., i])
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_native_base_image_equals_torch(channels):
+    images = torch.rand(3, channels, 13, 8, generator=torch.Generator().manual_seed(5))
+    for quantize in (True, False):
+        gray = _scale_space.to_gray255(images, quantize)
+        up = torch.nn.functional.interpolate(gray, scale_factor=2.0, mode="bilinear", align_corners=False)
+        expected = up[:, 0].permute(1, 2, 0)
+        got = _native.base(images, quantize, True, Workspace())
+        once = _native.base(images, quantize, False, Workspace())
+        if quantize:  # integer gray levels: the bilinear weights (1/16 steps) give exact sums in any order
+            assert torch.equal(got, expected) and torch.equal(once, gray[:, 0].permute(1, 2, 0))
+        else:  # float gray: torch may fuse a multiply-add in the luma
+            torch.testing.assert_close(got, expected, rtol=0, atol=1e-4)
+            torch.testing.assert_close(once, gray[:, 0].permute(1, 2, 0), rtol=0, atol=1e-4)
+    assert torch.equal(_native.half(expected.contiguous()), expected[::2, ::2])
+
+
+def test_native_and_eager_detectors_agree(monkeypatch):
+    from captum_sift.data import SAMPLE_PHOTOS, sample_images
+
+    images = sample_images(list(SAMPLE_PHOTOS[:4]), size=128)
+    native = detect_keypoints(images)
+    singles = [detect_keypoints(images[i : i + 1])[0] for i in range(4)]
+    for a, b in zip(native, singles, strict=True):  # batch == singles: the same samples and fits, exactly
+        assert torch.equal(a[:, [0, 1, 3]], b[:, [0, 1, 3]])  # x, y, response
+        torch.testing.assert_close(a[:, 2], b[:, 2], rtol=1e-6, atol=0)  # sigma: torch.pow's vector/scalar paths
+    monkeypatch.setenv("CAPTUM_SIFT_NATIVE", "0")
+    eager = detect_keypoints(images)
+    # The blurs sum in another order (float rounding): the same keypoints but a rare borderline one,
+    # sub-pixel offsets (a fit to differences of near-equal DoG values) within a tenth of a pixel.
+    for a, b in zip(native, eager, strict=True):
+        assert abs(a.shape[0] - b.shape[0]) <= max(2, b.shape[0] // 100) and b.shape[0] > 20
+        near = torch.cdist(a[:, :2], b[:, :2]).min(1).values
+        assert float((near < 0.1).float().mean()) >= 0.98
+
+
+def test_native_build_failure_falls_back_to_eager_once(monkeypatch, tmp_path):
     images = torch.nn.functional.avg_pool2d(
         torch.rand(2, 1, 48, 48, generator=torch.Generator().manual_seed(3)), 3, 1, 1
     )
-    monkeypatch.setenv("CAPTUM_SIFT_COMPILE", "0")
+    monkeypatch.setenv("CAPTUM_SIFT_NATIVE", "0")
     expected = count_keypoints(images, 8)
-    monkeypatch.setenv("CAPTUM_SIFT_COMPILE", "1")
-    monkeypatch.setattr(_scale_space, "_COMPILED", {"cpu": broken})
-    with pytest.warns(RuntimeWarning, match="torch.compile of the keypoint detector failed.*no C\\+\\+ compiler"):
+    monkeypatch.setenv("CAPTUM_SIFT_NATIVE", "1")
+    monkeypatch.setenv("CAPTUM_SIFT_CACHE", str(tmp_path))
+    monkeypatch.setenv("CC", shutil.which("false"))  # a "compiler" that always fails
+    monkeypatch.setattr(_native, "_STATE", {})
+    with pytest.warns(RuntimeWarning, match="native keypoint kernels are not available.*failed"):
         counts = count_keypoints(images, 8)
     assert torch.equal(counts, expected) and int(expected.sum()) > 0
-    assert _scale_space._COMPILED == {"cpu": None}
+    assert _native._STATE == {"lib": None} and list(tmp_path.iterdir()) == []  # nothing half-written left
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # warned once: later calls stay eager in silence
         assert torch.equal(count_keypoints(images, 8), expected)
+
+
+def test_native_library_is_built_once_into_the_cache(monkeypatch, tmp_path):
+    monkeypatch.setenv("CAPTUM_SIFT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(_native, "_STATE", {})
+    assert _native.library() is not None
+    (built,) = (tmp_path / "cache").iterdir()
+    assert built.name.startswith("native-") and built.suffix == ".so"
+    stamp = built.stat().st_mtime_ns
+    monkeypatch.setattr(_native, "_STATE", {})  # a new process: loads, does not compile again
+    monkeypatch.setattr(_native, "_build", lambda *a: pytest.fail("compiled again"))
+    assert _native.library() is not None and built.stat().st_mtime_ns == stamp
+    monkeypatch.setenv("CAPTUM_SIFT_NATIVE", "0")
+    assert _native.library() is None and not _native.usable(torch.zeros(1))
 
 
 @pytest.mark.parametrize("size", [(5, 7, 2, 3), (3, 2, 1, 9), (20, 11, 4, 12), (1, 6, 2, 2), (8, 8, 3, 0)])

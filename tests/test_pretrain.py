@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import failure_of
 
 from captum_sift import CaptumSiftError
 from captum_sift.cli import main
@@ -57,7 +58,7 @@ def test_torchrun_two_processes_give_the_losses_of_one(tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "captum_sift", *args, "--out", str(two)]  # fmt: skip
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.returncode == 0, failure_of(result)
     for a, b in zip(_history(one), _history(two), strict=True):
         assert float(b["loss"]) == pytest.approx(float(a["loss"]), rel=1e-4)
         assert float(b["probe_accuracy"]) == pytest.approx(float(a["probe_accuracy"]), abs=0.02)
@@ -70,7 +71,7 @@ def test_experiment_quick_mode(tmp_path):
         text=True,
         timeout=600,
     )
-    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.returncode == 0, failure_of(result)
     assert "RATIO guided / random epochs" in result.stdout
     assert (tmp_path / "results.json").exists() and (tmp_path / "fig9_guided_mae.png").exists()
 

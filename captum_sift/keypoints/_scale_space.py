@@ -24,19 +24,22 @@ dominant orientation, which does not change where keypoints are.
 
 Everything is vectorised over the images of a chunk (the batch is the channel
 dimension of a depthwise convolution) and over candidates; the only Python
-loops are over octaves, layers and the 5 refinement steps.
+loops are over octaves, layers and the 5 refinement steps. On CPU, float32
+chunks go through the C kernels of :mod:`._native` instead (the same steps,
+one pass each); this eager path serves CUDA, float64 and machines without a
+C compiler.
 """
 
 from __future__ import annotations
 
 import math
-import os
-import warnings
 from dataclasses import dataclass
 
 import kornia
 import torch
 import torch.nn.functional as F
+
+from . import _native
 
 _INIT_SIGMA = 0.5  # blur assumed in the input image (Lowe 2004, OpenCV)
 _BORDER = 5  # SIFT_IMG_BORDER
@@ -137,30 +140,49 @@ def _blur_single(xp: torch.Tensor, kernel: torch.Tensor, h: int, w: int) -> torc
     return out
 
 
-def _blur(x: torch.Tensor, kernel: torch.Tensor, ws: Workspace | None = None) -> torch.Tensor:
-    """Separable Gaussian blur of an (H, W, b) stack, reflect-101 borders.
+def _blur(
+    x: torch.Tensor,
+    kernel: torch.Tensor,
+    ws: Workspace | None = None,
+    out: torch.Tensor | None = None,
+    dog: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Separable Gaussian blur of an (H, W, b) stack, reflect-101 borders; ``dog`` = result - ``x`` if given.
 
-    The images are the channels of a depthwise convolution in channels-last
-    layout: measured ~3x faster on CPU than ``kornia.filters.gaussian_blur2d``
-    and ~8x faster than a (b, 1, H, W) convolution (benchmarks/keypoints.py).
+    On CPU float32 the native kernel (:mod:`._native`) does it in one pass,
+    into ``out`` when given. Otherwise the images are the channels of a
+    depthwise convolution in channels-last layout: measured ~3x faster on CPU
+    than ``kornia.filters.gaussian_blur2d`` and ~8x faster than a (b, 1, H, W)
+    convolution (benchmarks/keypoints.py).
     """
     b = x.shape[2]
     k = kernel.numel()
+    if k // 2 <= _native.MAX_RADIUS and _native.usable(x):
+        out = torch.empty_like(x) if out is None else out
+        _native.blur(x, kernel, out, dog, ws or Workspace())
+        return out
     xp = _pad_hw(x, k // 2, ws)
     if b == 1:
-        return _blur_single(xp, kernel, x.shape[0], x.shape[1])
-    # (1, b, H+2r, W+2r) channels-last view. The batch stride must be the full
-    # size: oneDNN falls back to a ~8x slower path for unsqueeze(0)'s stride.
-    xp = xp.view(1, *xp.shape).permute(0, 3, 1, 2)
-    y = F.conv2d(xp, kernel.view(1, 1, 1, k).expand(b, 1, 1, k).contiguous(), groups=b)
-    y = F.conv2d(y, kernel.view(1, 1, k, 1).expand(b, 1, k, 1).contiguous(), groups=b)
-    return y[0].permute(1, 2, 0)  # (H, W, b), contiguous
+        y = _blur_single(xp, kernel, x.shape[0], x.shape[1])
+    else:
+        # (1, b, H+2r, W+2r) channels-last view. The batch stride must be the full
+        # size: oneDNN falls back to a ~8x slower path for unsqueeze(0)'s stride.
+        xp = xp.view(1, *xp.shape).permute(0, 3, 1, 2)
+        y = F.conv2d(xp, kernel.view(1, 1, 1, k).expand(b, 1, 1, k).contiguous(), groups=b)
+        y = F.conv2d(y, kernel.view(1, 1, k, 1).expand(b, 1, k, 1).contiguous(), groups=b)
+        y = y[0].permute(1, 2, 0)  # (H, W, b), contiguous
+    if dog is not None:
+        torch.sub(y, x, out=dog)
+    return y
 
 
-def _initial_image(gray: torch.Tensor, p: SiftParams) -> torch.Tensor:
-    """Base of octave 0 from a (b, 1, H, W) gray image on the 0..255 scale -> (H', W', b)."""
-    if p.double_image:
-        if p.precise_upscale:  # cv2.warpAffine: pixel x of the input lands on 2x
+def _initial_image(images: torch.Tensor, p: SiftParams, ws: Workspace | None = None) -> torch.Tensor:
+    """Base of octave 0 from (b, C, H, W) images in [0, 1] -> gray (H', W', b) on the 0..255 scale, blurred."""
+    if p.double_image and not p.precise_upscale and _native.usable(images):
+        x = _native.base(images, p.quantize, True, ws or Workspace())  # the same values as below, in one pass
+    else:
+        gray = to_gray255(images, p.quantize)
+        if p.double_image and p.precise_upscale:  # cv2.warpAffine: pixel x of the input lands on 2x
             g = F.pad(gray, (0, 1, 0, 1), mode="replicate")
             b, _, h, w = gray.shape
             up = gray.new_empty(b, 1, 2 * h, 2 * w)
@@ -169,14 +191,12 @@ def _initial_image(gray: torch.Tensor, p: SiftParams) -> torch.Tensor:
             up[..., 1::2, 0::2] = 0.5 * (g[..., :-1, :-1] + g[..., 1:, :-1])
             up[..., 1::2, 1::2] = 0.5 * (up[..., 0::2, 1::2] + 0.5 * (g[..., 1:, :-1] + g[..., 1:, 1:]))
             gray = up
-        else:  # cv2.resize INTER_LINEAR: half-pixel centres
+        elif p.double_image:  # cv2.resize INTER_LINEAR: half-pixel centres
             gray = F.interpolate(gray, scale_factor=2.0, mode="bilinear", align_corners=False)
-        init = _INIT_SIGMA * 2
-    else:
-        init = _INIT_SIGMA
+        x = gray[:, 0].permute(1, 2, 0).contiguous()  # (H, W, b)
+    init = _INIT_SIGMA * 2 if p.double_image else _INIT_SIGMA
     sig_diff = math.sqrt(max(p.sigma**2 - init**2, 0.01))
-    x = gray[:, 0].permute(1, 2, 0).contiguous()  # (H, W, b)
-    return _blur(x, gaussian_kernel1d(sig_diff, x.device, x.dtype))
+    return _blur(x, gaussian_kernel1d(sig_diff, x.device, x.dtype), ws)
 
 
 def _layer_sigmas(p: SiftParams) -> list[float]:
@@ -196,23 +216,6 @@ def num_octaves(height: int, width: int, p: SiftParams) -> int:
     return max(int(round(math.log2(side) - 2)), 0) if side > 0 else 0
 
 
-def _prefilter(dog: torch.Tensor, threshold: float, n_layers: int) -> torch.Tensor:
-    """1.0 where a sample may be a 3x3x3 extremum, 0.0 elsewhere (what :func:`_compiled` fuses).
-
-    Samples 5 pixels away from the border only, (n_layers, H - 10, W - 10, b):
-    ``|D| > threshold`` and the non-strict extremum over the 6 face neighbours
-    (scale, row, column), a necessary condition of the 26-neighbour test that
-    keeps 1-3 % of the samples on photographs.
-    """
-    c, neighbours = _boxes(dog, n_layers)
-    hi, lo = neighbours[0], neighbours[0]
-    for v in neighbours[1:]:
-        hi, lo = torch.maximum(hi, v), torch.minimum(lo, v)
-    cand = ((c > threshold) & (c >= hi)) | ((c < -threshold) & (c <= lo))
-    # inductor stores a bool ~10x slower than a float on CPU; bfloat16 halves the float's write
-    return torch.where(cand, 1.0, 0.0).to(torch.bfloat16)
-
-
 def _boxes(dog: torch.Tensor, n_layers: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """The inner samples of an (S+2, H, W, b) DoG stack and their 6 face neighbours, as views."""
     hh, ww = dog.shape[1] - 2 * _BORDER, dog.shape[2] - 2 * _BORDER
@@ -224,7 +227,12 @@ def _boxes(dog: torch.Tensor, n_layers: int) -> tuple[torch.Tensor, list[torch.T
 
 
 def _prefilter_eager(dog: torch.Tensor, threshold: float, n_layers: int, out: torch.Tensor, ws: Workspace) -> None:
-    """:func:`_prefilter` into the bool ``out`` with reused buffers (no compiler needed)."""
+    """``out`` = 1 where a sample may be a 3x3x3 extremum, of the (n_layers, H - 10, W - 10, b) inner samples.
+
+    ``|D| > threshold`` and the non-strict extremum over the 6 face neighbours
+    (scale, row, column), a necessary condition of the 26-neighbour test that
+    keeps 1-3 % of the samples on photographs; buffers reused.
+    """
     c, faces = _boxes(dog, n_layers)
     # c > t  <=>  c >= next float above t: the threshold folds into the clamp.
     above = torch.nextafter(torch.tensor(float(threshold), dtype=dog.dtype), torch.tensor(math.inf, dtype=dog.dtype))
@@ -247,50 +255,16 @@ _FACES = ((-1, 0, 0), (1, 0, 0), (0, 0, -1), (0, 0, 1), (0, -1, 0), (0, 1, 0))  
 # Measured: testing the 2 scale faces only (6 % of photo samples pass, not 1-3 %) makes the eager
 # detector ~1.4x slower in all: gathering a candidate's neighbours costs far more than a dense pass.
 
-_COMPILED = {}  # device type -> compiled _prefilter, or None once compiling failed
-
-
-def _compiled(device: torch.device):
-    """``torch.compile(_prefilter)`` where asked for (``CAPTUM_SIFT_COMPILE=1``, CPU), else ``None``.
-
-    Opt-in: compiling costs ~12 s on the first call on a machine and ~2.5 s in
-    every later process (and again per new input specialisation: batch 1,
-    non-square, float64), while it saves ~25 % of the detector's time
-    (benchmarks/keypoints.py): a win for long jobs only. Other devices keep
-    their fast eager kernels. Once compiling failed (no C++ compiler, say)
-    the process stays on the eager path, which gives the same keypoints.
-    """
-    if device.type != "cpu" or os.environ.get("CAPTUM_SIFT_COMPILE", "0") != "1":
-        return None
-    if "cpu" not in _COMPILED:
-        _COMPILED["cpu"] = torch.compile(_prefilter, dynamic=True)
-    return _COMPILED["cpu"]
-
 
 def _candidates(dog: torch.Tensor, threshold: float, shape: tuple[int, int, int, int], ws: Workspace) -> torch.Tensor:
-    """Flat indices into ``shape`` = (n_layers, H - 10, W - 10, b) of the samples that pass :func:`_prefilter`."""
+    """Flat indices into ``shape`` = (n_layers, H - 10, W - 10, b) of the samples that pass :func:`_prefilter_eager`."""
     n_layers, n = shape[0], math.prod(shape)
     # A bool buffer padded to whole 8-byte words: nonzero runs over the words
     # first (8x fewer elements; candidates are sparse), then inside the hits.
     words = ws.get("words", (-(-n // 8),), dog, torch.int64)
     words[-1] = 0
     mask = words.view(torch.bool)[:n].view(shape)
-    fn = _compiled(dog.device)
-    if fn is not None:
-        try:
-            # 1.0 and 0.0 in bfloat16 are 0x3F80 and 0: an int16 compare is vectorised, a bf16 one is not
-            torch.ne(fn(dog, float(threshold), n_layers).view(torch.int16), 0, out=mask)
-        except Exception as exc:  # no compiler, unsupported platform: eager from now on
-            _COMPILED["cpu"] = None
-            warnings.warn(
-                f"torch.compile of the keypoint detector failed ({type(exc).__name__}: {exc}); using eager "
-                "torch from now on (same keypoints, slower). Unset CAPTUM_SIFT_COMPILE to skip the attempt.",
-                RuntimeWarning,
-                stacklevel=4,
-            )
-            fn = None
-    if fn is None:
-        _prefilter_eager(dog, threshold, n_layers, mask, ws)
+    _prefilter_eager(dog, threshold, n_layers, mask, ws)
     hit = words.ne(0).nonzero().squeeze(1)
     sub = words.view(torch.bool).view(-1, 8)[hit].nonzero()
     return hit[sub[:, 0]] * 8 + sub[:, 1]
@@ -300,7 +274,7 @@ def _extrema(dog: torch.Tensor, threshold: float, n_layers: int, ws: Workspace) 
     """Non-strict 3x3x3 extrema of an (S+2, H, W, b) DoG stack -> (n, 4) [layer, r, c, image].
 
     ``|D| > threshold``, 5 pixels away from the border, and ``D`` >= (<=) all
-    26 neighbours. A dense prefilter (:func:`_prefilter`) keeps the few samples
+    26 neighbours. A dense prefilter (:func:`_prefilter_eager`) keeps the few samples
     that pass the 6 face neighbours; only those are gathered with their 26
     neighbours, so the result equals the full dense test.
     """
@@ -376,7 +350,8 @@ def _refine(dog: torch.Tensor, cand: torch.Tensor, p: SiftParams) -> tuple[torch
     """Quadratic refinement, contrast and edge tests of candidates (n, 4) [layer, r, c, image].
 
     Returns the surviving samples (m, 4) [layer, r, c, image] and their
-    (m, 4) [xc, xr, xi, |D(x_hat)|] sub-sample offsets and contrast.
+    (m, 4) [xc, xr, xi, |D(x_hat)|] sub-sample offsets and contrast, one per
+    sample, sorted by sample.
     """
     n_s, h, w, b = dog.shape
     strides = (h * w * b, w * b, b)
@@ -390,7 +365,8 @@ def _refine(dog: torch.Tensor, cand: torch.Tensor, p: SiftParams) -> tuple[torch
         centre, grad, dxx, dyy, dss, dxy, dxs, dys = _local_fit(dflat, flat, strides)
         x = _solve3(grad, dxx, dyy, dss, dxy, dxs, dys)
         conv = (x.abs() < 0.5).all(1)
-        contr = centre / 255.0 + 0.5 * (grad * x).sum(1)
+        g = grad * x  # summed in a fixed order, as the native kernel does
+        contr = centre / 255.0 + 0.5 * (g[:, 0] + g[:, 1] + g[:, 2])
         done_pos.append(pos[conv])
         fit = torch.cat([x, torch.stack([contr, dxx, dyy, dxy], 1)], 1)  # (n, 7)
         done_fit.append(fit[conv])
@@ -411,15 +387,22 @@ def _refine(dog: torch.Tensor, cand: torch.Tensor, p: SiftParams) -> tuple[torch
     tr, det = dxx + dyy, dxx * dyy - dxy * dxy
     r = p.edge_threshold
     keep = (contr.abs() * p.n_octave_layers >= p.contrast_threshold) & (det > 0) & (tr * tr * r < (r + 1) ** 2 * det)
-    pos, fit = pos[keep], fit[keep]
-    # Candidates that converged to the same sample are one keypoint.
+    fit = torch.cat([fit[:, :3], fit[:, 3:4].abs()], 1)
+    return _merge(pos[keep], fit[keep], dog.shape)
+
+
+def _merge(pos: torch.Tensor, fit: torch.Tensor, shape: torch.Size) -> tuple[torch.Tensor, torch.Tensor]:
+    """Candidates that converged to the same sample are one keypoint (OpenCV removes duplicates).
+
+    Returns them sorted by sample (layer, r, c, image).
+    """
+    _, h, w, b = shape
     key = ((pos[:, 0] * h + pos[:, 1]) * w + pos[:, 2]) * b + pos[:, 3]
     key, order = torch.sort(key)
     first = torch.ones_like(key, dtype=torch.bool)
     first[1:] = key[1:] != key[:-1]
     sel = order[first]
-    out_fit = torch.cat([fit[sel, :3], fit[sel, 3:4].abs()], 1)
-    return pos[sel], out_fit
+    return pos[sel], fit[sel]
 
 
 def to_gray255(images: torch.Tensor, quantize: bool) -> torch.Tensor:
@@ -437,27 +420,33 @@ def detect_chunk(images: torch.Tensor, p: SiftParams, ws: Workspace | None = Non
     """
     ws = Workspace() if ws is None else ws
     compute_dtype = torch.float64 if images.dtype == torch.float64 else torch.float32
-    gray = to_gray255(images.to(compute_dtype), p.quantize)
+    images = images.to(compute_dtype)
     n_oct = num_octaves(images.shape[2], images.shape[3], p)
     first_octave = -1 if p.double_image else 0
     sig = _layer_sigmas(p)
-    kernels = [gaussian_kernel1d(s, gray.device, compute_dtype) for s in sig]
+    kernels = [gaussian_kernel1d(s, images.device, compute_dtype) for s in sig]
     thr = math.floor(0.5 * p.contrast_threshold / p.n_octave_layers * 255)
-    base = _initial_image(gray, p)
+    base = _initial_image(images, p, ws)
+    native = _native.usable(base)
     img_idx, kps = [], []
     for o in range(n_oct):
         h, w = base.shape[:2]
         if min(h, w) <= 2 * _BORDER:
             break  # no sample of this or any later octave is far enough from the border
+        dog = ws.get("dog", (p.n_octave_layers + 2, h, w, base.shape[2]), base)  # (S+2, H, W, b)
         gauss = [base]
         for i in range(1, p.n_octave_layers + 3):
-            gauss.append(_blur(gauss[-1], kernels[i], ws))
-        dog = ws.get("dog", (len(gauss) - 1, h, w, base.shape[2]), base)  # (S+2, H, W, b)
-        for i in range(len(gauss) - 1):
-            torch.sub(gauss[i + 1], gauss[i], out=dog[i])
-        base = gauss[p.n_octave_layers][0 : 2 * (h // 2) : 2, 0 : 2 * (w // 2) : 2].contiguous()
-        cand = _extrema(dog, thr, p.n_octave_layers, ws)
-        pos, fit = _refine(dog, cand, p)
+            out = ws.get(f"gauss{i}", base.shape, base) if native else None
+            gauss.append(_blur(gauss[-1], kernels[i], ws, out, dog[i - 1]))
+        if native:
+            base = _native.half(gauss[p.n_octave_layers])
+        else:
+            base = gauss[p.n_octave_layers][0 : 2 * (h // 2) : 2, 0 : 2 * (w // 2) : 2].contiguous()
+        if native:
+            pos, fit = _native.refine(dog, _native.extrema(dog, thr, _BORDER), _BORDER, p)
+            pos, fit = _merge(pos, fit, dog.shape)
+        else:
+            pos, fit = _refine(dog, _extrema(dog, thr, p.n_octave_layers, ws), p)
         scale = 2.0 ** (o + first_octave)
         x = (pos[:, 2].to(compute_dtype) + fit[:, 0]) * scale
         y = (pos[:, 1].to(compute_dtype) + fit[:, 1]) * scale
@@ -465,7 +454,7 @@ def detect_chunk(images: torch.Tensor, p: SiftParams, ws: Workspace | None = Non
         kps.append(torch.stack([x, y, sigma, fit[:, 3]], 1))
         img_idx.append(pos[:, 3])
     if not kps:
-        return images.new_zeros(0, dtype=torch.long), gray.new_zeros(0, 4)
+        return images.new_zeros(0, dtype=torch.long), images.new_zeros(0, 4)
     image_index = torch.cat(img_idx)
     keypoints = torch.cat(kps)
     image_index, order = torch.sort(image_index, stable=True)

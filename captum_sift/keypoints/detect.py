@@ -9,6 +9,7 @@ from torch import nn
 
 from .._checks import check_images, check_min_keypoints, check_patch_size, shape_of
 from ..errors import CaptumSiftError
+from . import _native
 from ._opencv import detect_opencv
 from ._scale_space import SiftParams, Workspace, detect_chunk
 
@@ -50,9 +51,7 @@ def _detect_flat(
     if backend == "opencv":
         return detect_opencv(images, params)
     if chunk_size is None:
-        # Chunks of a few images keep the octave-0 temporaries in cache on CPU
-        # (large temporaries cause page-fault storms); a GPU takes big chunks.
-        chunk_size = 16 if images.device.type == "cpu" else 128
+        chunk_size = _default_chunk(images, params)
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise CaptumSiftError(f"expected chunk_size to be an int >= 1, got {chunk_size!r}")
     index, keypoints = [], []
@@ -62,6 +61,26 @@ def _detect_flat(
         index.append(idx + start)
         keypoints.append(kps)
     return torch.cat(index), torch.cat(keypoints)
+
+
+_NATIVE_PIXELS = 2 * 448 * 448  # doubled-image pixels per chunk of the native CPU kernels
+
+
+def _default_chunk(images: torch.Tensor, params: SiftParams) -> int:
+    """Images per chunk: what keeps a chunk's layers in cache on CPU; a GPU takes big chunks.
+
+    Measured one-thread (benchmarks/keypoints.py): the native kernels are
+    fastest with ~2 doubled 224-px images per chunk (2 at 224 px, 8 at
+    112 px, 1 at 448 px; 16 images of 224 px are ~35 % slower); the eager
+    path with 16 (large temporaries cause page-fault storms, small chunks
+    pay torch's per-op overhead).
+    """
+    if images.device.type != "cpu":
+        return 128
+    if images.dtype == torch.float64 or _native.library() is None:
+        return 16
+    scale = 4 if params.double_image else 1
+    return max(1, min(64, _NATIVE_PIXELS // (scale * images.shape[2] * images.shape[3])))
 
 
 def detect_keypoints(
@@ -98,7 +117,9 @@ def detect_keypoints(
         quantize: round the gray image to 8-bit steps, as OpenCV sees an 8-bit
             image (default). ``False`` keeps the float gray values.
         chunk_size: images processed at once by the ``"kornia"`` backend
-            (default 16 on CPU, 128 on GPU); only memory and speed depend on it.
+            (default: ~0.4 M doubled-image pixels on CPU, i.e. 2 images of
+            224 px, 16 with the eager fallback, 128 on GPU); only memory and
+            speed depend on it.
 
     Returns:
         One (K_b, 4) tensor per image, rows ``(x, y, sigma, response)``: the
