@@ -11,6 +11,9 @@ Prints, measured in this one run on this machine:
   (OpenCV over the same 32 images, detect + count, same process), and kornia's
   stock detector for comparison;
 * the blur the detector uses vs ``kornia.filters.gaussian_blur2d``;
+* the same on the embedded Fashion-MNIST (per-patch counts equal, Key/Non-key
+  agreement);
+* time per pixel of one photo at 224 to 1344 px (``SCALING``);
 * one thread each (``torch.set_num_threads(1)``, ``cv2.setNumThreads(1)``),
   ours / OpenCV for the embedded Fashion-MNIST (112 px, batch 256), photos
   at 224 px (batch 32), one 224-px photo and photos at 448 px (batch 4):
@@ -40,7 +43,7 @@ import torch
 from _timing import best_time
 
 from captum_sift import count_keypoints
-from captum_sift.data import SAMPLE_PHOTOS, SKLEARN_PHOTOS, sample_images
+from captum_sift.data import SAMPLE_PHOTOS, SKLEARN_PHOTOS, default_dataset, sample_images
 from captum_sift.keypoints import keypoints_to_counts
 from captum_sift.keypoints._scale_space import _blur, gaussian_kernel1d
 
@@ -108,8 +111,6 @@ def single_thread_table(photos: torch.Tensor, patch: int, repeats: int, quick: b
     """
     import cv2
 
-    from captum_sift.data import default_dataset
-
     threads, native_setting = torch.get_num_threads(), os.environ.get("CAPTUM_SIFT_NATIVE")
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
@@ -137,6 +138,26 @@ def single_thread_table(photos: torch.Tensor, patch: int, repeats: int, quick: b
         torch.set_num_threads(threads)
         cv2.setNumThreads(-1)
         _native(native_setting)
+
+
+def scaling(name: str, patch: int, repeats: int, quick: bool) -> None:
+    """One photo at growing sizes, one thread each: time per input pixel (linear scaling: a flat line)."""
+    import cv2
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    cv2.setNumThreads(1)
+    try:
+        cells = []
+        for side in (224, 448) if quick else (224, 448, 896, 1344):
+            image = sample_images([name], size=side)
+            t = best_time(lambda image=image: count_keypoints(image, patch), repeats)
+            t_cv = best_time(lambda image=image: count_keypoints(image, patch, backend="opencv"), repeats)
+            cells.append(f"{side} px {t * 1e3:.0f} ms = {t / side**2 * 1e9:.0f} ns/px (OpenCV x{t / t_cv:.2f})")
+        print("SCALING one photo, one thread: " + "; ".join(cells))
+    finally:
+        torch.set_num_threads(threads)
+        cv2.setNumThreads(-1)
 
 
 def shared_cpu(images: torch.Tensor, patch: int, repeats: int) -> None:
@@ -197,6 +218,12 @@ def main() -> None:
     ours = count_keypoints(photos, args.patch)
     rho, agree = agreement(ours, ref)
     print(f"fidelity ours  vs OpenCV: median Spearman rho {rho:.3f}, median Key/Non-key agreement {agree:.3f}")
+    fmnist, _ = default_dataset(limit=64 if args.quick else 1000)
+    ref_fm, ours_fm = count_keypoints(fmnist, args.patch, backend="opencv"), count_keypoints(fmnist, args.patch)
+    print(f"fidelity ours  vs OpenCV on the embedded Fashion-MNIST ({len(fmnist)} images, 112 px): per-patch counts "
+          f"equal {float((ours_fm == ref_fm).float().mean()):.3f}, Key/Non-key agreement "
+          f"{float(((ours_fm > 0) == (ref_fm > 0)).float().mean()):.3f}, keypoints {int(ours_fm.sum())} vs "
+          f"{int(ref_fm.sum())}")  # fmt: skip
     stock = kornia_stock_counts(photos, args.patch)
     rho_s, agree_s = agreement(stock, ref)
     print(f"fidelity kornia stock SIFTFeatureScaleSpace (as is): rho {rho_s:.3f}, agreement {agree_s:.3f}")
@@ -218,6 +245,7 @@ def main() -> None:
     # -- one thread, every size -----------------------------------------------
     native_build_time()
     single_thread_table(photos, args.patch, repeats, args.quick)
+    scaling(names[0], args.patch, repeats, args.quick)
     shared_cpu(images, args.patch, repeats)
     if not args.quick:
         analyze_end_to_end()
