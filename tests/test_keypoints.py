@@ -10,6 +10,7 @@ from conftest import blob_image, ring_image
 from captum_sift import CaptumSiftError, KeypointCounter, count_keypoints, detect_keypoints, keypoints_to_counts
 from captum_sift.keypoints import _native, _scale_space
 from captum_sift.keypoints._scale_space import SiftParams, Workspace, _extrema, _pad_hw, _reflect101_index, num_octaves
+from captum_sift.keypoints.detect import _native_workers
 
 
 @pytest.mark.parametrize("channels", [1, 3])
@@ -235,6 +236,22 @@ def test_native_and_eager_detectors_agree(monkeypatch, native):
         assert abs(a.shape[0] - b.shape[0]) <= max(2, b.shape[0] // 100) and b.shape[0] > 20
         near = torch.cdist(a[:, :2], b[:, :2]).min(1).values
         assert float((near < 0.1).float().mean()) >= 0.98
+
+
+def test_native_chunks_on_threads_give_the_same_keypoints(native):
+    from captum_sift.data import SAMPLE_PHOTOS, sample_images
+
+    images = sample_images(list(SAMPLE_PHOTOS[:5]), size=96)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = detect_keypoints(images, chunk_size=1)
+        torch.set_num_threads(3)  # 3 workers over 5 chunks, whatever the machine's cores
+        assert _native_workers(images, 5) == 3
+        many = detect_keypoints(images, chunk_size=1)
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(a, b) for a, b in zip(one, many, strict=True)) and sum(len(k) for k in one) > 20
 
 
 def test_native_build_failure_falls_back_to_eager_once(monkeypatch, tmp_path):

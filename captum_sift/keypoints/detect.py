@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import Literal
 
 import torch
@@ -54,13 +56,35 @@ def _detect_flat(
         chunk_size = _default_chunk(images, params)
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise CaptumSiftError(f"expected chunk_size to be an int >= 1, got {chunk_size!r}")
-    index, keypoints = [], []
-    workspace = Workspace()
-    for start in range(0, images.shape[0], chunk_size):
-        idx, kps = detect_chunk(images[start : start + chunk_size], params, workspace)
-        index.append(idx + start)
-        keypoints.append(kps)
-    return torch.cat(index), torch.cat(keypoints)
+    starts = range(0, images.shape[0], chunk_size)
+    workers = _native_workers(images, len(starts))
+    local = threading.local()  # one Workspace per thread
+
+    def run(start: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if not hasattr(local, "workspace"):
+            local.workspace = Workspace()
+        idx, kps = detect_chunk(images[start : start + chunk_size], params, local.workspace)
+        return idx + start, kps
+
+    if workers == 1:
+        results = [run(start) for start in starts]
+    else:
+        with ThreadPoolExecutor(workers, thread_name_prefix="captum_sift_keypoints") as pool:
+            results = list(pool.map(run, starts))
+    return torch.cat([r[0] for r in results]), torch.cat([r[1] for r in results])
+
+
+def _native_workers(images: torch.Tensor, chunks: int) -> int:
+    """Threads for the native CPU path: torch's thread count, one chunk per task (1 elsewhere).
+
+    The kernels release the GIL, so chunks run side by side; each thread
+    takes the next chunk when it is done with one, so a core that another
+    process keeps busy slows only the chunks it runs (torch's own parallel
+    ops wait for it at every op). The keypoints do not depend on it.
+    """
+    if chunks < 2 or images.device.type != "cpu" or images.dtype == torch.float64 or _native.library() is None:
+        return 1
+    return max(1, min(torch.get_num_threads(), chunks))
 
 
 _NATIVE_PIXELS = 2 * 448 * 448  # doubled-image pixels per chunk of the native CPU kernels
