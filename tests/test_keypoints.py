@@ -147,6 +147,14 @@ def test_extrema_equal_brute_force(path, dtype, request):
         assert {tuple(r) for r in found.tolist()} == expected and len(expected) > 0
 
 
+def test_native_extrema_with_more_candidates_than_its_first_buffer(native):
+    dog = torch.randn(5, 64, 64, 4, generator=torch.Generator().manual_seed(2))  # noise: ~7 % are extrema
+    found = native.extrema(dog, 0.0, 5)
+    assert found.numel() > max(1024, dog.numel() // 64)  # the first guess of the output size was too small
+    flat = _extrema(dog, 0.0, 3, Workspace())
+    assert torch.equal(found, ((flat[:, 0] * 64 + flat[:, 1]) * 64 + flat[:, 2]) * 4 + flat[:, 3])
+
+
 def _photo_dog(size: int = 96, images: int = 2) -> torch.Tensor:
     """The octave-0 DoG stack (5, 2 size, 2 size, b) of real photos, from the eager blur."""
     from captum_sift.data import SAMPLE_PHOTOS, sample_images
