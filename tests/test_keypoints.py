@@ -262,6 +262,45 @@ def test_native_chunks_on_threads_give_the_same_keypoints(native):
     assert all(torch.equal(a, b) for a, b in zip(one, many, strict=True)) and sum(len(k) for k in one) > 20
 
 
+def test_cpu_scratch_buffers_are_kept_between_calls_up_to_a_bound(monkeypatch):
+    from captum_sift.keypoints import detect
+
+    noise = torch.rand(1, 1, 64, 64, generator=torch.Generator().manual_seed(6))
+    images = torch.nn.functional.avg_pool2d(noise, 3, 1, 1)
+    expected = count_keypoints(images, 16)
+    workspace = detect._workspace(images.device)
+    held = workspace.nbytes
+    assert 0 < held <= detect._RETAIN_BYTES
+    buffers = {id(b) for b in workspace._buffers.values()}
+    assert torch.equal(count_keypoints(images, 16), expected)
+    assert {id(b) for b in workspace._buffers.values()} == buffers  # reused, not allocated again
+    monkeypatch.setattr(detect, "_RETAIN_BYTES", held - 1)
+    assert torch.equal(count_keypoints(images, 16), expected) and workspace.nbytes == 0  # over the bound: let go
+
+
+def test_chunks_on_threads_work_in_a_forked_child(native):
+    import multiprocessing as mp
+
+    from captum_sift.data import SAMPLE_PHOTOS, sample_images
+    from captum_sift.keypoints import detect
+
+    images = sample_images(list(SAMPLE_PHOTOS[:4]), size=64)
+    assert list(detect._pool(2).map(abs, [-1, -2])) == [1, 2]  # the parent's pool threads exist
+    expected = count_keypoints(images, 16, chunk_size=1)
+    with mp.get_context("fork").Pool(1) as pool:  # as DataLoader workers are made
+        got = pool.apply_async(_count_in_child, (images,)).get(timeout=60)
+    assert torch.equal(got, expected)
+
+
+def _count_in_child(images: torch.Tensor) -> torch.Tensor:
+    from captum_sift.keypoints import detect
+
+    # torch stays on one thread (DataLoader workers do: GNU OpenMP hangs after a fork); our chunk threads do not
+    torch.set_num_threads(1)
+    detect._native_workers = lambda images, chunks: 2
+    return count_keypoints(images, 16, chunk_size=1)
+
+
 def test_native_build_failure_falls_back_to_eager_once(monkeypatch, tmp_path):
     images = torch.nn.functional.avg_pool2d(
         torch.rand(2, 1, 48, 48, generator=torch.Generator().manual_seed(3)), 3, 1, 1

@@ -79,3 +79,21 @@ def test_experiment_quick_mode(tmp_path):
 def test_bad_options(tmp_path, capsys):
     assert main(["pretrain", "--masking", "guided", "--out", str(tmp_path), "--img-size", "30"]) == 2
     assert "multiple of patch_size" in capsys.readouterr().err
+
+
+def test_keypoint_cache_written_by_two_ranks_at_once(tmp_path, monkeypatch):
+    images = torch.rand(4, 1, 32, 32, generator=torch.Generator().manual_seed(0))
+    expected = cached_keypoint_counts(images, 8, None, "t")
+    real_save, other_rank = torch.save, []
+
+    def save_while_the_other_rank_finishes(obj, f, *args, **kwargs):
+        real_save(obj, f, *args, **kwargs)
+        if not other_rank:  # between our write and our rename, the other rank writes and renames
+            other_rank.append(None)
+            other_rank[0] = cached_keypoint_counts(images, 8, tmp_path, "t")
+
+    monkeypatch.setattr(torch, "save", save_while_the_other_rank_finishes)
+    counts = cached_keypoint_counts(images, 8, tmp_path, "t")
+    assert torch.equal(counts, expected) and torch.equal(other_rank[0], expected)
+    (cached,) = tmp_path.iterdir()  # one cache file, no temporary left
+    assert cached.suffix == ".pt" and torch.equal(torch.load(cached, weights_only=True), expected)

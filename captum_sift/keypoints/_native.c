@@ -25,6 +25,7 @@ typedef float v8f __attribute__((vector_size(32), aligned(4)));
 #define MAX_RADIUS 255
 
 static int64_t reflect101(int64_t i, int64_t n) {
+    if (i >= 0 && i < n) return i;
     if (n == 1) return 0;
     const int64_t period = 2 * (n - 1);
     i %= period;
@@ -36,9 +37,10 @@ static int64_t reflect101(int64_t i, int64_t n) {
    + 0.114 b) times 255, rounded to even if `quantize`, of the (B, C, H, W)
    images (C = 1 or 3) into gray (H, W, B); then, if `twice`, doubled into out
    (2H, 2W, B) with the bilinear half-pixel weights of cv2.resize and
-   F.interpolate (align_corners=False): exact for quantized images. */
-void sift_base_f32(const float *img, int64_t B, int64_t C, int64_t H, int64_t W, int quantize, int twice, float *gray,
-                   float *out) {
+   F.interpolate (align_corners=False): exact for quantized images. Returns -1
+   when out of memory. */
+int sift_base_f32(const float *img, int64_t B, int64_t C, int64_t H, int64_t W, int quantize, int twice, float *gray,
+                  float *out) {
     const int64_t hw = H * W;
     const float wr = 0.299f, wg = 0.587f, wb = 0.114f;
     for (int64_t b = 0; b < B; b++) {
@@ -49,23 +51,38 @@ void sift_base_f32(const float *img, int64_t B, int64_t C, int64_t H, int64_t W,
             gray[i * B + b] = quantize ? nearbyintf(v) : v;
         }
     }
-    if (!twice) return;
+    if (!twice) return 0;
+    int64_t *xs = malloc((size_t)(2 * W) * 2 * sizeof(int64_t));
+    float *lx = malloc((size_t)(2 * W) * 2 * sizeof(float));
+    if (!xs || !lx) {
+        free(xs);
+        free(lx);
+        return -1;
+    }
+    for (int64_t q = 0; q < 2 * W; q++) { /* the columns' sources and weights, once */
+        float sx = 0.5f * ((float)q + 0.5f) - 0.5f;
+        if (sx < 0) sx = 0;
+        const int64_t x0 = (int64_t)sx;
+        xs[2 * q] = x0 * B, xs[2 * q + 1] = (x0 + (x0 < W - 1)) * B;
+        lx[2 * q + 1] = sx - (float)x0, lx[2 * q] = 1.0f - lx[2 * q + 1];
+    }
     for (int64_t o = 0; o < 2 * H; o++) {
         float sy = 0.5f * ((float)o + 0.5f) - 0.5f;
         if (sy < 0) sy = 0;
         const int64_t y0 = (int64_t)sy, y1 = y0 + (y0 < H - 1);
         const float ly1 = sy - (float)y0, ly0 = 1.0f - ly1;
+        const float *g0 = gray + y0 * W * B, *g1 = gray + y1 * W * B;
+        float *row = out + o * 2 * W * B;
         for (int64_t q = 0; q < 2 * W; q++) {
-            float sx = 0.5f * ((float)q + 0.5f) - 0.5f;
-            if (sx < 0) sx = 0;
-            const int64_t x0 = (int64_t)sx, x1 = x0 + (x0 < W - 1);
-            const float lx1 = sx - (float)x0, lx0 = 1.0f - lx1;
-            const float *a = gray + (y0 * W + x0) * B, *b = gray + (y0 * W + x1) * B;
-            const float *c = gray + (y1 * W + x0) * B, *d = gray + (y1 * W + x1) * B;
-            float *o_ = out + (o * 2 * W + q) * B;
+            const float lx0 = lx[2 * q], lx1 = lx[2 * q + 1];
+            const float *a = g0 + xs[2 * q], *b = g0 + xs[2 * q + 1], *c = g1 + xs[2 * q], *d = g1 + xs[2 * q + 1];
+            float *o_ = row + q * B;
             for (int64_t i = 0; i < B; i++) o_[i] = ly0 * (lx0 * a[i] + lx1 * b[i]) + ly1 * (lx0 * c[i] + lx1 * d[i]);
         }
     }
+    free(xs);
+    free(lx);
+    return 0;
 }
 
 /* dst (H/2, W/2, B) = src (H, W, B) at even rows and columns. */

@@ -37,7 +37,7 @@ _FLAGS = ["-O3", "-std=c99", "-ffp-contract=off", "-fPIC", "-shared"]
 _NATIVE_ARCH = ["-march=native"]  # dropped when the compiler refuses it
 _I64, _F32, _PTR = ctypes.c_int64, ctypes.c_float, ctypes.c_void_p
 _SIGNATURES = {
-    "sift_base_f32": (None, [_PTR, _I64, _I64, _I64, _I64, ctypes.c_int, ctypes.c_int, _PTR, _PTR]),
+    "sift_base_f32": (ctypes.c_int, [_PTR, _I64, _I64, _I64, _I64, ctypes.c_int, ctypes.c_int, _PTR, _PTR]),
     "sift_half_f32": (None, [_PTR, _I64, _I64, _I64, _PTR]),
     "sift_blur_f32": (ctypes.c_int, [_PTR, _PTR, _PTR, _I64, _I64, _I64, _PTR, _I64, _PTR, _PTR]),
     "sift_extrema_f32": (_I64, [_PTR, _I64, _I64, _I64, _I64, _I64, _F32, _PTR, _I64]),
@@ -154,7 +154,9 @@ def base(images: torch.Tensor, quantize: bool, twice: bool, ws) -> torch.Tensor:
     b, c, h, w = images.shape
     gray = ws.get("native_gray", (h, w, b), images) if twice else torch.empty((h, w, b))
     out = torch.empty((2 * h, 2 * w, b)) if twice else gray
-    library().sift_base_f32(images.data_ptr(), b, c, h, w, int(quantize), int(twice), gray.data_ptr(), out.data_ptr())
+    lib = library()
+    if lib.sift_base_f32(images.data_ptr(), b, c, h, w, int(quantize), int(twice), gray.data_ptr(), out.data_ptr()):
+        raise MemoryError("the native base image could not allocate its column table")
     return out
 
 

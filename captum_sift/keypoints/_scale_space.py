@@ -68,7 +68,7 @@ def gaussian_kernel1d(sigma: float, device: torch.device, dtype: torch.dtype) ->
 
 
 class Workspace:
-    """Scratch tensors reused across layers, octaves and chunks of one call.
+    """Scratch tensors reused across layers, octaves and chunks (and, on CPU, calls: see ``detect``).
 
     Allocating a fresh multi-MB temporary for every elementwise op makes the
     CPU detector spend a third of its time in page faults; reusing buffers
@@ -77,6 +77,15 @@ class Workspace:
 
     def __init__(self) -> None:
         self._buffers: dict[tuple, torch.Tensor] = {}
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held."""
+        return sum(b.numel() * b.element_size() for b in self._buffers.values())
+
+    def clear(self) -> None:
+        """Let every buffer go."""
+        self._buffers.clear()
 
     def get(self, name: str, shape: tuple[int, ...], like: torch.Tensor, dtype: torch.dtype | None = None):
         key = (name, shape, dtype or like.dtype, like.device)

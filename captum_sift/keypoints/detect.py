@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Literal
@@ -58,20 +59,55 @@ def _detect_flat(
         raise CaptumSiftError(f"expected chunk_size to be an int >= 1, got {chunk_size!r}")
     starts = range(0, images.shape[0], chunk_size)
     workers = _native_workers(images, len(starts))
-    local = threading.local()  # one Workspace per thread
+
+    used: dict[int, Workspace] = {}
 
     def run(start: int) -> tuple[torch.Tensor, torch.Tensor]:
-        if not hasattr(local, "workspace"):
-            local.workspace = Workspace()
-        idx, kps = detect_chunk(images[start : start + chunk_size], params, local.workspace)
+        workspace = _workspace(images.device)
+        used[id(workspace)] = workspace
+        idx, kps = detect_chunk(images[start : start + chunk_size], params, workspace)
         return idx + start, kps
 
-    if workers == 1:
-        results = [run(start) for start in starts]
-    else:
-        with ThreadPoolExecutor(workers, thread_name_prefix="captum_sift_keypoints") as pool:
-            results = list(pool.map(run, starts))
+    try:
+        if workers == 1:
+            results = [run(start) for start in starts]
+        else:
+            results = list(_pool(workers).map(run, starts))
+    finally:
+        for workspace in used.values():  # the threads are idle now
+            if workspace.nbytes > _RETAIN_BYTES:
+                workspace.clear()
     return torch.cat([r[0] for r in results]), torch.cat([r[1] for r in results])
+
+
+# Scratch buffers kept per thread between calls on CPU, up to this size: fresh
+# buffers for every call cost ~3.6 ms of page faults for one 224-px image
+# (~60 % of its time). GPU calls use a fresh Workspace (the caching allocator).
+_RETAIN_BYTES = 64 * 2**20
+_LOCAL = threading.local()
+_POOL: dict[str, object] = {}
+_POOL_LOCK = threading.Lock()
+
+
+def _workspace(device: torch.device) -> Workspace:
+    if device.type != "cpu":
+        return Workspace()
+    if not hasattr(_LOCAL, "workspace"):
+        _LOCAL.workspace = Workspace()
+    return _LOCAL.workspace
+
+
+def _pool(workers: int) -> ThreadPoolExecutor:
+    """The threads that run chunks side by side (kept between calls, so are their buffers)."""
+    with _POOL_LOCK:
+        if _POOL.get("key") != (workers, os.getpid()):
+            old = _POOL.get("pool")
+            if old is not None and _POOL["key"][1] == os.getpid():  # type: ignore[index]
+                old.shutdown(wait=False)  # type: ignore[attr-defined]
+            # A forked child (DataLoader workers) has none of the parent's threads: a pool of its own.
+            _POOL["pool"] = ThreadPoolExecutor(workers, thread_name_prefix="captum_sift_keypoints")
+            _POOL["key"] = (workers, os.getpid())
+        return _POOL["pool"]  # type: ignore[return-value]
 
 
 def _native_workers(images: torch.Tensor, chunks: int) -> int:

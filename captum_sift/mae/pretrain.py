@@ -13,6 +13,7 @@ import hashlib
 import json
 import math
 import os
+import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -114,9 +115,15 @@ def cached_keypoint_counts(
     counts = count_keypoints(images, patch_size, **detector).flatten(1)  # it works in chunks itself
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        torch.save(counts, tmp)
-        os.replace(tmp, path)
+        # Every torchrun rank counts and writes: a temporary file of its own, then an atomic rename.
+        fd, tmp = tempfile.mkstemp(suffix=".tmp", prefix=path.name + ".", dir=path.parent)
+        os.close(fd)
+        try:
+            torch.save(counts, tmp)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
     return counts
 
 
