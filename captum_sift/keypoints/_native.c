@@ -17,7 +17,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-typedef float v8f __attribute__((vector_size(32), aligned(4)));
+/* may_alias: rows are written as vectors and read as floats (and back) */
+typedef float v8f __attribute__((vector_size(32), aligned(4), may_alias));
 #define LD(p) (*(const v8f *)(p))
 #define ST(p, v) (*(v8f *)(p) = (v))
 #define MAXF(a, b) ((a) > (b) ? (a) : (b))
