@@ -449,12 +449,9 @@ def detect_chunk(images: torch.Tensor, p: SiftParams, ws: Workspace | None = Non
             gauss.append(_blur(gauss[-1], kernels[i], ws, out, dog[i - 1]))
         if native:
             base = _native.half(gauss[p.n_octave_layers])
+            pos, fit = _merge(*_native.refine(dog, _native.extrema(dog, thr, _BORDER), _BORDER, p), dog.shape)
         else:
             base = gauss[p.n_octave_layers][0 : 2 * (h // 2) : 2, 0 : 2 * (w // 2) : 2].contiguous()
-        if native:
-            pos, fit = _native.refine(dog, _native.extrema(dog, thr, _BORDER), _BORDER, p)
-            pos, fit = _merge(pos, fit, dog.shape)
-        else:
             pos, fit = _refine(dog, _extrema(dog, thr, p.n_octave_layers, ws), p)
         scale = 2.0 ** (o + first_octave)
         x = (pos[:, 2].to(compute_dtype) + fit[:, 0]) * scale

@@ -60,11 +60,11 @@ def _detect_flat(
     starts = range(0, images.shape[0], chunk_size)
     workers = _native_workers(images, len(starts))
 
-    used: dict[int, Workspace] = {}
+    used: set[Workspace] = set()
 
     def run(start: int) -> tuple[torch.Tensor, torch.Tensor]:
         workspace = _workspace(images.device)
-        used[id(workspace)] = workspace
+        used.add(workspace)
         idx, kps = detect_chunk(images[start : start + chunk_size], params, workspace)
         return idx + start, kps
 
@@ -74,7 +74,7 @@ def _detect_flat(
         else:
             results = list(_pool(workers).map(run, starts))
     finally:
-        for workspace in used.values():  # the threads are idle now
+        for workspace in used:  # the threads are idle now
             if workspace.nbytes > _RETAIN_BYTES:
                 workspace.clear()
     return torch.cat([r[0] for r in results]), torch.cat([r[1] for r in results])
@@ -118,9 +118,14 @@ def _native_workers(images: torch.Tensor, chunks: int) -> int:
     process keeps busy slows only the chunks it runs (torch's own parallel
     ops wait for it at every op). The keypoints do not depend on it.
     """
-    if chunks < 2 or images.device.type != "cpu" or images.dtype == torch.float64 or _native.library() is None:
+    if chunks < 2 or not _native_path(images):
         return 1
     return max(1, min(torch.get_num_threads(), chunks))
+
+
+def _native_path(images: torch.Tensor) -> bool:
+    """Whether ``detect_chunk`` runs these images through the native kernels (CPU, float32 compute)."""
+    return images.device.type == "cpu" and images.dtype != torch.float64 and _native.library() is not None
 
 
 _NATIVE_PIXELS = 2 * 448 * 448  # doubled-image pixels per chunk of the native CPU kernels
@@ -137,7 +142,7 @@ def _default_chunk(images: torch.Tensor, params: SiftParams) -> int:
     """
     if images.device.type != "cpu":
         return 128
-    if images.dtype == torch.float64 or _native.library() is None:
+    if not _native_path(images):
         return 16
     scale = 4 if params.double_image else 1
     return max(1, min(64, _NATIVE_PIXELS // (scale * images.shape[2] * images.shape[3])))
