@@ -171,7 +171,7 @@ def _analyze(
     wanted = set(layer_list)
     per_layer: dict[str, list[torch.Tensor]] = {k: [] for k in ("kk", "nk", "focus", "patch_theta", "query_attention")}
     rows = torch.arange(images.shape[0], device=images.device)
-    for index, attn in vit.iter_attention(model_input):
+    for index, attn in vit.iter_attention(model_input, last=layer_list[-1]):
         if index not in wanted:
             continue
         attn_patch = patch_block(attn.float(), prefix)  # (B, h, N, N)
@@ -186,8 +186,6 @@ def _analyze(
         per_layer["patch_theta"].append(torch.nanmean(theta, dim=1))  # SPEC §7: mean over heads
         per_layer["query_attention"].append(attn_patch[rows, :, query].mean(dim=1))
         del attn, attn_patch, theta  # before the next block runs: one layer's attention alive at a time
-        if index == layer_list[-1]:
-            break
     per_image = {k: torch.stack(v, dim=1) for k, v in per_layer.items()}
     per_image["keypoint_counts"] = counts
     per_image["query_patch"] = query

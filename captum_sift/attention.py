@@ -39,8 +39,10 @@ def model_grid(model: nn.Module | ViTAdapter, images: torch.Tensor) -> tuple[int
     return as_vit(model).grid(images)
 
 
-def iter_attention(model: nn.Module | ViTAdapter, images: torch.Tensor) -> Iterator[tuple[int, torch.Tensor]]:
-    """Yield ``(layer_index, attn)`` for every transformer block, one layer at a time.
+def iter_attention(
+    model: nn.Module | ViTAdapter, images: torch.Tensor, last: int | None = None
+) -> Iterator[tuple[int, torch.Tensor]]:
+    """Yield ``(layer_index, attn)`` for every transformer block up to ``last``, one layer at a time.
 
     ``attn`` is the post-softmax attention of the block, prefix tokens
     included, computed in eval mode without gradients. Only one layer's
@@ -48,10 +50,16 @@ def iter_attention(model: nn.Module | ViTAdapter, images: torch.Tensor) -> Itera
     (``break``) skips the remaining blocks. Non-finite attention raises
     :class:`~captum_sift.CaptumSiftError` naming the block.
 
+    The forward of block ``last`` stops as soon as its attention is
+    captured (its attention-times-values, projection and MLP feed no
+    attention that is yielded), and no later block runs: for a 12-block
+    ViT this saves about a twelfth of a forward.
+
     Args:
         model: a timm, torchvision or Hugging Face ViT, or a
             :class:`~captum_sift.vit.ViTAdapter`.
         images: the model's input, already normalised as the model expects.
+        last: the last block to read (default: the model's last block).
 
     Shape:
         - images: (B, C, H, W)
@@ -63,4 +71,4 @@ def iter_attention(model: nn.Module | ViTAdapter, images: torch.Tensor) -> Itera
         >>> [(i, tuple(a.shape)) for i, a in iter_attention(model, torch.rand(2, 3, 32, 32))]
         [(0, (2, 3, 5, 5)), (1, (2, 3, 5, 5))]
     """
-    return as_vit(model).iter_attention(images)
+    return as_vit(model).iter_attention(images, last)

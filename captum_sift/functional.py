@@ -131,14 +131,16 @@ def patch_theta(
     min_keypoints = check_min_keypoints(min_keypoints)
     gamma = check_gamma(gamma)
     line = attn_patch.mean(dim=-1, keepdim=True) * gamma  # (B, h, N, 1): eq. 2
-    attended = attn_patch >= line  # S_i, (B, h, N, N)
+    # S_i (B, h, N, N) as 0/1 in attn's dtype, written once (a bool mask, then a cast: one more pass)
+    attended = torch.empty_like(attn_patch, memory_format=torch.contiguous_format)
+    torch.ge(attn_patch, line, out=attended)
     if not include_self:
-        attended = attended & ~torch.eye(n, dtype=torch.bool, device=attn_patch.device)
+        attended.diagonal(dim1=-2, dim2=-1).zero_()
     is_key = counts >= min_keypoints  # (B, N)
     key_weight = torch.where(is_key, counts if weighted else torch.ones_like(counts), torch.zeros_like(counts))
     all_weight = torch.where(is_key, key_weight, torch.ones_like(counts))  # Non-key patches count 1
     weights = torch.stack([key_weight, all_weight], dim=-1)  # (B, N, 2)
-    sums = attended.to(attn_patch.dtype) @ weights.unsqueeze(1)  # (B, h, N, 2)
+    sums = attended @ weights.unsqueeze(1)  # (B, h, N, 2)
     return sums[..., 0] / sums[..., 1]  # 0 / 0 = NaN where S_i is empty
 
 

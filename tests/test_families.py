@@ -243,6 +243,33 @@ def test_model_untouched_after_an_exception(families, pixels, name):
     model.eval()
 
 
+@pytest.mark.parametrize("name", ["timm", "torchvision", "hf"])
+def test_the_last_block_stops_at_its_attention(families, pixels, name):
+    """``last=k``: the same first k+1 maps; block k's MLP and every later block never run; the model as given."""
+    model = families[name]
+    vit = as_vit(model)
+    x = (pixels - 0.5) / 0.5
+    full = [attn for _, attn in iter_attention(model, x)]
+    mlps = [blk.mlp for blk in vit.blocks]
+    calls = []
+    handles = [m.register_forward_hook(lambda _m, _i, _o, i=i: calls.append(i)) for i, m in enumerate(mlps)]
+    try:
+        cut = list(iter_attention(model, x, last=1))
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert [i for i, _ in cut] == [0, 1] and calls == [0]  # block 1 stopped after its attention
+    for (_, attn), ref in zip(cut, full, strict=False):
+        torch.testing.assert_close(attn, ref, rtol=0, atol=0)
+    assert _hooks(model) == 0 and not model.training
+    if name == "hf":
+        assert model.config._attn_implementation == "sdpa"
+    if name == "timm":
+        assert all(b.attn.fused_attn for b in model.blocks)
+    with pytest.raises(CaptumSiftError, match=rf"expected last in \[0, {DEPTH}\).*got 3"):
+        list(iter_attention(model, x, last=DEPTH))
+
+
 @pytest.mark.parametrize(
     ("build", "prefix"),
     [

@@ -213,7 +213,7 @@ class RawAttention(_PatchAttribution):
         """Head-mean class-token attention of every patch at ``layer``, (B, N)."""
         x = self._model_input(images)
         prefix = self.vit.num_prefix_tokens
-        for index, attn in self.vit.iter_attention(x):
+        for index, attn in self.vit.iter_attention(x, last=self.layer):
             if index == self.layer:
                 return _read_patches(attn.float().mean(dim=1), prefix, self.vit.class_token)
         raise CaptumSiftError(f"the model never reached block {self.layer}")  # pragma: no cover
