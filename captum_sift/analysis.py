@@ -11,7 +11,7 @@ from torch import nn
 
 from ._checks import all_finite, check_image_space, check_images, shape_of
 from .errors import CaptumSiftError
-from .functional import _check_counts, focus_index, interrelation, patch_block, patch_theta
+from .functional import _check_counts, _theta, _theta_weights, focus_index, interrelation, patch_block
 from .keypoints import count_keypoints
 from .report import InterrelationReport
 from .settings import LayerChoice, ThetaSettings, resolve_layers
@@ -169,24 +169,27 @@ def _analyze(
     prefix = vit.num_prefix_tokens
     gamma, min_keypoints = theta_settings.gamma, theta_settings.min_keypoints
     wanted = set(layer_list)
-    per_layer: dict[str, list[torch.Tensor]] = {k: [] for k in ("kk", "nk", "focus", "patch_theta", "query_attention")}
+    weights = _theta_weights(counts.float(), weighted=theta_settings.weighted, min_keypoints=min_keypoints)
+    thetas, focuses, query_rows = [], [], []
     rows = torch.arange(images.shape[0], device=images.device)
     for index, attn in vit.iter_attention(model_input, last=layer_list[-1]):
         if index not in wanted:
             continue
         attn_patch = patch_block(attn.float(), prefix)  # (B, h, N, N)
-        theta = patch_theta(
-            attn_patch, counts, gamma=gamma, weighted=theta_settings.weighted,
-            include_self=theta_settings.include_self, min_keypoints=min_keypoints,
-        )  # fmt: skip
-        classes = interrelation(theta, counts, min_keypoints)
-        per_layer["kk"].append(classes.kk)
-        per_layer["nk"].append(classes.nk)
-        per_layer["focus"].append(focus_index(attn_patch) if focus else classes.kk.new_full(classes.kk.shape, math.nan))
-        per_layer["patch_theta"].append(torch.nanmean(theta, dim=1))  # SPEC §7: mean over heads
-        per_layer["query_attention"].append(attn_patch[rows, :, query].mean(dim=1))
-        del attn, attn_patch, theta  # before the next block runs: one layer's attention alive at a time
-    per_image = {k: torch.stack(v, dim=1) for k, v in per_layer.items()}
+        thetas.append(_theta(attn_patch, weights, gamma, theta_settings.include_self))  # (B, h, N)
+        if focus:
+            focuses.append(focus_index(attn_patch))
+        query_rows.append(attn_patch[rows, :, query].mean(dim=1))
+        del attn, attn_patch  # before the next block runs: one layer's attention alive at a time
+    theta = torch.stack(thetas, dim=1)  # (B, L, h, N): the per-head statistics of all layers at once
+    classes = interrelation(theta.flatten(1, 2), counts, min_keypoints)  # (B, L * h)
+    per_image = {
+        "kk": classes.kk.view(theta.shape[:3]),
+        "nk": classes.nk.view(theta.shape[:3]),
+        "focus": torch.stack(focuses, dim=1) if focus else theta.new_full(theta.shape[:3], math.nan),
+        "patch_theta": torch.nanmean(theta, dim=2),  # SPEC §7: mean over heads
+        "query_attention": torch.stack(query_rows, dim=1),
+    }
     per_image["keypoint_counts"] = counts
     per_image["query_patch"] = query
     report_settings = {

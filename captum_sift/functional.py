@@ -128,19 +128,33 @@ def patch_theta(
     _check_attention(attn_patch, "attn_patch")
     batch, _, n, _ = attn_patch.shape
     counts = _check_counts(keypoint_counts, batch, n).to(device=attn_patch.device, dtype=attn_patch.dtype)
-    min_keypoints = check_min_keypoints(min_keypoints)
-    gamma = check_gamma(gamma)
-    line = attn_patch.mean(dim=-1, keepdim=True) * gamma  # (B, h, N, 1): eq. 2
+    weights = _theta_weights(counts, weighted=weighted, min_keypoints=check_min_keypoints(min_keypoints))
+    return _theta(attn_patch, weights, check_gamma(gamma), include_self)
+
+
+def _theta_weights(counts: torch.Tensor, *, weighted: bool, min_keypoints: int) -> torch.Tensor:
+    """The two weights of every target patch in eq. 3: (B, 1, N, 2) = [Key weight, weight in |S_i|].
+
+    Key patches weigh t_j (``weighted``) or 1 in both; Non-key patches weigh 0 and 1.
+    ``counts`` (B, N) are checked counts in the dtype θ is computed in.
+    """
+    is_key = counts >= min_keypoints  # (B, N)
+    key_weight = torch.where(is_key, counts if weighted else torch.ones_like(counts), torch.zeros_like(counts))
+    all_weight = torch.where(is_key, key_weight, torch.ones_like(counts))  # Non-key patches count 1
+    return torch.stack([key_weight, all_weight], dim=-1).unsqueeze(1)
+
+
+def _theta(attn_patch: torch.Tensor, weights: torch.Tensor, gamma: float, include_self: bool) -> torch.Tensor:
+    """Eqs. 2-3 on checked arguments: θ (B, h, N) from attn_patch (B, h, N, N) and ``_theta_weights``."""
+    line = attn_patch.mean(dim=-1, keepdim=True)  # (B, h, N, 1): eq. 2
+    if gamma != 1:
+        line = line * gamma
     # S_i (B, h, N, N) as 0/1 in attn's dtype, written once (a bool mask, then a cast: one more pass)
     attended = torch.empty_like(attn_patch, memory_format=torch.contiguous_format)
     torch.ge(attn_patch, line, out=attended)
     if not include_self:
         attended.diagonal(dim1=-2, dim2=-1).zero_()
-    is_key = counts >= min_keypoints  # (B, N)
-    key_weight = torch.where(is_key, counts if weighted else torch.ones_like(counts), torch.zeros_like(counts))
-    all_weight = torch.where(is_key, key_weight, torch.ones_like(counts))  # Non-key patches count 1
-    weights = torch.stack([key_weight, all_weight], dim=-1)  # (B, N, 2)
-    sums = attended @ weights.unsqueeze(1)  # (B, h, N, 2)
+    sums = attended @ weights  # (B, h, N, 2)
     return sums[..., 0] / sums[..., 1]  # 0 / 0 = NaN where S_i is empty
 
 
