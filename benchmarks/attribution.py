@@ -2,17 +2,27 @@
 
 Prints, measured in this one run (random-init timm ViT, CPU, sample photos):
 the time of one plain (fused) forward per image, and the time per image of
-SIFTInterrelation (keypoint counting included), Captum's Saliency,
+SIFTInterrelation (keypoint counting included, and with the counts given),
+attention rollout and raw attention (the last layer), Captum's Saliency,
 IntegratedGradients (50 steps) and FeatureAblation over the patches (the
-same ``feature_mask``), attention rollout and raw attention, each as a
-multiple of one forward. Targets: θ (keypoints counted) <= 1.2, rollout <= 1.2.
+same ``feature_mask``), each as a multiple of one forward. Targets: θ
+(keypoints counted) <= 1.2, rollout <= 1.2.
 
-Usage: python benchmarks/attribution.py [--quick] [--model NAME] [--batch 4]
+This machine's speed drifts by 10-20 % within a minute (other tenants), so the
+fast methods run in interleaved rounds (forward, θ, ..., forward, θ, ...) and
+each figure is the best round; ``median`` is the median over rounds of the
+method's time / the same round's forward time. The fast methods are timed
+with torch's default thread count and again with one thread (``ONE THREAD``);
+IntegratedGradients and FeatureAblation (~100-200 forwards) once, default threads.
+
+Usage: python benchmarks/attribution.py [--quick] [--model NAME] [--batch 4] [--rounds 9]
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
+import time
 
 import timm
 import torch
@@ -21,6 +31,34 @@ from captum.attr import FeatureAblation, IntegratedGradients, Saliency
 
 from captum_sift.attr import AttentionRollout, RawAttention, SIFTInterrelation
 from captum_sift.data import SAMPLE_PHOTOS, sample_images
+from captum_sift.keypoints import count_keypoints
+
+THETA, ROLLOUT = "SIFTInterrelation (counts included)", "AttentionRollout"
+
+
+def interleaved(methods: dict, rounds: int) -> tuple[dict, dict]:
+    """Best time of every method over ``rounds`` interleaved rounds, and its median ratio to the round's forward."""
+    for fn in methods.values():  # warm-up
+        fn()
+    times: dict[str, list[float]] = {name: [] for name in methods}
+    for _ in range(rounds):
+        for name, fn in methods.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    forward = times["plain forward"]
+    median = {name: statistics.median(t / f for t, f in zip(ts, forward, strict=True)) for name, ts in times.items()}
+    return {name: min(ts) for name, ts in times.items()}, median
+
+
+def report(label: str, best: dict, median: dict, batch: int) -> None:
+    one = best["plain forward"]
+    for name, seconds in best.items():
+        line = f"{name:>38s}: {seconds / batch * 1e3:8.1f} ms/image = {seconds / one:7.2f} forwards"
+        print(line + (f" (median {median[name]:.2f})" if name in median else ""))
+    for name in (THETA, ROLLOUT):
+        print(f"{label}RATIO {name.split()[0]} / forward: {best[name] / one:.2f}  (median {median[name]:.2f}; "
+              "target <= 1.2)")  # fmt: skip
 
 
 def main() -> None:
@@ -28,11 +66,11 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="vit_tiny at 64 px, IG with 4 steps (for the tests)")
     parser.add_argument("--model", default="vit_small_patch16_224")
     parser.add_argument("--batch", type=int, default=4)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=9)
     args = parser.parse_args()
     size, steps, name = 224, 50, args.model
     if args.quick:
-        size, steps, name, args.batch, args.repeats = 64, 4, "vit_tiny_patch16_224", 2, 1
+        size, steps, name, args.batch, args.rounds = 64, 4, "vit_tiny_patch16_224", 2, 1
     torch.manual_seed(0)
     model = timm.create_model(name, pretrained=False, img_size=size).eval()
     pixels = sample_images(list(SAMPLE_PHOTOS[: args.batch]), size=size)
@@ -41,32 +79,37 @@ def main() -> None:
     with torch.no_grad():
         target = model(x).argmax(1)
     sift = SIFTInterrelation(model)
+    counts = count_keypoints(pixels, 16)
     mask = sift.feature_mask(x)
 
     def forward():
         with torch.no_grad():
             model(x)
 
-    per_image = {
-        "plain forward": best_time(forward, args.repeats),
-        "SIFTInterrelation (counts included)": best_time(lambda: sift.attribute(x), args.repeats),
-        "AttentionRollout": best_time(lambda: AttentionRollout(model).attribute(x), args.repeats),
-        "RawAttention (last layer)": best_time(lambda: RawAttention(model).attribute(x), args.repeats),
-        "Saliency": best_time(lambda: Saliency(model).attribute(x, target=target), args.repeats),
-        f"IntegratedGradients ({steps} steps)": best_time(
-            lambda: IntegratedGradients(model).attribute(x, target=target, n_steps=steps, internal_batch_size=16), 1
-        ),
-        "FeatureAblation over patches": best_time(
-            lambda: FeatureAblation(model).attribute(x, target=target, feature_mask=mask, perturbations_per_eval=16), 1
-        ),
+    fast = {
+        "plain forward": forward,
+        THETA: lambda: sift.attribute(x),
+        "SIFTInterrelation (counts given)": lambda: sift.attribute(x, keypoint_counts=counts),
+        ROLLOUT: lambda: AttentionRollout(model).attribute(x),
+        "RawAttention (last layer)": lambda: RawAttention(model).attribute(x),
+        "Saliency": lambda: Saliency(model).attribute(x, target=target),
     }
-    one = per_image["plain forward"]
-    print(f"{name}, {size}px, batch {args.batch}, CPU, {torch.get_num_threads()} threads")
-    for label, seconds in per_image.items():
-        print(f"{label:>38s}: {seconds / args.batch * 1e3:8.1f} ms/image = {seconds / one:7.2f} forwards")
-    print(f"RATIO SIFTInterrelation / forward: {per_image['SIFTInterrelation (counts included)'] / one:.2f}"
-          "  (target <= 1.2)")  # fmt: skip
-    print(f"RATIO AttentionRollout / forward: {per_image['AttentionRollout'] / one:.2f}  (target <= 1.2)")
+    threads = torch.get_num_threads()
+    print(f"{name}, {size}px, batch {args.batch}, CPU, {threads} threads, best of {args.rounds} interleaved rounds")
+    best, median = interleaved(fast, args.rounds)
+    best[f"IntegratedGradients ({steps} steps)"] = best_time(
+        lambda: IntegratedGradients(model).attribute(x, target=target, n_steps=steps, internal_batch_size=16), 1
+    )
+    best["FeatureAblation over patches"] = best_time(
+        lambda: FeatureAblation(model).attribute(x, target=target, feature_mask=mask, perturbations_per_eval=16), 1
+    )
+    report("", best, median, args.batch)
+    torch.set_num_threads(1)
+    try:
+        print(f"one thread (torch.set_num_threads(1)), best of {args.rounds} interleaved rounds")
+        report("ONE THREAD ", *interleaved(fast, args.rounds), args.batch)
+    finally:
+        torch.set_num_threads(threads)
 
 
 if __name__ == "__main__":
