@@ -9,11 +9,13 @@ same ``feature_mask``), each as a multiple of one forward. Targets: θ
 (keypoints counted) <= 1.2, rollout <= 1.2.
 
 This machine's speed drifts by 10-20 % within a minute (other tenants), so the
-fast methods run in interleaved rounds (forward, θ, ..., forward, θ, ...) and
-each figure is the best round; ``median`` is the median over rounds of the
-method's time / the same round's forward time. The fast methods are timed
-with torch's default thread count and again with one thread (``ONE THREAD``);
-IntegratedGradients and FeatureAblation (~100-200 forwards) once, default threads.
+fast methods run in interleaved rounds (forward, θ, ..., forward, θ, ...):
+``median`` is the median over rounds of the method's time / the same round's
+forward time (the headline ``RATIO``: a slow minute slows both), ``best`` the
+best round of each, whose ratio depends on one lucky round. The fast methods
+are timed with torch's default thread count and again with one thread
+(``ONE THREAD``); IntegratedGradients and FeatureAblation (~100-200 forwards)
+once, default threads.
 
 Usage: python benchmarks/attribution.py [--quick] [--model NAME] [--batch 4] [--rounds 9]
 """
@@ -54,11 +56,13 @@ def interleaved(methods: dict, rounds: int) -> tuple[dict, dict]:
 def report(label: str, best: dict, median: dict, batch: int) -> None:
     one = best["plain forward"]
     for name, seconds in best.items():
-        line = f"{name:>38s}: {seconds / batch * 1e3:8.1f} ms/image = {seconds / one:7.2f} forwards"
-        print(line + (f" (median {median[name]:.2f})" if name in median else ""))
+        line = f"{name:>38s}: {seconds / batch * 1e3:8.1f} ms/image (best) = {seconds / one:7.2f} forwards"
+        print(line + (f", median ratio {median[name]:.2f}" if name in median else ""))
     for name in (THETA, ROLLOUT):
-        print(f"{label}RATIO {name.split()[0]} / forward: {best[name] / one:.2f}  (median {median[name]:.2f}; "
-              "target <= 1.2)")  # fmt: skip
+        print(
+            f"{label}RATIO {name.split()[0]} / forward: {median[name]:.2f}  (median of paired rounds; "
+            f"best rounds {best[name] / one:.2f}; target <= 1.2)"
+        )
 
 
 def main() -> None:
