@@ -59,7 +59,8 @@ def iter_attention(
         model: a timm, torchvision or Hugging Face ViT, or a
             :class:`~captum_sift.vit.ViTAdapter`.
         images: the model's input, already normalised as the model expects.
-        last: the last block to read (default: the model's last block).
+        last: the last block to read (default: the model's last block;
+            negative counts from the end).
 
     Shape:
         - images: (B, C, H, W)

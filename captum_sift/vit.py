@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._checks import all_finite, shape_of
+from ._checks import all_finite, as_int, shape_of
 from .errors import CaptumSiftError
 
 __all__ = ["FAMILIES", "IMAGENET_MEAN", "IMAGENET_STD", "ViTAdapter", "as_vit", "eval_mode"]
@@ -224,9 +224,12 @@ class ViTAdapter:
 
     def iter_attention(self, images: torch.Tensor, last: int | None = None) -> Iterator[tuple[int, torch.Tensor]]:
         """Yield ``(layer, attn)`` per block up to ``last``; see :func:`captum_sift.attention.iter_attention`."""
-        last = self.depth - 1 if last is None else last
-        if isinstance(last, bool) or not isinstance(last, int) or not 0 <= last < self.depth:
-            raise CaptumSiftError(f"expected last in [0, {self.depth}) (a block of this model), got {last!r}")
+        index = self.depth - 1 if last is None else as_int(last)
+        if index is None or not -self.depth <= index < self.depth:
+            raise CaptumSiftError(
+                f"expected last in [-{self.depth}, {self.depth}) (a block of this model), got {last!r}"
+            )
+        last = index % self.depth
         if not isinstance(images, torch.Tensor) or images.dim() != 4:
             raise CaptumSiftError(f"expected images of shape (B, C, H, W), got {shape_of(images)}")
         if not images.is_floating_point() or not all_finite(images):

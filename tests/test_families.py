@@ -266,8 +266,10 @@ def test_the_last_block_stops_at_its_attention(families, pixels, name):
         assert model.config._attn_implementation == "sdpa"
     if name == "timm":
         assert all(b.attn.fused_attn for b in model.blocks)
-    with pytest.raises(CaptumSiftError, match=rf"expected last in \[0, {DEPTH}\).*got 3"):
-        list(iter_attention(model, x, last=DEPTH))
+    assert [i for i, _ in iter_attention(model, x, last=-2)] == [0, 1]  # negative counts from the end
+    for bad in (DEPTH, -DEPTH - 1, True, 1.0):
+        with pytest.raises(CaptumSiftError, match=rf"expected last in \[-{DEPTH}, {DEPTH}\).*got {bad!r}"):
+            list(iter_attention(model, x, last=bad))
 
 
 @pytest.mark.parametrize(
