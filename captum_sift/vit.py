@@ -15,8 +15,9 @@ returns a context manager under which one call of ``block`` appends its
 post-softmax attention ``(B, heads, T, T)`` to the list ``store``, restoring
 whatever it changed on exit, also when the block raises: the last block
 :meth:`ViTAdapter.iter_attention` runs is stopped by an exception that
-``store.append`` raises, since nothing after its attention is needed. The model's own forward (``forward_stem``,
-default ``model(images)``) must call the first block with the tokens.
+``store.append`` raises, since nothing after its attention is needed. The
+model's own forward (``forward_stem``, default ``model(images)``) must call
+the first block with the tokens.
 """
 
 from __future__ import annotations
