@@ -143,6 +143,11 @@ def library() -> ctypes.CDLL | None:
     return _STATE["lib"]  # type: ignore[return-value]
 
 
+def _lib() -> ctypes.CDLL:
+    """The library, for callers that checked :func:`usable` (no environment lookup per kernel call)."""
+    return _STATE.get("lib") or library()  # type: ignore[return-value]
+
+
 def usable(x: torch.Tensor) -> bool:
     """Whether the kernels apply to ``x``: a float32 CPU tensor, and the library loads."""
     return x.device.type == "cpu" and x.dtype == torch.float32 and library() is not None
@@ -154,8 +159,7 @@ def base(images: torch.Tensor, quantize: bool, twice: bool, ws) -> torch.Tensor:
     b, c, h, w = images.shape
     gray = ws.get("native_gray", (h, w, b), images) if twice else torch.empty((h, w, b))
     out = torch.empty((2 * h, 2 * w, b)) if twice else gray
-    lib = library()
-    if lib.sift_base_f32(images.data_ptr(), b, c, h, w, int(quantize), int(twice), gray.data_ptr(), out.data_ptr()):
+    if _lib().sift_base_f32(images.data_ptr(), b, c, h, w, int(quantize), int(twice), gray.data_ptr(), out.data_ptr()):
         raise MemoryError("the native base image could not allocate its column table")
     return out
 
@@ -165,7 +169,7 @@ def half(x: torch.Tensor) -> torch.Tensor:
     x = x.contiguous()
     h, w, b = x.shape
     out = torch.empty((h // 2, w // 2, b))
-    library().sift_half_f32(x.data_ptr(), h, w, b, out.data_ptr())
+    _lib().sift_half_f32(x.data_ptr(), h, w, b, out.data_ptr())
     return out
 
 
@@ -179,7 +183,7 @@ def blur(x: torch.Tensor, kernel: torch.Tensor, out: torch.Tensor, dog: torch.Te
     tmp = ws.get("native_tmp", x.shape, x)
     pad = ws.get("native_pad", ((w + 2 * radius) * b,), x)
     kernel = kernel.contiguous()
-    status = library().sift_blur_f32(
+    status = _lib().sift_blur_f32(
         x.data_ptr(), out.data_ptr(), None if dog is None else dog.data_ptr(),
         h, w, b, kernel.data_ptr(), radius, tmp.data_ptr(), pad.data_ptr(),
     )  # fmt: skip
@@ -191,7 +195,7 @@ def extrema(dog: torch.Tensor, threshold: float, border: int) -> torch.Tensor:
     """Flat indices into the (S+2, H, W, b) ``dog`` of its 3x3x3 extrema with ``|D| > threshold``, sorted."""
     dog = dog.contiguous()
     s, h, w, b = dog.shape
-    fn = library().sift_extrema_f32
+    fn = _lib().sift_extrema_f32
     out = torch.empty(max(1024, dog.numel() // 64), dtype=torch.int64)
     n = fn(dog.data_ptr(), s, h, w, b, border, threshold, out.data_ptr(), out.numel())
     if n > out.numel():  # more candidates than the first guess: once more with room for all
@@ -209,7 +213,7 @@ def refine(dog: torch.Tensor, cand: torch.Tensor, border: int, p) -> tuple[torch
     pos = torch.empty(cand.numel(), 4, dtype=torch.int64)
     fit = torch.empty(cand.numel(), 4, dtype=torch.float32)
     r = p.edge_threshold
-    kept = library().sift_refine_f32(
+    kept = _lib().sift_refine_f32(
         dog.data_ptr(), s, h, w, b, border, p.n_octave_layers, cand.data_ptr(), cand.numel(),
         p.contrast_threshold, r, (r + 1) ** 2, pos.data_ptr(), fit.data_ptr(),
     )  # fmt: skip

@@ -32,6 +32,7 @@ C compiler.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -59,8 +60,12 @@ class SiftParams:
     quantize: bool = True
 
 
+@functools.lru_cache(maxsize=64)
 def gaussian_kernel1d(sigma: float, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """Sampled, normalised Gaussian of ``round(8 sigma + 1) | 1`` taps (cv2.GaussianBlur on float)."""
+    """Sampled, normalised Gaussian of ``round(8 sigma + 1) | 1`` taps (cv2.GaussianBlur on float).
+
+    Cached (the same few sigmas in every call): the tensor is shared, never write into it.
+    """
     ksize = int(round(sigma * 8 + 1)) | 1
     x = torch.arange(ksize, dtype=torch.float64) - (ksize - 1) / 2
     g = torch.exp(-0.5 * x * x / (sigma * sigma))
@@ -155,6 +160,7 @@ def _blur(
     ws: Workspace | None = None,
     out: torch.Tensor | None = None,
     dog: torch.Tensor | None = None,
+    native: bool | None = None,
 ) -> torch.Tensor:
     """Separable Gaussian blur of an (H, W, b) stack, reflect-101 borders; ``dog`` = result - ``x`` if given.
 
@@ -166,7 +172,7 @@ def _blur(
     """
     b = x.shape[2]
     k = kernel.numel()
-    if k // 2 <= _native.MAX_RADIUS and _native.usable(x):
+    if k // 2 <= _native.MAX_RADIUS and (_native.usable(x) if native is None else native):
         out = torch.empty_like(x) if out is None else out
         _native.blur(x, kernel, out, dog, ws or Workspace())
         return out
@@ -437,7 +443,7 @@ def detect_chunk(images: torch.Tensor, p: SiftParams, ws: Workspace | None = Non
     thr = math.floor(0.5 * p.contrast_threshold / p.n_octave_layers * 255)
     base = _initial_image(images, p, ws)
     native = _native.usable(base)
-    img_idx, kps = [], []
+    positions, fits, scales = [], [], []
     for o in range(n_oct):
         h, w = base.shape[:2]
         if min(h, w) <= 2 * _BORDER:
@@ -446,22 +452,23 @@ def detect_chunk(images: torch.Tensor, p: SiftParams, ws: Workspace | None = Non
         gauss = [base]
         for i in range(1, p.n_octave_layers + 3):
             out = ws.get(f"gauss{i}", base.shape, base) if native else None
-            gauss.append(_blur(gauss[-1], kernels[i], ws, out, dog[i - 1]))
+            gauss.append(_blur(gauss[-1], kernels[i], ws, out, dog[i - 1], native))
         if native:
             base = _native.half(gauss[p.n_octave_layers])
             pos, fit = _merge(*_native.refine(dog, _native.extrema(dog, thr, _BORDER), _BORDER, p), dog.shape)
         else:
             base = gauss[p.n_octave_layers][0 : 2 * (h // 2) : 2, 0 : 2 * (w // 2) : 2].contiguous()
             pos, fit = _refine(dog, _extrema(dog, thr, p.n_octave_layers, ws), p)
-        scale = 2.0 ** (o + first_octave)
-        x = (pos[:, 2].to(compute_dtype) + fit[:, 0]) * scale
-        y = (pos[:, 1].to(compute_dtype) + fit[:, 1]) * scale
-        sigma = p.sigma * torch.pow(2.0, (pos[:, 0].to(compute_dtype) + fit[:, 2]) / p.n_octave_layers) * scale
-        kps.append(torch.stack([x, y, sigma, fit[:, 3]], 1))
-        img_idx.append(pos[:, 3])
-    if not kps:
+        positions.append(pos)
+        fits.append(fit)
+        scales.append(torch.full((pos.shape[0],), 2.0 ** (o + first_octave), dtype=compute_dtype, device=pos.device))
+    if not positions:
         return images.new_zeros(0, dtype=torch.long), images.new_zeros(0, 4)
-    image_index = torch.cat(img_idx)
-    keypoints = torch.cat(kps)
-    image_index, order = torch.sort(image_index, stable=True)
+    # Input-pixel coordinates of every octave's keypoints at once (a power-of-two scale is exact).
+    pos, fit, scale = torch.cat(positions), torch.cat(fits), torch.cat(scales)
+    x = (pos[:, 2].to(compute_dtype) + fit[:, 0]) * scale
+    y = (pos[:, 1].to(compute_dtype) + fit[:, 1]) * scale
+    sigma = p.sigma * torch.pow(2.0, (pos[:, 0].to(compute_dtype) + fit[:, 2]) / p.n_octave_layers) * scale
+    keypoints = torch.stack([x, y, sigma, fit[:, 3]], 1)
+    image_index, order = torch.sort(pos[:, 3], stable=True)
     return image_index, keypoints[order]
