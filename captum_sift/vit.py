@@ -68,8 +68,9 @@ def eval_mode(model: nn.Module) -> Iterator[None]:
     """Every module in eval mode inside; each module's own flag restored after.
 
     A model already in eval mode is left alone (``model.eval()`` sets a flag
-    on every module through ``nn.Module.__setattr__``: ~4 ms for a ViT-S,
-    a tenth of its forward on a CPU, paid per block by the streamed analysis).
+    on every module through ``nn.Module.__setattr__``: ~4 ms for a ViT-S, a
+    tenth of its one-image forward on a CPU, paid per block by the streamed
+    analysis before it entered only the running block).
     """
     modes = [(m, m.training) for m in model.modules()]
     if any(mode for _, mode in modes):
