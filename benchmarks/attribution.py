@@ -23,12 +23,10 @@ Usage: python benchmarks/attribution.py [--quick] [--model NAME] [--batch 4] [--
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import timm
 import torch
-from _timing import best_time
+from _timing import best_time, interleaved
 from captum.attr import FeatureAblation, IntegratedGradients, Saliency
 
 from captum_sift.attr import AttentionRollout, RawAttention, SIFTInterrelation
@@ -36,21 +34,6 @@ from captum_sift.data import SAMPLE_PHOTOS, sample_images
 from captum_sift.keypoints import count_keypoints
 
 THETA, ROLLOUT = "SIFTInterrelation (counts included)", "AttentionRollout"
-
-
-def interleaved(methods: dict, rounds: int) -> tuple[dict, dict]:
-    """Best time of every method over ``rounds`` interleaved rounds, and its median ratio to the round's forward."""
-    for fn in methods.values():  # warm-up
-        fn()
-    times: dict[str, list[float]] = {name: [] for name in methods}
-    for _ in range(rounds):
-        for name, fn in methods.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-    forward = times["plain forward"]
-    median = {name: statistics.median(t / f for t, f in zip(ts, forward, strict=True)) for name, ts in times.items()}
-    return {name: min(ts) for name, ts in times.items()}, median
 
 
 def report(label: str, best: dict, median: dict, batch: int) -> None:
@@ -100,7 +83,7 @@ def main() -> None:
     }
     threads = torch.get_num_threads()
     print(f"{name}, {size}px, batch {args.batch}, CPU, {threads} threads, best of {args.rounds} interleaved rounds")
-    best, median = interleaved(fast, args.rounds)
+    best, median = interleaved(fast, args.rounds, "plain forward")
     best[f"IntegratedGradients ({steps} steps)"] = best_time(
         lambda: IntegratedGradients(model).attribute(x, target=target, n_steps=steps, internal_batch_size=16), 1
     )
@@ -111,7 +94,7 @@ def main() -> None:
     torch.set_num_threads(1)
     try:
         print(f"one thread (torch.set_num_threads(1)), best of {args.rounds} interleaved rounds")
-        report("ONE THREAD ", *interleaved(fast, args.rounds), args.batch)
+        report("ONE THREAD ", *interleaved(fast, args.rounds, "plain forward"), args.batch)
     finally:
         torch.set_num_threads(threads)
 
