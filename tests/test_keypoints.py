@@ -1,5 +1,6 @@
 """SIFT keypoints and per-patch counts (SPEC §1): hand-made images with known answers."""
 
+import math
 import shutil
 import warnings
 
@@ -208,6 +209,35 @@ def test_native_blur_equals_reference(shape, sigma, native):
     assert torch.equal(dog, out - x)
     for i in range(shape[2]):  # each image gets the values it gets alone
         assert torch.equal(_scale_space._blur(x[..., i : i + 1].contiguous(), kernel)[..., 0], out[..., i])
+
+
+@pytest.mark.parametrize("shape", ["photos", (14, 23, 3), (11, 12, 1)])
+def test_native_octave_equals_the_per_layer_kernels(shape, native, monkeypatch):
+    """One streamed pass per octave (rings of rows) = blur per layer, extremum search, subsampling, bit for bit."""
+    from captum_sift.data import SAMPLE_PHOTOS, sample_images
+
+    p = SiftParams()
+    if shape == "photos":  # octave 0 of two photos: (192, 192, 2)
+        x = _scale_space._initial_image(sample_images(list(SAMPLE_PHOTOS[:2]), size=96), p)
+    else:  # kernels of up to 25 taps on 11-23 rows: the reflections wrap
+        x = (torch.rand(*shape, generator=torch.Generator().manual_seed(6)) * 255).round()
+    kernels = [_scale_space.gaussian_kernel1d(s, x.device, x.dtype) for s in _scale_space._layer_sigmas(p)]
+    dog = torch.empty(len(kernels) - 1, *x.shape)
+    gauss = [x]
+    for i, kernel in enumerate(kernels[1:]):
+        gauss.append(_scale_space._blur(gauss[-1], kernel, Workspace(), dog=dog[i]))
+    found = []
+    for threshold, room in ((1.0, None), (0.0, 8)):  # room 8: more candidates than the first output buffer holds
+        if room:
+            monkeypatch.setattr(_native, "_room", lambda dog, room=room: room)
+        streamed = torch.full_like(dog, math.nan)
+        cand, half = native.octave(x, kernels, streamed, p.n_octave_layers, threshold, 5, Workspace())
+        assert torch.equal(streamed, dog)
+        assert torch.equal(cand, native.extrema(dog, threshold, 5))
+        assert torch.equal(half, native.half(gauss[p.n_octave_layers]))
+        found.append(cand.numel())
+    if shape == "photos":
+        assert 100 < found[0] < found[1]
 
 
 @pytest.mark.parametrize("channels", [1, 3])

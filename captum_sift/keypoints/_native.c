@@ -10,6 +10,7 @@
  * sift_half_f32     every second row and column (the next octave's base)
  * sift_blur_f32     separable Gaussian blur, reflect-101 borders, DoG fused
  * sift_extrema_f32  |D| > thr and a non-strict 3x3x3 extremum, rows outermost
+ * sift_octave_f32   one octave streamed by rows: the blurs, the DoG, the extremum search
  * sift_refine_f32   quadratic refinement, contrast and edge tests
  */
 #include <math.h>
@@ -129,22 +130,30 @@ static void blur_row(const float *s, float *o, float *pad, int64_t W, int64_t B,
     sym_filter(rows, o, W * B, kern, R);
 }
 
+/* The last row of the horizontal pass that output row r of a vertical pass
+   of radius R reads (its reflect-101 window lies in rows 0..this). */
+static int64_t window_end(int64_t r, int64_t R, int64_t H) {
+    int64_t need = r + R;
+    if (need > H - 1) need = H - 1;
+    if (need < R && R < H) need = R;
+    return need;
+}
+
 /* dst = blur(src) with the symmetric kernel `kern` of 2R+1 taps; if `dog` is
-   not NULL, dog = dst - src as well. Scratch: tmp (H, W, B), pad (W+2R, B).
-   The horizontal rows are made just before the vertical pass needs them, so
-   the window of 2R+1 rows stays in cache. Returns -1 if R is too large. */
+   not NULL, dog = dst - src as well. Scratch: tmp, a ring of 2R+1 rows (W, B)
+   (row k at slot k % (2R+1)), and pad (W+2R, B). The horizontal rows are made
+   just before the vertical pass needs them, so the window stays in cache.
+   Returns -1 if R is too large. */
 int sift_blur_f32(const float *src, float *dst, float *dog, int64_t H, int64_t W, int64_t B, const float *kern,
                   int64_t R, float *tmp, float *pad) {
     if (R > MAX_RADIUS) return -1;
-    const int64_t n = W * B;
+    const int64_t n = W * B, size = 2 * R + 1;
     const float *rows[2 * MAX_RADIUS + 1];
     int64_t done = 0;
     for (int64_t r = 0; r < H; r++) {
-        int64_t need = r + R;
-        if (need > H - 1) need = H - 1;
-        if (need < R && R < H) need = R;
-        for (; done <= need; done++) blur_row(src + done * n, tmp + done * n, pad, W, B, kern, R);
-        for (int64_t t = -R; t <= R; t++) rows[R + t] = tmp + reflect101(r + t, H) * n;
+        for (const int64_t need = window_end(r, R, H); done <= need; done++)
+            blur_row(src + done * n, tmp + (done % size) * n, pad, W, B, kern, R);
+        for (int64_t t = -R; t <= R; t++) rows[R + t] = tmp + (reflect101(r + t, H) % size) * n;
         float *o = dst + r * n;
         sym_filter(rows, o, n, kern, R);
         if (dog) {
@@ -156,53 +165,152 @@ int sift_blur_f32(const float *src, float *dst, float *dog, int64_t H, int64_t W
     return 0;
 }
 
-/* Flat indices into dog (L, H, W, B) of the samples of layers 1..L-2, `border`
-   pixels away from the image border, with |D| > thr that are >= (D > 0) or <=
-   (D < 0) all 26 neighbours, ordered by row, then layer, column, image (the
-   caller sorts them). Rows are the outer loop so that the rows of all layers
-   around row r are read from cache. Writes at most `cap` indices to `out` and
-   returns how many there are (-1: out of memory). */
-int64_t sift_extrema_f32(const float *dog, int64_t L, int64_t H, int64_t W, int64_t B, int64_t border, float thr,
-                         int64_t *out, int64_t cap) {
+/* Appends to out (n so far, at most cap written) the flat indices into dog
+   (L, H, W, B) of the samples of row r in layers 1..L-2, `border` pixels
+   away from the left and right borders, with |D| > thr that are >= (D > 0)
+   or <= (D < 0) all 26 neighbours, by layer, column, image. flag: scratch of
+   (W - 2 border) B + 8 bytes. Returns the new n. */
+static int64_t extrema_row(const float *dog, int64_t L, int64_t H, int64_t W, int64_t B, int64_t border, float thr,
+                           int64_t r, uint8_t *flag, int64_t *out, int64_t cap, int64_t n) {
     const int64_t sr = W * B, ss = H * sr;
     const int64_t j0 = border * B, len = (W - 2 * border) * B;
-    int64_t n = 0;
-    if (len <= 0 || H <= 2 * border) return 0;
-    uint8_t *flag = calloc((size_t)len + 8, 1);
-    if (!flag) return -1;
-    for (int64_t r = border; r < H - border; r++) {
-        for (int64_t s = 1; s < L - 1; s++) {
-            const float *p = dog + s * ss + r * sr + j0;
-            /* the 6 face neighbours first (vectorised): 1-3 % of photo samples pass */
-            for (int64_t j = 0; j < len; j++) {
-                const float v = p[j];
-                const float a = p[j - B], b = p[j + B], c = p[j - sr], d = p[j + sr], e = p[j - ss], f = p[j + ss];
-                const float mx = MAXF(MAXF(MAXF(a, b), MAXF(c, d)), MAXF(e, f));
-                const float mn = MINF(MINF(MINF(a, b), MINF(c, d)), MINF(e, f));
-                flag[j] = (uint8_t)(((v > thr) & (v >= mx)) | ((v < -thr) & (v <= mn)));
-            }
-            for (int64_t j = 0; j < len; j += 8) {
-                uint64_t word;
-                memcpy(&word, flag + j, 8);
-                if (!word) continue;
-                for (int64_t k = j; k < j + 8 && k < len; k++) {
-                    if (!flag[k]) continue;
-                    const float *q = p + k;
-                    const float v = *q;
-                    int ok = 1;
-                    for (int64_t ds = -ss; ds <= ss && ok; ds += ss)
-                        for (int64_t dr = -sr; dr <= sr && ok; dr += sr)
-                            for (int64_t dc = -B; dc <= B && ok; dc += B)
-                                ok = v > 0 ? v >= q[ds + dr + dc] : v <= q[ds + dr + dc];
-                    if (ok) {
-                        if (n < cap) out[n] = s * ss + r * sr + j0 + k;
-                        n++;
-                    }
+    for (int64_t s = 1; s < L - 1; s++) {
+        const float *p = dog + s * ss + r * sr + j0;
+        /* the 6 face neighbours first (vectorised): 1-3 % of photo samples pass */
+        for (int64_t j = 0; j < len; j++) {
+            const float v = p[j];
+            const float a = p[j - B], b = p[j + B], c = p[j - sr], d = p[j + sr], e = p[j - ss], f = p[j + ss];
+            const float mx = MAXF(MAXF(MAXF(a, b), MAXF(c, d)), MAXF(e, f));
+            const float mn = MINF(MINF(MINF(a, b), MINF(c, d)), MINF(e, f));
+            flag[j] = (uint8_t)(((v > thr) & (v >= mx)) | ((v < -thr) & (v <= mn)));
+        }
+        for (int64_t j = 0; j < len; j += 8) {
+            uint64_t word;
+            memcpy(&word, flag + j, 8);
+            if (!word) continue;
+            for (int64_t k = j; k < j + 8 && k < len; k++) {
+                if (!flag[k]) continue;
+                const float *q = p + k;
+                const float v = *q;
+                int ok = 1;
+                for (int64_t ds = -ss; ds <= ss && ok; ds += ss)
+                    for (int64_t dr = -sr; dr <= sr && ok; dr += sr)
+                        for (int64_t dc = -B; dc <= B && ok; dc += B)
+                            ok = v > 0 ? v >= q[ds + dr + dc] : v <= q[ds + dr + dc];
+                if (ok) {
+                    if (n < cap) out[n] = s * ss + r * sr + j0 + k;
+                    n++;
                 }
             }
         }
     }
+    return n;
+}
+
+/* Flat indices into dog (L, H, W, B) of its 3x3x3 extrema (see extrema_row),
+   ordered by row, then layer, column, image. Writes at most `cap` indices to
+   `out` and returns how many there are (-1: out of memory). */
+int64_t sift_extrema_f32(const float *dog, int64_t L, int64_t H, int64_t W, int64_t B, int64_t border, float thr,
+                         int64_t *out, int64_t cap) {
+    const int64_t len = (W - 2 * border) * B;
+    int64_t n = 0;
+    if (len <= 0 || H <= 2 * border) return 0;
+    uint8_t *flag = calloc((size_t)len + 8, 1);
+    if (!flag) return -1;
+    for (int64_t r = border; r < H - border; r++) n = extrema_row(dog, L, H, W, B, border, thr, r, flag, out, cap, n);
     free(flag);
+    return n;
+}
+
+/* One octave streamed row by row: Gaussian layer l = 1..L-1 is blurred from
+   layer l-1 (layer 0: `base`, (H, W, B)) with kernel l, DoG layer l-1 =
+   layer l - layer l-1 is written to dog (L-1, H, W, B), layer `half_layer`'s
+   even rows and columns to next (H/2, W/2, B) unless NULL, and the extrema of
+   each DoG row are searched as soon as the rows around it exist. Each layer
+   lives in a ring of the few rows its readers still need (the full layers
+   never touch memory), so an octave costs one write of the DoG, not ~8 full
+   passes. The values are those of sift_blur_f32 and sift_extrema_f32, bit
+   for bit, and so is the candidate order. */
+#define MAX_GAUSS 64
+
+typedef struct {
+    const float *base;
+    float *dog, *next, *pad;
+    int64_t H, W, B, n, half_layer;
+    const float *kern[MAX_GAUSS];
+    int64_t R[MAX_GAUSS];
+    float *hring[MAX_GAUSS], *gring[MAX_GAUSS]; /* rows of the horizontal pass, rows of the layer */
+    int64_t hsize[MAX_GAUSS], gsize[MAX_GAUSS], hdone[MAX_GAUSS], gdone[MAX_GAUSS];
+} octave_t;
+
+static const float *layer_row(const octave_t *o, int64_t l, int64_t k) {
+    return l == 0 ? o->base + k * o->n : o->gring[l] + (k % o->gsize[l]) * o->n;
+}
+
+/* Makes rows 0..upto of Gaussian layer l >= 1 (and the DoG rows below them). */
+static void produce(octave_t *o, int64_t l, int64_t upto) {
+    const int64_t H = o->H, n = o->n, R = o->R[l], hs = o->hsize[l];
+    const float *rows[2 * MAX_RADIUS + 1];
+    for (; o->gdone[l] <= upto; o->gdone[l]++) {
+        const int64_t k = o->gdone[l];
+        for (const int64_t need = window_end(k, R, H); o->hdone[l] <= need; o->hdone[l]++) {
+            const int64_t j = o->hdone[l];
+            if (l > 1) produce(o, l - 1, j);
+            blur_row(layer_row(o, l - 1, j), o->hring[l] + (j % hs) * n, o->pad, o->W, o->B, o->kern[l], R);
+        }
+        for (int64_t t = -R; t <= R; t++) rows[R + t] = o->hring[l] + (reflect101(k + t, H) % hs) * n;
+        float *g = o->gring[l] + (k % o->gsize[l]) * n, *d = o->dog + ((l - 1) * H + k) * n;
+        sym_filter(rows, g, n, o->kern[l], R);
+        const float *prev = layer_row(o, l - 1, k);
+        for (int64_t j = 0; j < n; j++) d[j] = g[j] - prev[j];
+        if (l == o->half_layer && o->next && !(k & 1) && k / 2 < H / 2) {
+            float *dst = o->next + (k / 2) * (o->W / 2) * o->B;
+            for (int64_t c = 0; c < o->W / 2; c++) memcpy(dst + c * o->B, g + 2 * c * o->B, (size_t)o->B * sizeof(float));
+        }
+    }
+}
+
+/* Floats of scratch sift_octave_f32 needs (radii[l]: kernel l's radius, l = 1..L-1). */
+int64_t sift_octave_scratch(int64_t H, int64_t W, int64_t B, int64_t L, const int64_t *radii) {
+    const int64_t n = W * B;
+    int64_t rmax = 0, rows = 1; /* the last layer keeps one row */
+    for (int64_t l = 1; l < L; l++) {
+        rmax = MAXF(rmax, radii[l]);
+        rows += 2 * radii[l] + 1 + (l + 1 < L ? radii[l + 1] + 1 : 0);
+    }
+    return rows * n + (W + 2 * rmax) * B + ((W * B + 8) / 4 + 1);
+}
+
+/* Returns the number of extrema (at most cap written to out, as
+   sift_extrema_f32), -1 if a radius is too large or L is out of range. */
+int64_t sift_octave_f32(const float *base, int64_t H, int64_t W, int64_t B, int64_t L, const float *kerns,
+                        const int64_t *radii, int64_t half_layer, float *dog, float *next, float *scratch,
+                        int64_t border, float thr, int64_t *out, int64_t cap) {
+    if (L < 2 || L > MAX_GAUSS) return -1;
+    octave_t o = {.base = base, .dog = dog, .next = next, .H = H, .W = W, .B = B, .n = W * B, .half_layer = half_layer};
+    int64_t rmax = 0;
+    float *at = scratch;
+    for (int64_t l = 1; l < L; l++) {
+        if (radii[l] > MAX_RADIUS) return -1;
+        o.R[l] = radii[l];
+        o.kern[l] = kerns;
+        kerns += 2 * radii[l] + 1;
+        rmax = MAXF(rmax, radii[l]);
+        o.hsize[l] = 2 * radii[l] + 1;
+        o.gsize[l] = l + 1 < L ? radii[l + 1] + 1 : 1;
+        o.hring[l] = at, at += o.hsize[l] * o.n;
+        o.gring[l] = at, at += o.gsize[l] * o.n;
+        o.hdone[l] = o.gdone[l] = 0;
+    }
+    o.pad = at, at += (W + 2 * rmax) * B;
+    uint8_t *flag = (uint8_t *)at;
+    int64_t n = 0;
+    const int search = W * B > 2 * border * B && H > 2 * border;
+    for (int64_t r = 0; r < H; r++) {
+        produce(&o, L - 1, r); /* every DoG row <= r exists now */
+        if (search && r - 1 >= border && r - 1 < H - border)
+            n = extrema_row(dog, L - 1, H, W, B, border, thr, r - 1, flag, out, cap, n);
+    }
     return n;
 }
 

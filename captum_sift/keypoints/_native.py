@@ -1,10 +1,11 @@
 """The detector's native CPU kernels (``_native.c``): compiled once per machine, loaded with ctypes.
 
 Eager torch runs the detector as ~40 passes over every full-resolution
-layer; OpenCV runs a few fused loops. The three kernels in ``_native.c``
-(blur with the DoG fused, the extremum search, the refinement) do the
-float32 CPU work in one pass each, ~3x faster than eager torch at every
-batch size (benchmarks/keypoints.py).
+layer; OpenCV runs a few fused loops. The kernels in ``_native.c`` do the
+float32 CPU work of an octave in one streamed pass (the blurs, the DoG and
+the extremum search row by row, each Gaussian layer kept only as the ring of
+rows its readers still need), then the refinement: ~3x faster than eager
+torch at every batch size (benchmarks/keypoints.py).
 
 The source is compiled with the machine's C compiler (``$CC``, else ``cc``,
 ``gcc`` or ``clang``) into a cache directory (``$CAPTUM_SIFT_CACHE``, else
@@ -41,9 +42,15 @@ _SIGNATURES = {
     "sift_half_f32": (None, [_PTR, _I64, _I64, _I64, _PTR]),
     "sift_blur_f32": (ctypes.c_int, [_PTR, _PTR, _PTR, _I64, _I64, _I64, _PTR, _I64, _PTR, _PTR]),
     "sift_extrema_f32": (_I64, [_PTR, _I64, _I64, _I64, _I64, _I64, _F32, _PTR, _I64]),
+    "sift_octave_scratch": (_I64, [_I64, _I64, _I64, _I64, _PTR]),
+    "sift_octave_f32": (
+        _I64,
+        [_PTR, _I64, _I64, _I64, _I64, _PTR, _PTR, _I64, _PTR, _PTR, _PTR, _I64, _F32, _PTR, _I64],
+    ),
     "sift_refine_f32": (_I64, [_PTR, _I64, _I64, _I64, _I64, _I64, _I64, _PTR, _I64, _F32, _F32, _F32, _PTR, _PTR]),
 }
 MAX_RADIUS = 255  # _native.c's MAX_RADIUS: kernels of up to 511 taps (sigma ~64)
+MAX_GAUSS = 64  # _native.c's MAX_GAUSS: Gaussian layers per octave of sift_octave_f32
 
 _LOCK = threading.Lock()
 _STATE: dict[str, object] = {}  # "lib": the loaded library, or None once loading failed
@@ -180,7 +187,7 @@ def blur(x: torch.Tensor, kernel: torch.Tensor, out: torch.Tensor, dog: torch.Te
     x = x.contiguous()
     h, w, b = x.shape
     radius = kernel.numel() // 2
-    tmp = ws.get("native_tmp", x.shape, x)
+    tmp = ws.get("native_tmp", (2 * radius + 1, w, b), x)  # a ring of rows
     pad = ws.get("native_pad", ((w + 2 * radius) * b,), x)
     kernel = kernel.contiguous()
     status = _lib().sift_blur_f32(
@@ -191,12 +198,53 @@ def blur(x: torch.Tensor, kernel: torch.Tensor, out: torch.Tensor, dog: torch.Te
         raise RuntimeError(f"Gaussian kernel of {kernel.numel()} taps exceeds the native limit {2 * MAX_RADIUS + 1}")
 
 
+def _room(dog: torch.Tensor) -> int:
+    """First guess of the number of extrema in a DoG stack (photos: well under 1 in 64 samples)."""
+    return max(1024, dog.numel() // 64)
+
+
+def octave(
+    base: torch.Tensor,
+    kernels: list[torch.Tensor],
+    dog: torch.Tensor,
+    half_layer: int,
+    threshold: float,
+    border: int,
+    ws,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One octave in one streamed pass: ``dog`` filled, (extrema as :func:`extrema`, next octave's base).
+
+    ``kernels[l]`` blurs Gaussian layer l from layer l-1 (layer 0 is ``base``,
+    ``kernels[0]`` unused); the values are those of :func:`blur` and
+    :func:`extrema`, bit for bit, without writing the Gaussian layers out.
+    """
+    base = base.contiguous()
+    h, w, b = base.shape
+    layers = len(kernels)
+    radii = torch.tensor([0] + [k.numel() // 2 for k in kernels[1:]], dtype=torch.int64)
+    taps = torch.cat([k.contiguous() for k in kernels[1:]])
+    lib = _lib()
+    scratch = ws.get("native_octave", (lib.sift_octave_scratch(h, w, b, layers, radii.data_ptr()),), base)
+    out = ws.get("native_extrema", (_room(dog),), base, torch.int64)
+    nxt = torch.empty((h // 2, w // 2, b))
+    n = lib.sift_octave_f32(
+        base.data_ptr(), h, w, b, layers, taps.data_ptr(), radii.data_ptr(), half_layer, dog.data_ptr(),
+        nxt.data_ptr(), scratch.data_ptr(), border, threshold, out.data_ptr(), out.numel(),
+    )  # fmt: skip
+    if n < 0:
+        raise RuntimeError(f"an octave of {layers} layers or kernels of {2 * int(radii.max()) + 1} taps exceed the "
+                           f"native limits ({MAX_GAUSS} layers, {2 * MAX_RADIUS + 1} taps)")  # fmt: skip
+    if n > out.numel():  # more candidates than room: the DoG is complete, search it once more with room for all
+        return extrema(dog, threshold, border), nxt
+    return torch.sort(out[:n]).values, nxt
+
+
 def extrema(dog: torch.Tensor, threshold: float, border: int) -> torch.Tensor:
     """Flat indices into the (S+2, H, W, b) ``dog`` of its 3x3x3 extrema with ``|D| > threshold``, sorted."""
     dog = dog.contiguous()
     s, h, w, b = dog.shape
     fn = _lib().sift_extrema_f32
-    out = torch.empty(max(1024, dog.numel() // 64), dtype=torch.int64)
+    out = torch.empty(_room(dog), dtype=torch.int64)
     n = fn(dog.data_ptr(), s, h, w, b, border, threshold, out.data_ptr(), out.numel())
     if n > out.numel():  # more candidates than the first guess: once more with room for all
         out = torch.empty(n, dtype=torch.int64)

@@ -26,7 +26,7 @@ Everything is vectorised over the images of a chunk (the batch is the channel
 dimension of a depthwise convolution) and over candidates; the only Python
 loops are over octaves, layers and the 5 refinement steps. On CPU, float32
 chunks go through the C kernels of :mod:`._native` instead (the same steps,
-one pass each); this eager path serves CUDA, float64 and machines without a
+one streamed pass per octave); this eager path serves CUDA, float64 and machines without a
 C compiler.
 """
 
@@ -443,22 +443,29 @@ def detect_chunk(images: torch.Tensor, p: SiftParams, ws: Workspace | None = Non
     thr = math.floor(0.5 * p.contrast_threshold / p.n_octave_layers * 255)
     base = _initial_image(images, p, ws)
     native = _native.usable(base)
+    streamed = (
+        native and len(kernels) <= _native.MAX_GAUSS and max(k.numel() for k in kernels[1:]) // 2 <= _native.MAX_RADIUS
+    )
     positions, fits, scales = [], [], []
     for o in range(n_oct):
         h, w = base.shape[:2]
         if min(h, w) <= 2 * _BORDER:
             break  # no sample of this or any later octave is far enough from the border
         dog = ws.get("dog", (p.n_octave_layers + 2, h, w, base.shape[2]), base)  # (S+2, H, W, b)
-        gauss = [base]
-        for i in range(1, p.n_octave_layers + 3):
-            out = ws.get(f"gauss{i}", base.shape, base) if native else None
-            gauss.append(_blur(gauss[-1], kernels[i], ws, out, dog[i - 1], native))
-        if native:
-            base = _native.half(gauss[p.n_octave_layers])
-            pos, fit = _merge(*_native.refine(dog, _native.extrema(dog, thr, _BORDER), _BORDER, p), dog.shape)
+        if streamed:  # the whole octave in one native pass: its Gaussian layers are never written out
+            cand, base = _native.octave(base, kernels, dog, p.n_octave_layers, thr, _BORDER, ws)
+            pos, fit = _merge(*_native.refine(dog, cand, _BORDER, p), dog.shape)
         else:
-            base = gauss[p.n_octave_layers][0 : 2 * (h // 2) : 2, 0 : 2 * (w // 2) : 2].contiguous()
-            pos, fit = _refine(dog, _extrema(dog, thr, p.n_octave_layers, ws), p)
+            gauss = [base]
+            for i in range(1, p.n_octave_layers + 3):
+                out = ws.get(f"gauss{i}", base.shape, base) if native else None
+                gauss.append(_blur(gauss[-1], kernels[i], ws, out, dog[i - 1], native))
+            if native:
+                base = _native.half(gauss[p.n_octave_layers])
+                pos, fit = _merge(*_native.refine(dog, _native.extrema(dog, thr, _BORDER), _BORDER, p), dog.shape)
+            else:
+                base = gauss[p.n_octave_layers][0 : 2 * (h // 2) : 2, 0 : 2 * (w // 2) : 2].contiguous()
+                pos, fit = _refine(dog, _extrema(dog, thr, p.n_octave_layers, ws), p)
         positions.append(pos)
         fits.append(fit)
         scales.append(torch.full((pos.shape[0],), 2.0 ** (o + first_octave), dtype=compute_dtype, device=pos.device))
