@@ -15,7 +15,7 @@ from .functional import _check_counts, _theta, _theta_weights, focus_index, inte
 from .keypoints import count_keypoints
 from .report import InterrelationReport
 from .settings import LayerChoice, ThetaSettings, resolve_layers
-from .vit import ViTAdapter, as_vit
+from .vit import ViTAdapter, as_vit, non_finite_attention
 
 __all__ = ["analyze", "model_normalization", "resolve_layers", "to_model_and_pixels"]
 
@@ -172,11 +172,21 @@ def _analyze(
     weights = _theta_weights(counts.float(), weighted=theta_settings.weighted, min_keypoints=min_keypoints)
     thetas, focuses, query_rows = [], [], []
     rows = torch.arange(images.shape[0], device=images.device)
-    for index, attn in vit.iter_attention(model_input, last=layer_list[-1]):
+    attended = None  # S_i of every layer in turn: one buffer
+    # Every map is checked through its patch rows' means, which θ takes anyway: NaN or Inf in a patch
+    # row makes its mean non-finite (a full pass more per layer otherwise); nothing here reads prefix rows.
+    for index, attn in vit._iter_attention(model_input, layer_list[-1], check_finite=False):
         if index not in wanted:
+            if not all_finite(attn):
+                raise non_finite_attention(index)
             continue
         attn_patch = patch_block(attn.float(), prefix)  # (B, h, N, N)
-        thetas.append(_theta(attn_patch, weights, gamma, theta_settings.include_self))  # (B, h, N)
+        line = attn_patch.mean(dim=-1, keepdim=True)  # (B, h, N, 1): eq. 2's row means
+        if not (all_finite(line) or all_finite(attn_patch)):  # a mean that overflowed: settled exactly
+            raise non_finite_attention(index)
+        if attended is None:
+            attended = torch.empty(attn_patch.shape, dtype=attn_patch.dtype, device=attn_patch.device)
+        thetas.append(_theta(attn_patch, weights, gamma, theta_settings.include_self, line, attended))  # (B, h, N)
         if focus:
             focuses.append(focus_index(attn_patch))
         query_rows.append(attn_patch[rows, :, query].mean(dim=1))

@@ -144,13 +144,25 @@ def _theta_weights(counts: torch.Tensor, *, weighted: bool, min_keypoints: int) 
     return torch.stack([key_weight, all_weight], dim=-1).unsqueeze(1)
 
 
-def _theta(attn_patch: torch.Tensor, weights: torch.Tensor, gamma: float, include_self: bool) -> torch.Tensor:
-    """Eqs. 2-3 on checked arguments: θ (B, h, N) from attn_patch (B, h, N, N) and ``_theta_weights``."""
-    line = attn_patch.mean(dim=-1, keepdim=True)  # (B, h, N, 1): eq. 2
+def _theta(
+    attn_patch: torch.Tensor,
+    weights: torch.Tensor,
+    gamma: float,
+    include_self: bool,
+    line: torch.Tensor | None = None,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Eqs. 2-3 on checked arguments: θ (B, h, N) from attn_patch (B, h, N, N) and ``_theta_weights``.
+
+    ``line``: the row means of ``attn_patch`` (B, h, N, 1), when already taken;
+    ``out``: a contiguous (B, h, N, N) float buffer for S_i (one per batch, not one per layer).
+    """
+    if line is None:
+        line = attn_patch.mean(dim=-1, keepdim=True)  # (B, h, N, 1): eq. 2
     if gamma != 1:
         line = line * gamma
     # S_i (B, h, N, N) as 0/1 in attn's dtype, written once (a bool mask, then a cast: one more pass)
-    attended = torch.empty_like(attn_patch, memory_format=torch.contiguous_format)
+    attended = torch.empty_like(attn_patch, memory_format=torch.contiguous_format) if out is None else out
     torch.ge(attn_patch, line, out=attended)
     if not include_self:
         attended.diagonal(dim1=-2, dim2=-1).zero_()

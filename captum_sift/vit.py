@@ -44,6 +44,11 @@ _HALF = (0.5, 0.5, 0.5)
 Capture = Callable[[nn.Module, list], AbstractContextManager]
 
 
+def non_finite_attention(index: int) -> CaptumSiftError:
+    """The error for a block whose attention holds NaN or Inf."""
+    return CaptumSiftError(f"non-finite attention in block {index}: check the weights and the input")
+
+
 class _StopAtFirstBlock(Exception):
     """Raised by a pre-hook to stop the model's forward at its first block."""
 
@@ -226,6 +231,12 @@ class ViTAdapter:
 
     def iter_attention(self, images: torch.Tensor, last: int | None = None) -> Iterator[tuple[int, torch.Tensor]]:
         """Yield ``(layer, attn)`` per block up to ``last``; see :func:`captum_sift.attention.iter_attention`."""
+        return self._iter_attention(images, last, check_finite=True)
+
+    def _iter_attention(
+        self, images: torch.Tensor, last: int | None, check_finite: bool
+    ) -> Iterator[tuple[int, torch.Tensor]]:
+        """:meth:`iter_attention`; ``check_finite=False`` leaves the check of every map to the caller."""
         index = self.depth - 1 if last is None else as_int(last)
         if index is None or not -self.depth <= index < self.depth:
             raise CaptumSiftError(
@@ -268,8 +279,8 @@ class ViTAdapter:
                     f"({type(block).__name__}), got {got}"
                 )
             attn = store.pop()
-            if not all_finite(attn):
-                raise CaptumSiftError(f"non-finite attention in block {index}: check the weights and the input")
+            if check_finite and not all_finite(attn):
+                raise non_finite_attention(index)
             yield index, attn
             del attn
 

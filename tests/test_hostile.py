@@ -185,6 +185,25 @@ def test_nan_weights_raise_naming_the_layer(model, pixels, tmp_path, capsys):
     _one_line_error(capsys, "non-finite attention in block 0")
 
 
+@pytest.mark.parametrize("value", [float("inf"), float("nan")])
+def test_one_non_finite_patch_entry_raises_naming_the_layer(model, pixels, value):
+    """The analysis checks each map through its patch rows' means: one bad entry is enough."""
+
+    def spoil(_module, _inputs, attn):
+        attn = attn.clone()
+        attn[1, 2, 5, 7] = value  # image 1, head 2, patch 4 -> patch 6 (after the class token)
+        return attn
+
+    handle = model.blocks[1].attn.attn_drop.register_forward_hook(spoil)
+    try:
+        with pytest.raises(CaptumSiftError, match="non-finite attention in block 1"):
+            analyze(model, pixels, image_space="pixel")
+        with pytest.raises(CaptumSiftError, match="non-finite attention in block 1"):
+            analyze(model, pixels, image_space="pixel", layers=[2])  # a block not analysed is checked too
+    finally:
+        handle.remove()
+
+
 # -- 6, 10. output folder and CLI values --------------------------------------------------------------
 def test_a_second_run_into_the_same_folder_is_refused(tmp_path, capsys):
     from captum_sift.runs import prepare_out
