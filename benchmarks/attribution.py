@@ -5,8 +5,9 @@ the time of one plain (fused) forward per image, and the time per image of
 SIFTInterrelation (keypoint counting included, and with the counts given),
 attention rollout and raw attention (the last layer), Captum's Saliency,
 IntegratedGradients (50 steps) and FeatureAblation over the patches (the
-same ``feature_mask``), each as a multiple of one forward. Targets: θ
-(keypoints counted) <= 1.2, rollout <= 1.2.
+same ``feature_mask``), each as a multiple of one forward, and the minor
+page faults of one call of each fast method. Targets: θ (keypoints counted)
+<= 1.2, rollout <= 1.2.
 
 This machine's speed drifts by 10-20 % within a minute (other tenants), so the
 fast methods run in interleaved rounds (forward, θ, ..., forward, θ, ...):
@@ -23,6 +24,7 @@ Usage: python benchmarks/attribution.py [--quick] [--model NAME] [--batch 4] [--
 from __future__ import annotations
 
 import argparse
+import resource
 
 import timm
 import torch
@@ -46,6 +48,17 @@ def report(label: str, best: dict, median: dict, batch: int) -> None:
             f"{label}RATIO {name.split()[0]} / forward: {median[name]:.2f}  (median of paired rounds; "
             f"best rounds {best[name] / one:.2f}; target <= 1.2)"
         )
+
+
+def page_faults(fn) -> int:
+    """Minor page faults during one ``fn()``: memory the allocator handed back to the OS and touches again.
+
+    ~1.5 us each on this VM; they follow glibc's trim/mmap thresholds, so they
+    change with what ran before (tens of thousands per call in some orders).
+    """
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    fn()
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
 
 
 def main() -> None:
@@ -91,6 +104,8 @@ def main() -> None:
         lambda: FeatureAblation(model).attribute(x, target=target, feature_mask=mask, perturbations_per_eval=16), 1
     )
     report("", best, median, args.batch)
+    faults = {name: page_faults(fn) for name, fn in fast.items()}  # one more interleaved round
+    print("PAGE FAULTS per call (minor, the whole process): " + ", ".join(f"{k} {v}" for k, v in faults.items()))
     torch.set_num_threads(1)
     try:
         print(f"one thread (torch.set_num_threads(1)), best of {args.rounds} interleaved rounds")
