@@ -20,8 +20,11 @@
 
 /* may_alias: rows are written as vectors and read as floats (and back) */
 typedef float v8f __attribute__((vector_size(32), aligned(4), may_alias));
+typedef float v16f __attribute__((vector_size(64), aligned(4), may_alias));
 #define LD(p) (*(const v8f *)(p))
 #define ST(p, v) (*(v8f *)(p) = (v))
+#define LD16(p) (*(const v16f *)(p))
+#define ST16(p, v) (*(v16f *)(p) = (v))
 #define MAXF(a, b) ((a) > (b) ? (a) : (b))
 #define MINF(a, b) ((a) < (b) ? (a) : (b))
 #define MAX_RADIUS 255
@@ -100,6 +103,17 @@ static void sym_filter(const float *const *rows, float *o, int64_t n, const floa
     const float k0 = kern[R];
     const float *m = rows[R];
     int64_t j = 0;
+    for (; j + 32 <= n; j += 32) {
+        v16f a0 = k0 * LD16(m + j), a1 = k0 * LD16(m + j + 16);
+        for (int64_t t = 1; t <= R; t++) {
+            const float kt = kern[R + t];
+            const float *lo = rows[R - t] + j, *hi = rows[R + t] + j;
+            a0 = a0 + kt * (LD16(lo) + LD16(hi));
+            a1 = a1 + kt * (LD16(lo + 16) + LD16(hi + 16));
+        }
+        ST16(o + j, a0);
+        ST16(o + j + 16, a1);
+    }
     for (; j + 16 <= n; j += 16) {
         v8f a0 = k0 * LD(m + j), a1 = k0 * LD(m + j + 8);
         for (int64_t t = 1; t <= R; t++) {

@@ -411,13 +411,22 @@ def _merge(pos: torch.Tensor, fit: torch.Tensor, shape: torch.Size) -> tuple[tor
 
     Returns them sorted by sample (layer, r, c, image).
     """
+    sel = _first_of_each(_sample_key(pos, shape))
+    return pos[sel], fit[sel]
+
+
+def _sample_key(pos: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """Flat index of each (layer, r, c, image) row of ``pos`` into a stack of ``shape`` (S+2, H, W, b)."""
     _, h, w, b = shape
-    key = ((pos[:, 0] * h + pos[:, 1]) * w + pos[:, 2]) * b + pos[:, 3]
+    return ((pos[:, 0] * h + pos[:, 1]) * w + pos[:, 2]) * b + pos[:, 3]
+
+
+def _first_of_each(key: torch.Tensor) -> torch.Tensor:
+    """Indices of one row per distinct key, in increasing key order."""
     key, order = torch.sort(key)
     first = torch.ones_like(key, dtype=torch.bool)
     first[1:] = key[1:] != key[:-1]
-    sel = order[first]
-    return pos[sel], fit[sel]
+    return order[first]
 
 
 def to_gray255(images: torch.Tensor, quantize: bool) -> torch.Tensor:
@@ -446,7 +455,7 @@ def detect_chunk(images: torch.Tensor, p: SiftParams, ws: Workspace | None = Non
     streamed = (
         native and len(kernels) <= _native.MAX_GAUSS and max(k.numel() for k in kernels[1:]) // 2 <= _native.MAX_RADIUS
     )
-    positions, fits, scales = [], [], []
+    positions, fits, scales, keys, offset = [], [], [], [], 0
     for o in range(n_oct):
         h, w = base.shape[:2]
         if min(h, w) <= 2 * _BORDER:
@@ -454,7 +463,9 @@ def detect_chunk(images: torch.Tensor, p: SiftParams, ws: Workspace | None = Non
         dog = ws.get("dog", (p.n_octave_layers + 2, h, w, base.shape[2]), base)  # (S+2, H, W, b)
         if streamed:  # the whole octave in one native pass: its Gaussian layers are never written out
             cand, base = _native.octave(base, kernels, dog, p.n_octave_layers, thr, _BORDER, ws)
-            pos, fit = _merge(*_native.refine(dog, cand, _BORDER, p), dog.shape)
+            pos, fit = _native.refine(dog, cand, _BORDER, p)
+            keys.append(_sample_key(pos, dog.shape) + offset)  # duplicates merged once, for all octaves
+            offset += dog.numel()
         else:
             gauss = [base]
             for i in range(1, p.n_octave_layers + 3):
@@ -473,6 +484,9 @@ def detect_chunk(images: torch.Tensor, p: SiftParams, ws: Workspace | None = Non
         return images.new_zeros(0, dtype=torch.long), images.new_zeros(0, 4)
     # Input-pixel coordinates of every octave's keypoints at once (a power-of-two scale is exact).
     pos, fit, scale = torch.cat(positions), torch.cat(fits), torch.cat(scales)
+    if keys:
+        sel = _first_of_each(torch.cat(keys))
+        pos, fit, scale = pos[sel], fit[sel], scale[sel]
     x = (pos[:, 2].to(compute_dtype) + fit[:, 0]) * scale
     y = (pos[:, 1].to(compute_dtype) + fit[:, 1]) * scale
     sigma = p.sigma * torch.pow(2.0, (pos[:, 0].to(compute_dtype) + fit[:, 2]) / p.n_octave_layers) * scale
