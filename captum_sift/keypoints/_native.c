@@ -19,10 +19,7 @@
 #include <string.h>
 
 /* may_alias: rows are written as vectors and read as floats (and back) */
-typedef float v8f __attribute__((vector_size(32), aligned(4), may_alias));
 typedef float v16f __attribute__((vector_size(64), aligned(4), may_alias));
-#define LD(p) (*(const v8f *)(p))
-#define ST(p, v) (*(v8f *)(p) = (v))
 #define LD16(p) (*(const v16f *)(p))
 #define ST16(p, v) (*(v16f *)(p) = (v))
 #define MAXF(a, b) ((a) > (b) ? (a) : (b))
@@ -113,17 +110,6 @@ static void sym_filter(const float *const *rows, float *o, int64_t n, const floa
         }
         ST16(o + j, a0);
         ST16(o + j + 16, a1);
-    }
-    for (; j + 16 <= n; j += 16) {
-        v8f a0 = k0 * LD(m + j), a1 = k0 * LD(m + j + 8);
-        for (int64_t t = 1; t <= R; t++) {
-            const float kt = kern[R + t];
-            const float *lo = rows[R - t] + j, *hi = rows[R + t] + j;
-            a0 = a0 + kt * (LD(lo) + LD(hi));
-            a1 = a1 + kt * (LD(lo + 8) + LD(hi + 8));
-        }
-        ST(o + j, a0);
-        ST(o + j + 8, a1);
     }
     for (; j < n; j++) {
         float a = k0 * m[j];
