@@ -173,12 +173,10 @@ def _analyze(
     thetas, focuses, query_rows = [], [], []
     rows = torch.arange(images.shape[0], device=images.device)
     attended = None  # S_i of every layer in turn: one buffer
-    # Every map is checked through its patch rows' means, which θ takes anyway: NaN or Inf in a patch
-    # row makes its mean non-finite (a full pass more per layer otherwise); nothing here reads prefix rows.
-    for index, attn in vit._iter_attention(model_input, layer_list[-1], check_finite=False):
+    # The analysed maps are checked through their patch rows' means, which θ takes anyway: NaN or Inf in a
+    # patch row makes its mean non-finite (a full pass more per layer otherwise); nothing here reads prefix rows.
+    for index, attn in vit._iter_attention(model_input, layer_list[-1], unchecked=wanted):
         if index not in wanted:
-            if not all_finite(attn):
-                raise non_finite_attention(index)
             continue
         attn_patch = patch_block(attn.float(), prefix)  # (B, h, N, N)
         line = attn_patch.mean(dim=-1, keepdim=True)  # (B, h, N, 1): eq. 2's row means

@@ -23,7 +23,7 @@ the first block with the tokens.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -231,12 +231,12 @@ class ViTAdapter:
 
     def iter_attention(self, images: torch.Tensor, last: int | None = None) -> Iterator[tuple[int, torch.Tensor]]:
         """Yield ``(layer, attn)`` per block up to ``last``; see :func:`captum_sift.attention.iter_attention`."""
-        return self._iter_attention(images, last, check_finite=True)
+        return self._iter_attention(images, last)
 
     def _iter_attention(
-        self, images: torch.Tensor, last: int | None, check_finite: bool
+        self, images: torch.Tensor, last: int | None, unchecked: Collection[int] = ()
     ) -> Iterator[tuple[int, torch.Tensor]]:
-        """:meth:`iter_attention`; ``check_finite=False`` leaves the check of every map to the caller."""
+        """:meth:`iter_attention`, leaving the finiteness check of the maps of blocks ``unchecked`` to the caller."""
         index = self.depth - 1 if last is None else as_int(last)
         if index is None or not -self.depth <= index < self.depth:
             raise CaptumSiftError(
@@ -279,7 +279,7 @@ class ViTAdapter:
                     f"({type(block).__name__}), got {got}"
                 )
             attn = store.pop()
-            if check_finite and not all_finite(attn):
+            if index not in unchecked and not all_finite(attn):
                 raise non_finite_attention(index)
             yield index, attn
             del attn
