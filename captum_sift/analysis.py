@@ -173,13 +173,16 @@ def _analyze(
     thetas, focuses, query_rows = [], [], []
     rows = torch.arange(images.shape[0], device=images.device)
     attended = None  # S_i of every layer in turn: one buffer
-    # The analysed maps are checked through their patch rows' means, which θ takes anyway: NaN or Inf in a
-    # patch row makes its mean non-finite (a full pass more per layer otherwise); nothing here reads prefix rows.
-    for index, attn in vit._iter_attention(model_input, layer_list[-1], unchecked=wanted):
+
+    def measure(index: int, attn: torch.Tensor) -> None:
+        """θ, focus and query row of one block's map, inside its forward (the map is still in cache)."""
+        nonlocal attended
         if index not in wanted:
-            continue
+            return
         attn_patch = patch_block(attn.float(), prefix)  # (B, h, N, N)
         line = attn_patch.mean(dim=-1, keepdim=True)  # (B, h, N, 1): eq. 2's row means
+        # The map is checked through its patch rows' means, which θ takes anyway: NaN or Inf in a patch row
+        # makes its mean non-finite (a full pass more per layer otherwise); nothing here reads prefix rows.
         if not (all_finite(line) or all_finite(attn_patch)):  # a mean that overflowed: settled exactly
             raise non_finite_attention(index)
         if attended is None:
@@ -188,7 +191,11 @@ def _analyze(
         if focus:
             focuses.append(focus_index(attn_patch))
         query_rows.append(attn_patch[rows, :, query].mean(dim=1))
-        del attn, attn_patch  # before the next block runs: one layer's attention alive at a time
+
+    # Each map is measured inside its block's forward, as the capture hands it over: read while still in
+    # cache, and not kept past the block's own use of it.
+    for _ in vit._iter_attention(model_input, layer_list[-1], unchecked=wanted, consume=measure):
+        pass
     theta = torch.stack(thetas, dim=1)  # (B, L, h, N): the per-head statistics of all layers at once
     classes = interrelation(theta.flatten(1, 2), counts, min_keypoints)  # (B, L * h)
     per_image = {

@@ -15,7 +15,9 @@ returns a context manager under which one call of ``block`` appends its
 post-softmax attention ``(B, heads, T, T)`` to the list ``store``, restoring
 whatever it changed on exit, also when the block raises: the last block
 :meth:`ViTAdapter.iter_attention` runs is stopped by an exception that
-``store.append`` raises, since nothing after its attention is needed. The
+``store.append`` raises, since nothing after its attention is needed, and
+``store.append`` may measure the map on the spot (the analysis computes θ
+there, inside the block's forward, while the map is in cache). The
 model's own forward (``forward_stem``, default ``model(images)``) must call
 the first block with the tokens.
 """
@@ -58,14 +60,44 @@ class _StopAfterAttention(Exception):
 
 
 class _AttentionStore(list):
-    """The list a capture appends to; with ``stop`` set, the block's forward ends at that append."""
+    """The list a capture appends to, for one block.
 
-    stop = False
+    The first map appended that has the shape of an attention map over
+    ``tokens`` is checked for NaN/Inf (``check_finite``) and handed to
+    ``consume``, when given, at once: inside the block's forward, while the
+    map is still in cache; the store keeps what ``consume`` returns in its
+    place. With ``stop`` set, the block's forward ends at the append.
+    """
+
+    def __init__(
+        self, index: int, tokens: int, *, stop: bool, check_finite: bool, consume: Callable | None = None
+    ) -> None:
+        super().__init__()
+        self.index, self.tokens, self.stop, self.check_finite, self.consume = index, tokens, stop, check_finite, consume
+        self.shapes: list[Any] = []  # of everything appended, for the error message
+        self.valid = False  # the first append was a map of the right shape
 
     def append(self, attn: Any) -> None:
+        self.shapes.append(tuple(attn.shape) if isinstance(attn, torch.Tensor) else attn)
+        is_map = isinstance(attn, torch.Tensor) and attn.dim() == 4 and attn.shape[-1] == self.tokens
+        if is_map and len(self.shapes) == 1:
+            if self.check_finite and not all_finite(attn):
+                raise non_finite_attention(self.index)
+            if self.consume is not None:
+                attn = self.consume(self.index, attn)
+            self.valid = True
         super().append(attn)
         if self.stop:
             raise _StopAfterAttention
+
+    def result(self, block: nn.Module) -> Any:
+        """The block's map (or what ``consume`` made of it); an error unless exactly one valid map came."""
+        if len(self.shapes) != 1 or not self.valid:
+            raise CaptumSiftError(
+                f"expected one attention map of {self.tokens} tokens from block {self.index} "
+                f"({type(block).__name__}), got {self.shapes}"
+            )
+        return self.pop()
 
 
 @contextmanager
@@ -234,9 +266,18 @@ class ViTAdapter:
         return self._iter_attention(images, last)
 
     def _iter_attention(
-        self, images: torch.Tensor, last: int | None, unchecked: Collection[int] = ()
-    ) -> Iterator[tuple[int, torch.Tensor]]:
-        """:meth:`iter_attention`, leaving the finiteness check of the maps of blocks ``unchecked`` to the caller."""
+        self,
+        images: torch.Tensor,
+        last: int | None,
+        unchecked: Collection[int] = (),
+        consume: Callable[[int, torch.Tensor], Any] | None = None,
+    ) -> Iterator[tuple[int, Any]]:
+        """:meth:`iter_attention`, leaving the finiteness check of the maps of blocks ``unchecked`` to the caller.
+
+        ``consume(index, attn)``, when given, is called on every block's map
+        inside the block's forward (while the map is in cache) and what it
+        returns is yielded in place of the map.
+        """
         index = self.depth - 1 if last is None else as_int(last)
         if index is None or not -self.depth <= index < self.depth:
             raise CaptumSiftError(
@@ -262,27 +303,18 @@ class ViTAdapter:
                 f"entering the first block, got {x.shape[1]}"
             )
         for index, block in enumerate(self.blocks[: last + 1]):
-            store = _AttentionStore()
             # The last block stops once its attention is captured: its output (attention times values,
             # MLP) feeds no attention we yield. A capture restores what it changed on any exit.
-            store.stop = index == last
+            store = _AttentionStore(
+                index, expected_tokens, stop=index == last, check_finite=index not in unchecked, consume=consume
+            )
             try:
                 with eval_mode(block), torch.no_grad(), self.capture(block, store):
                     out = block(x, *rest, **kwargs)
                 x = out[0] if isinstance(out, (tuple, list)) else out
             except _StopAfterAttention:
                 pass
-            if len(store) != 1 or store[0].dim() != 4 or store[0].shape[-1] != expected_tokens:
-                got = [tuple(a.shape) if isinstance(a, torch.Tensor) else a for a in store]
-                raise CaptumSiftError(
-                    f"expected one attention map of {expected_tokens} tokens from block {index} "
-                    f"({type(block).__name__}), got {got}"
-                )
-            attn = store.pop()
-            if index not in unchecked and not all_finite(attn):
-                raise non_finite_attention(index)
-            yield index, attn
-            del attn
+            yield index, store.result(block)
 
     @contextmanager
     def dropping_tokens(self, keep: torch.Tensor) -> Iterator[None]:

@@ -194,12 +194,19 @@ def test_one_non_finite_patch_entry_raises_naming_the_layer(model, pixels, value
         attn[1, 2, 5, 7] = value  # image 1, head 2, patch 4 -> patch 6 (after the class token)
         return attn
 
+    def state():
+        flags = [(m.training, getattr(m, "fused_attn", None)) for m in model.modules()]
+        return flags, sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+
     handle = model.blocks[1].attn.attn_drop.register_forward_hook(spoil)
+    before = state()
     try:
         with pytest.raises(CaptumSiftError, match="non-finite attention in block 1"):
-            analyze(model, pixels, image_space="pixel")
+            analyze(model, pixels, image_space="pixel")  # raised inside block 1's forward, where θ is taken
+        assert state() == before  # flags and hooks restored on the way out
         with pytest.raises(CaptumSiftError, match="non-finite attention in block 1"):
             analyze(model, pixels, image_space="pixel", layers=[2])  # a block not analysed is checked too
+        assert state() == before
     finally:
         handle.remove()
 
