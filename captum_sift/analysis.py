@@ -39,30 +39,44 @@ def _stats_hint(vit: ViTAdapter) -> str:
 
 
 def check_model_space(vit: ViTAdapter, images: torch.Tensor) -> torch.Tensor:
-    """Pixels in [0, 1] behind model-space ``images``; a clear error when they cannot be normalised ones."""
+    """Pixels in [0, 1] behind finite model-space ``images``; a clear error when they cannot be normalised ones.
+
+    One pass takes every channel's minimum and maximum in every image (NaN
+    propagates, so it settles finiteness too); ``x * std + mean`` is monotone
+    in float arithmetic as well, so the pixel range and the channel spans
+    follow from them exactly, without a pass over the pixels.
+    """
+    if images.numel() == 0:
+        raise CaptumSiftError(f"expected non-empty images, got shape {tuple(images.shape)}")
+    images = images.detach()
     mean, std = vit.stats(images)
-    pixels = images.detach() * std + mean
-    lo, hi = float(pixels.min()), float(pixels.max())
-    per_channel = pixels.flatten(2)  # (B, C, HW): the widest channel of the widest image
-    span = float((per_channel.amax(2) - per_channel.amin(2)).max())
+    flat = images.flatten(2)
+    lo, hi = flat.amin(2), flat.amax(2)  # (B, C): NaN propagates
+    if not (all_finite(lo) and all_finite(hi)):
+        raise CaptumSiftError("expected finite floating-point images")
+    m, s = mean.view(1, -1), std.view(1, -1)
+    ends = torch.stack([lo * s + m, hi * s + m])  # the pixels' per-channel ends, as the pixels round them
+    p_lo, p_hi = ends.amin(0), ends.amax(0)
+    lo_all, hi_all = float(p_lo.min()), float(p_hi.max())
+    span = float((p_hi - p_lo).max())  # the widest channel of the widest image
     advice = (
         "if they are pixels in [0, 1], pass image_space='pixel'; if they were normalised with other "
         "statistics, pass those as mean=/std=; or pass keypoint_counts counted on the pixel images"
     )
-    if lo < -_TOL or hi > 1 + _TOL:
+    if lo_all < -_TOL or hi_all > 1 + _TOL:
         raise CaptumSiftError(
             f"images given as model input (image_space='model') are not normalised with the model's statistics "
-            f"({_stats_hint(vit)}): undoing that normalisation gives values in [{lo:.3g}, {hi:.3g}], not [0, 1]; "
-            + advice
+            f"({_stats_hint(vit)}): undoing that normalisation gives values in [{lo_all:.3g}, {hi_all:.3g}], "
+            "not [0, 1]; " + advice
         )
-    looks_like_pixels = float(images.min()) >= 0.0 and float(images.max()) <= 1.0
+    looks_like_pixels = float(lo.min()) >= 0.0 and float(hi.max()) <= 1.0
     if span < _MIN_SPAN or (looks_like_pixels and span < _MIN_SPAN_PIXELS):
         raise CaptumSiftError(
             f"images given as model input (image_space='model') look un-normalised or normalised with other "
             f"statistics than the model's ({_stats_hint(vit)}): undoing it squeezes every channel of every image "
-            f"into a band at most {span:.3f} wide (values in [{lo:.3g}, {hi:.3g}]); " + advice
+            f"into a band at most {span:.3f} wide (values in [{lo_all:.3g}, {hi_all:.3g}]); " + advice
         )
-    return pixels.clamp(0, 1)
+    return (images * std).add_(mean).clamp_(0, 1)
 
 
 def to_model_and_pixels(
@@ -79,9 +93,13 @@ def to_model_and_pixels(
         pixels = check_images(images)
         mean, std = vit.stats(pixels)
         return (pixels - mean) / std, pixels
-    if not images.is_floating_point() or not all_finite(images):
+    if not images.is_floating_point():
         raise CaptumSiftError("expected finite floating-point images")
-    return images, (check_model_space(vit, images) if need_pixels else None)
+    if need_pixels:
+        return images, check_model_space(vit, images)  # finiteness checked on the way
+    if not all_finite(images):
+        raise CaptumSiftError("expected finite floating-point images")
+    return images, None
 
 
 def analyze(

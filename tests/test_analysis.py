@@ -63,6 +63,34 @@ def test_counts_default_to_count_keypoints_in_both_image_spaces(model, pixels, c
         analyze(model, normalised * 3)
 
 
+def test_model_space_check_equals_the_pixels_it_reads_off(model):
+    """check_model_space reads the range from per-channel ends only: the same numbers as the pixels give."""
+    from captum_sift.analysis import check_model_space
+    from captum_sift.vit import as_vit
+
+    vit = as_vit(model)
+    mean, std = vit.stats(torch.zeros(1, 3, 1, 1))
+    torch.manual_seed(3)
+    for scale in (1.0, 1.0003, 0.6, 0.4):
+        x = (torch.rand(3, 3, 32, 32) * scale - mean) / std
+        pixels = x * std + mean  # what undoing the normalisation gives, element by element
+        lo, hi = float(pixels.min()), float(pixels.max())
+        span = float((pixels.flatten(2).amax(2) - pixels.flatten(2).amin(2)).max())
+        if lo < -1e-4 or hi > 1 + 1e-4:
+            with pytest.raises(CaptumSiftError, match=f"gives values in \\[{lo:.3g}, {hi:.3g}\\]"):
+                check_model_space(vit, x)
+        elif span < 0.5:
+            with pytest.raises(CaptumSiftError, match=f"band at most {span:.3f} wide"):
+                check_model_space(vit, x)
+        else:
+            assert torch.equal(check_model_space(vit, x), pixels.clamp(0, 1))
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        x = (torch.rand(1, 3, 32, 32) - mean) / std
+        x[0, 2, 3, 4] = bad
+        with pytest.raises(CaptumSiftError, match="expected finite floating-point images"):
+            check_model_space(vit, x)
+
+
 def test_batch_equals_single_images(model, pixels, counts):
     batch = analyze(model, pixels, counts, image_space="pixel")
     for b in range(pixels.shape[0]):
