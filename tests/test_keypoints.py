@@ -292,6 +292,34 @@ def test_native_chunks_on_threads_give_the_same_keypoints(native):
     assert all(torch.equal(a, b) for a, b in zip(one, many, strict=True)) and sum(len(k) for k in one) > 20
 
 
+def test_chunks_run_on_the_caller_and_pool_threads_and_errors_reach_the_caller(native, monkeypatch):
+    import threading
+
+    from captum_sift.data import SAMPLE_PHOTOS, sample_images
+    from captum_sift.keypoints import detect
+
+    images = sample_images(list(SAMPLE_PHOTOS[:6]), size=64)
+    expected = count_keypoints(images, 16, chunk_size=1)
+    ran, real = [], detect.detect_chunk
+
+    def chunk(x, params, workspace):
+        ran.append(threading.get_ident())
+        if x.shape[0] == 1 and torch.equal(x[0], images[4]) and fail:
+            raise RuntimeError("chunk 4 failed")
+        return real(x, params, workspace)
+
+    monkeypatch.setattr(detect, "detect_chunk", chunk)
+    monkeypatch.setattr(detect, "_native_workers", lambda images, chunks: 2)
+    fail = False
+    assert torch.equal(count_keypoints(images, 16, chunk_size=1), expected)
+    assert len(ran) == 6 and threading.get_ident() in ran  # the caller took chunks too
+    fail = True
+    with pytest.raises(RuntimeError, match="chunk 4 failed"):  # on whichever thread ran it
+        count_keypoints(images, 16, chunk_size=1)
+    fail = False
+    assert torch.equal(count_keypoints(images, 16, chunk_size=1), expected)
+
+
 def test_cpu_scratch_buffers_are_kept_between_calls_up_to_a_bound(monkeypatch):
     from captum_sift.keypoints import detect
 

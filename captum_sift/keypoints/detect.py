@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import threading
+from concurrent import futures
 from concurrent.futures import ThreadPoolExecutor
 from typing import Literal
 
@@ -59,24 +61,29 @@ def _detect_flat(
         raise CaptumSiftError(f"expected chunk_size to be an int >= 1, got {chunk_size!r}")
     starts = range(0, images.shape[0], chunk_size)
     workers = _native_workers(images, len(starts))
-
+    results: list[tuple[torch.Tensor, torch.Tensor]] = [None] * len(starts)  # type: ignore[list-item]
+    order = itertools.count()  # the next chunk to take: next() on it is atomic under the GIL
     used: set[Workspace] = set()
 
-    def run(start: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def drain() -> None:
+        """Run chunks, each thread taking the next one as it finishes one."""
         workspace = _workspace(images.device)
         used.add(workspace)
-        idx, kps = detect_chunk(images[start : start + chunk_size], params, workspace)
-        return idx + start, kps
+        while (i := next(order)) < len(starts):
+            idx, kps = detect_chunk(images[starts[i] : starts[i] + chunk_size], params, workspace)
+            results[i] = (idx + starts[i], kps)
 
+    # The calling thread takes chunks too: a chunk starts at once, not after a pool thread wakes up.
+    helpers = [_pool(workers - 1).submit(drain) for _ in range(workers - 1)] if workers > 1 else []
     try:
-        if workers == 1:
-            results = [run(start) for start in starts]
-        else:
-            results = list(_pool(workers).map(run, starts))
+        drain()
     finally:
+        futures.wait(helpers)
         for workspace in used:  # the threads are idle now
             if workspace.nbytes > _RETAIN_BYTES:
                 workspace.clear()
+    for helper in helpers:
+        helper.result()  # a helper's error
     return torch.cat([r[0] for r in results]), torch.cat([r[1] for r in results])
 
 
@@ -98,7 +105,7 @@ def _workspace(device: torch.device) -> Workspace:
 
 
 def _pool(workers: int) -> ThreadPoolExecutor:
-    """The threads that run chunks side by side (kept between calls, so are their buffers)."""
+    """The threads that run chunks beside the calling thread (kept between calls, so are their buffers)."""
     with _POOL_LOCK:
         if _POOL.get("key") != (workers, os.getpid()):
             old = _POOL.get("pool")
@@ -111,12 +118,14 @@ def _pool(workers: int) -> ThreadPoolExecutor:
 
 
 def _native_workers(images: torch.Tensor, chunks: int) -> int:
-    """Threads for the native CPU path: torch's thread count, one chunk per task (1 elsewhere).
+    """Threads for the native CPU path, the calling one included: torch's thread count (1 elsewhere).
 
     The kernels release the GIL, so chunks run side by side; each thread
     takes the next chunk when it is done with one, so a core that another
     process keeps busy slows only the chunks it runs (torch's own parallel
-    ops wait for it at every op). The keypoints do not depend on it.
+    ops wait for it at every op). The caller starts on the first chunk at
+    once (waking a pool thread takes ~1 ms on a shared VM). The keypoints do
+    not depend on it.
     """
     if chunks < 2 or not _native_path(images):
         return 1
