@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import torch
 from torch import nn
@@ -157,6 +156,15 @@ def analyze(
     return _analyze(vit, images, keypoint_counts, theta_settings, image_space, query_patch)
 
 
+class PatchThetas(NamedTuple):
+    """What the per-patch scores need of an analysis (``_analyze(..., full=False)``), without a report."""
+
+    layers: list[int]  # the analysed layers
+    patch_theta: torch.Tensor  # (B, L, N): θ_i averaged over heads
+    kk: torch.Tensor | None  # (B, L, h), when the scores' layers are a stage name
+    keypoint_counts: torch.Tensor  # (B, N)
+
+
 def _analyze(
     vit: ViTAdapter,
     images: torch.Tensor,
@@ -164,9 +172,13 @@ def _analyze(
     theta_settings: ThetaSettings,
     image_space: Literal["model", "pixel"],
     query_patch: int | None,
-    focus: bool = True,
-) -> InterrelationReport:
-    """:func:`analyze` on an adapter; ``focus=False`` skips the focus index (NaN: a report nobody reads)."""
+    full: bool = True,
+) -> InterrelationReport | PatchThetas:
+    """:func:`analyze` on an adapter; ``full=False``: only what the per-patch scores need, as :class:`PatchThetas`.
+
+    The report's classes, focus index, query rows and sums take ~2-3 % of a
+    forward on a ViT-S; an attribution that returns no report skips them.
+    """
     layer_list = theta_settings.layer_list(vit.depth)
     if not isinstance(images, torch.Tensor) or images.dim() != 4:
         raise CaptumSiftError(f"expected images of shape (B, C, H, W), got {shape_of(images)}")
@@ -206,21 +218,26 @@ def _analyze(
         if attended is None:
             attended = torch.empty(attn_patch.shape, dtype=attn_patch.dtype, device=attn_patch.device)
         thetas.append(_theta(attn_patch, weights, gamma, theta_settings.include_self, line, attended))  # (B, h, N)
-        if focus:
+        if full:
             focuses.append(focus_index(attn_patch))
-        query_rows.append(attn_patch[rows, :, query].mean(dim=1))
+            query_rows.append(attn_patch[rows, :, query].mean(dim=1))
 
     # Each map is measured inside its block's forward, as the capture hands it over: read while still in
     # cache, and not kept past the block's own use of it.
     for _ in vit._iter_attention(model_input, layer_list[-1], unchecked=wanted, consume=measure):
         pass
     theta = torch.stack(thetas, dim=1)  # (B, L, h, N): the per-head statistics of all layers at once
+    patch_theta = torch.nanmean(theta, dim=2)  # SPEC §7: mean over heads
+    if not full:
+        stage = isinstance(theta_settings.layers, str)
+        kk = interrelation(theta.flatten(1, 2), counts, min_keypoints).kk.view(theta.shape[:3]) if stage else None
+        return PatchThetas(layer_list, patch_theta, kk, counts)
     classes = interrelation(theta.flatten(1, 2), counts, min_keypoints)  # (B, L * h)
     per_image = {
         "kk": classes.kk.view(theta.shape[:3]),
         "nk": classes.nk.view(theta.shape[:3]),
-        "focus": torch.stack(focuses, dim=1) if focus else theta.new_full(theta.shape[:3], math.nan),
-        "patch_theta": torch.nanmean(theta, dim=2),  # SPEC §7: mean over heads
+        "focus": torch.stack(focuses, dim=1),
+        "patch_theta": patch_theta,
         "query_attention": torch.stack(query_rows, dim=1),
     }
     per_image["keypoint_counts"] = counts
@@ -251,19 +268,25 @@ def patch_scores_from_report(report: InterrelationReport, layers: LayerChoice = 
             so a batch gives the same scores as its images one by one; to use
             one data-set stage for every image, pass ``find_stages(report)["capture"]``.
     """
-    from .stages import STAGE_NAMES, split_theta_kk
-
     if not report.has_per_image:
         raise CaptumSiftError("expected a report with per-image data (patch_theta), got a sums-only report")
-    theta = report.patch_theta  # (B, L, N)
+    return _patch_scores(report.patch_theta, report.layers, layers, report.kk)
+
+
+def _patch_scores(
+    theta: torch.Tensor, analysed: list[int], layers: LayerChoice, kk: torch.Tensor | None
+) -> torch.Tensor:
+    """:func:`patch_scores_from_report` from head-mean θ (B, L, N) of the ``analysed`` layers (θ_KK for a stage)."""
+    from .stages import STAGE_NAMES, split_theta_kk
+
     if layers is None:
         return torch.nanmean(theta, dim=1)
     if isinstance(layers, str):
         if layers not in STAGE_NAMES:
             raise CaptumSiftError(f"expected a stage name in {STAGE_NAMES}, got {layers!r}")
-        curves = torch.nanmean(report.kk, dim=2)  # (B, L): head means per image
+        curves = torch.nanmean(kk, dim=2)  # (B, L): head means per image
         scores = []
-        for b in range(report.num_images):
+        for b in range(theta.shape[0]):
             try:
                 start, end = split_theta_kk(curves[b])
             except CaptumSiftError as exc:
@@ -271,8 +294,8 @@ def patch_scores_from_report(report: InterrelationReport, layers: LayerChoice = 
             span = {"retrieval": (0, start), "capture": (start, end + 1), "coach": (end + 1, curves.shape[1])}[layers]
             scores.append(torch.nanmean(theta[b, span[0] : span[1]], dim=0))
         return torch.stack(scores)
-    wanted = resolve_layers(layers, max(report.layers) + 1)
-    missing = [layer for layer in wanted if layer not in report.layers]
+    wanted = resolve_layers(layers, max(analysed) + 1)
+    missing = [layer for layer in wanted if layer not in analysed]
     if missing:
-        raise CaptumSiftError(f"expected layers among the analysed ones {report.layers}, got {missing}")
-    return torch.nanmean(theta[:, [report.layers.index(layer) for layer in wanted]], dim=1)
+        raise CaptumSiftError(f"expected layers among the analysed ones {analysed}, got {missing}")
+    return torch.nanmean(theta[:, [analysed.index(layer) for layer in wanted]], dim=1)

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from ._checks import check_image_space
-from .analysis import analyze, patch_scores_from_report
+from .analysis import _analyze, _patch_scores
 from .errors import CaptumSiftError
 from .evaluation import MaskingTable, evaluate_masking, mcnemar_exact, random_scores, wilson_interval
 from .patches import (
@@ -80,9 +80,9 @@ def scores_and_counts(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(SPEC §7 scores (B, N), keypoint counts (B, N)) from one analysis."""
     settings.check_for(vit.depth)
-    report = analyze(vit, images, keypoint_counts, settings, image_space=image_space)  # type: ignore[arg-type]
-    scores = patch_scores_from_report(report, settings.layers).to(images.device)
-    return scores, report.keypoint_counts.to(images.device)
+    got = _analyze(vit, images, keypoint_counts, settings, image_space, None, full=False)  # type: ignore[arg-type]
+    scores = _patch_scores(got.patch_theta, got.layers, settings.layers, got.kk).to(images.device)
+    return scores, got.keypoint_counts.to(images.device)
 
 
 def drop_tokens(model: nn.Module | ViTAdapter, images: torch.Tensor, selected: torch.Tensor) -> torch.Tensor:

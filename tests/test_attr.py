@@ -64,6 +64,25 @@ def test_layer_choices(model, pixels, counts):
         SIFTInterrelation(model, layers=[7])
 
 
+@pytest.mark.parametrize("layers", [None, [3, 0, 1], "retrieval", "capture", "coach"])
+def test_attribution_without_a_report_equals_the_report_path(model, pixels, counts, layers):
+    """attribute() builds no report unless asked: the same scores, bit for bit, as from the report."""
+    from captum_sift.analysis import patch_scores_from_report
+    from captum_sift.masking import scores_and_counts
+    from captum_sift.settings import ThetaSettings
+
+    explainer = SIFTInterrelation(model, image_space="pixel", layers=layers, output="rank")
+    fast = explainer.attribute(pixels, counts)
+    attr, report = explainer.attribute(pixels, counts, return_report=True)
+    assert torch.equal(fast, attr)
+    expected = patch_scores_from_report(report, layers)
+    scores, got_counts = scores_and_counts(explainer.vit, pixels, None, ThetaSettings(layers=layers), "pixel")
+    assert torch.equal(scores, expected) and torch.equal(got_counts, counts.flatten(1))
+    if isinstance(layers, list):
+        by_hand = report.patch_theta[:, [report.layers.index(i) for i in layers]].mean(dim=1)
+        torch.testing.assert_close(expected, by_hand, rtol=1e-6, atol=1e-7)
+
+
 def test_model_flags_and_hooks_restored(model, pixels, counts):
     flags = [(m.training, getattr(m, "fused_attn", None)) for m in model.modules()]
     SIFTInterrelation(model, image_space="pixel").attribute(pixels, counts)

@@ -9,7 +9,7 @@ import torch
 from captum.log import log_usage
 from torch import nn
 
-from ..analysis import _analyze, patch_scores_from_report
+from ..analysis import _analyze, _patch_scores, patch_scores_from_report
 from ..errors import CaptumSiftError
 from ..patches import patch_feature_mask, patch_scores_to_pixels
 from ..settings import LayerChoice, ThetaSettings
@@ -154,9 +154,12 @@ class SIFTInterrelation(_PatchAttribution):
         """
         images, as_tuple = self._images(inputs)
         keypoint_counts = _expand_counts(keypoint_counts, images.shape[0])
-        # The focus index (an entropy pass per layer) only goes into the report: skipped when it is not returned.
-        report = _analyze(self.vit, images, keypoint_counts, self.settings, self.image_space, None, return_report)  # type: ignore[arg-type]
-        scores = patch_scores_from_report(report, self.settings.layers).to(images.device, images.dtype)
-        scores = _transform(scores, self.output)
-        out = self._spread(scores, images, as_tuple)
-        return (out, report) if return_report else out
+        # The report (classes, focus index, query rows, sums) is only built when it is returned.
+        got = _analyze(self.vit, images, keypoint_counts, self.settings, self.image_space, None, return_report)  # type: ignore[arg-type]
+        layers = self.settings.layers
+        if return_report:
+            scores = patch_scores_from_report(got, layers)  # type: ignore[arg-type]
+        else:
+            scores = _patch_scores(got.patch_theta, got.layers, layers, got.kk)  # type: ignore[union-attr]
+        out = self._spread(_transform(scores.to(images.device, images.dtype), self.output), images, as_tuple)
+        return (out, got) if return_report else out
