@@ -164,6 +164,10 @@ class PatchThetas(NamedTuple):
     kk: torch.Tensor | None  # (B, L, h), when the scores' layers are a stage name
     keypoint_counts: torch.Tensor  # (B, N)
 
+    def scores(self, layers: LayerChoice) -> torch.Tensor:
+        """The SPEC §7 per-patch scores (B, N), as :func:`patch_scores_from_report` gives them from a report."""
+        return _patch_scores(self.patch_theta, self.layers, layers, self.kk)
+
 
 def _analyze(
     vit: ViTAdapter,

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from ._checks import check_image_space
-from .analysis import _analyze, _patch_scores
+from .analysis import _analyze
 from .errors import CaptumSiftError
 from .evaluation import MaskingTable, evaluate_masking, mcnemar_exact, random_scores, wilson_interval
 from .patches import (
@@ -81,7 +81,7 @@ def scores_and_counts(
     """(SPEC §7 scores (B, N), keypoint counts (B, N)) from one analysis."""
     settings.check_for(vit.depth)
     got = _analyze(vit, images, keypoint_counts, settings, image_space, None, full=False)  # type: ignore[arg-type]
-    scores = _patch_scores(got.patch_theta, got.layers, settings.layers, got.kk).to(images.device)
+    scores = got.scores(settings.layers).to(images.device)  # type: ignore[union-attr]
     return scores, got.keypoint_counts.to(images.device)
 
 

@@ -9,7 +9,7 @@ import torch
 from captum.log import log_usage
 from torch import nn
 
-from ..analysis import _analyze, _patch_scores, patch_scores_from_report
+from ..analysis import _analyze, patch_scores_from_report
 from ..errors import CaptumSiftError
 from ..patches import patch_feature_mask, patch_scores_to_pixels
 from ..settings import LayerChoice, ThetaSettings
@@ -157,9 +157,6 @@ class SIFTInterrelation(_PatchAttribution):
         # The report (classes, focus index, query rows, sums) is only built when it is returned.
         got = _analyze(self.vit, images, keypoint_counts, self.settings, self.image_space, None, return_report)  # type: ignore[arg-type]
         layers = self.settings.layers
-        if return_report:
-            scores = patch_scores_from_report(got, layers)  # type: ignore[arg-type]
-        else:
-            scores = _patch_scores(got.patch_theta, got.layers, layers, got.kk)  # type: ignore[union-attr]
+        scores = patch_scores_from_report(got, layers) if return_report else got.scores(layers)  # type: ignore[arg-type,union-attr]
         out = self._spread(_transform(scores.to(images.device, images.dtype), self.output), images, as_tuple)
         return (out, got) if return_report else out
