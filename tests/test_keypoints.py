@@ -320,6 +320,31 @@ def test_chunks_run_on_the_caller_and_pool_threads_and_errors_reach_the_caller(n
     assert torch.equal(count_keypoints(images, 16, chunk_size=1), expected)
 
 
+def test_pool_threads_run_torch_ops_on_themselves_alone(native):
+    """A torch op on a pool thread makes no OpenMP team (one beside the caller's slows every op in the process)."""
+    import os
+
+    from captum_sift.data import SAMPLE_PHOTOS, sample_images
+    from captum_sift.keypoints import detect
+
+    if detect._omp_set_num_threads() is None:
+        pytest.skip("torch's OpenMP runtime not found here (not Linux, or not an OpenMP build)")
+    images = sample_images(list(SAMPLE_PHOTOS[:4]), size=64)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        expected = count_keypoints(images, 16, chunk_size=1)
+        pool = detect._pool(1)
+        before = len(os.listdir("/proc/self/task"))
+        assert torch.get_num_threads() == 2 and pool.submit(torch.get_num_threads).result() == 1
+        big = torch.rand(1 << 20)
+        assert torch.equal(pool.submit(torch.mul, big, 3).result(), big * 3)  # an op torch would split over 2
+        assert torch.equal(count_keypoints(images, 16, chunk_size=1), expected)
+        assert len(os.listdir("/proc/self/task")) == before  # no thread started: no second OpenMP team
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_cpu_scratch_buffers_are_kept_between_calls_up_to_a_bound(monkeypatch):
     from captum_sift.keypoints import detect
 

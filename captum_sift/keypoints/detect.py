@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import itertools
 import os
+import re
 import threading
+from collections.abc import Callable
 from concurrent import futures
 from concurrent.futures import ThreadPoolExecutor
 from typing import Literal
@@ -112,9 +116,50 @@ def _pool(workers: int) -> ThreadPoolExecutor:
             if old is not None and _POOL["key"][1] == os.getpid():  # type: ignore[index]
                 old.shutdown(wait=False)  # type: ignore[attr-defined]
             # A forked child (DataLoader workers) has none of the parent's threads: a pool of its own.
-            _POOL["pool"] = ThreadPoolExecutor(workers, thread_name_prefix="captum_sift_keypoints")
+            _POOL["pool"] = ThreadPoolExecutor(
+                workers, thread_name_prefix="captum_sift_keypoints", initializer=_one_torch_thread
+            )
             _POOL["key"] = (workers, os.getpid())
         return _POOL["pool"]  # type: ignore[return-value]
+
+
+def _one_torch_thread() -> None:
+    """Pool threads run their torch ops on themselves alone: no OpenMP team of their own.
+
+    A torch op that goes parallel on a thread gives that thread an OpenMP team
+    of ``torch.get_num_threads()`` threads, kept for good. With a pool
+    thread's team beside the caller's, GNU OpenMP manages more threads than
+    there are CPUs and throttles its spin-waits for the whole process: every
+    parallel op of the caller's own forwards then puts its threads to sleep
+    and wakes them (measured on a ViT-S forward at batch 4, 2 threads: ~320
+    sleeps after a few ``count_keypoints`` calls instead of ~0). The chunks'
+    torch ops are small; the kernels run on the pool threads themselves.
+    """
+    torch.get_num_threads()  # torch's own set-up of this thread first: it would undo what follows
+    set_num_threads = _omp_set_num_threads()
+    if set_num_threads is not None:
+        set_num_threads(1)  # this thread's OpenMP setting only; torch.set_num_threads would change every thread's
+
+
+@functools.cache
+def _omp_set_num_threads() -> Callable[[int], object] | None:
+    """``omp_set_num_threads`` of the OpenMP runtime torch runs on, or None (not found, not Linux, not OpenMP)."""
+    if "parallel backend: OpenMP" not in torch.__config__.parallel_info():
+        return None
+    try:
+        with open("/proc/self/maps") as maps:
+            paths = {line.split()[-1] for line in maps if "/" in line}  # the mapped files
+    except OSError:
+        return None
+    runtimes = sorted(p for p in paths if re.match(r"lib(g|i)?omp(5|140)?[-.]", os.path.basename(p)))
+    torch_lib = os.path.join(os.path.dirname(torch.__file__), "lib")
+    ours = [p for p in runtimes if p.startswith(torch_lib + os.sep)] or runtimes
+    if len(ours) != 1:  # none, or several and none of them torch's own: leave the threads as they are
+        return None
+    try:
+        return ctypes.CDLL(ours[0]).omp_set_num_threads  # already loaded: the same library, not a second copy
+    except (OSError, AttributeError):
+        return None
 
 
 def _native_workers(images: torch.Tensor, chunks: int) -> int:
