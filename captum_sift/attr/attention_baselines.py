@@ -174,10 +174,14 @@ class AttentionRollout(_PatchAttribution):
         x = self._model_input(images)
         prefix, cls = self.vit.num_prefix_tokens, self.vit.class_token
         joint: torch.Tensor | None = None
-        for _, attn in self.vit.iter_attention(x):
-            step = rollout_step(fuse_heads(attn.float(), self.head_fusion), self.discard_ratio, keep_first=cls)
+
+        def fuse(_: int, attn: torch.Tensor) -> torch.Tensor:  # inside the block: the map is in cache, then let go
+            return fuse_heads(attn.float(), self.head_fusion)
+
+        for _, fused in self.vit._iter_attention(x, None, consume=fuse):
+            step = rollout_step(fused, self.discard_ratio, keep_first=cls)
             joint = step if joint is None else step @ joint
-            del attn, step
+            del fused, step
         assert joint is not None
         return _read_patches(joint, prefix, cls)
 
