@@ -37,3 +37,20 @@ def interleaved(methods: dict, rounds: int, reference: str) -> tuple[dict, dict]
     ref = times[reference]
     median = {name: statistics.median(t / r for t, r in zip(ts, ref, strict=True)) for name, ts in times.items()}
     return {name: min(ts) for name, ts in times.items()}, median
+
+
+def in_a_row(methods: dict, inputs: list, rounds: int, reference: str) -> dict:
+    """Median over rounds of each method's time over all ``inputs`` in a row / the reference's in the same round.
+
+    A data set's pass: unlike in :func:`interleaved`, each call follows a call
+    of the same method, so what a method leaves behind (memory gone cold,
+    threads woken or put to sleep) is paid by its own next call.
+    """
+    for fn in methods.values():
+        fn(inputs[0])
+    times: dict[str, list[float]] = {name: [] for name in methods}
+    for _ in range(rounds):
+        for name, fn in methods.items():
+            times[name].append(_timed(lambda fn=fn: [fn(x) for x in inputs]))
+    ref = times[reference]
+    return {name: statistics.median(t / r for t, r in zip(ts, ref, strict=True)) for name, ts in times.items()}

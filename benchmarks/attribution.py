@@ -16,7 +16,11 @@ forward time (the headline ``RATIO``: a slow minute slows both), ``best`` the
 best round of each, whose ratio depends on one lucky round. The fast methods
 are timed with torch's default thread count and again with one thread
 (``ONE THREAD``); IntegratedGradients and FeatureAblation (~100-200 forwards)
-once, default threads.
+once, default threads. ``IN A ROW``: the forward, θ and rollout each over all
+the sample photos and their mirror images in batches, one method after
+itself, as over a data set (what a call leaves behind is paid by the same
+method's next call, not by another's), the median over rounds of the ratio
+to the forward's time in the same round.
 
 Usage: python benchmarks/attribution.py [--quick] [--model NAME] [--batch 4] [--rounds 9]
 """
@@ -28,7 +32,7 @@ import resource
 
 import timm
 import torch
-from _timing import best_time, interleaved
+from _timing import best_time, in_a_row, interleaved
 from captum.attr import FeatureAblation, IntegratedGradients, Saliency
 
 from captum_sift.attr import AttentionRollout, RawAttention, SIFTInterrelation
@@ -48,6 +52,15 @@ def report(label: str, best: dict, median: dict, batch: int) -> None:
             f"{label}RATIO {name.split()[0]} / forward: {median[name]:.2f}  (median of paired rounds; "
             f"best rounds {best[name] / one:.2f}; target <= 1.2)"
         )
+
+
+def report_in_a_row(label: str, ratios: dict, batches: int, rounds: int) -> None:
+    print(
+        f"{label}IN A ROW over {batches} different batches (median of {rounds} rounds): "
+        + ", ".join(f"{name} {ratio:.2f}" for name, ratio in ratios.items())
+    )
+    for name in (THETA, ROLLOUT):
+        print(f"{label}IN A ROW RATIO {name.split()[0]} / forward: {ratios[name]:.2f}  (target <= 1.2)")
 
 
 def page_faults(fn) -> int:
@@ -94,6 +107,18 @@ def main() -> None:
         "RawAttention (last layer)": lambda: RawAttention(model).attribute(x),
         "Saliency": lambda: Saliency(model).attribute(x, target=target),
     }
+    # A data set's pass: the photos and their mirror images in batches, each method over all of them in a row.
+    every = torch.cat([pixels, pixels.flip(-1)]) if args.quick else sample_images(size=size)
+    every = torch.cat([every, every.flip(-1)])
+    mean, std = (torch.tensor(config[k]).view(1, 3, 1, 1) for k in ("mean", "std"))
+    batches = [((b - mean) / std).contiguous() for b in every.split(args.batch) if len(b) == args.batch]
+    row_rounds = max(1, args.rounds // 2)
+
+    def forward_of(images):
+        with torch.no_grad():
+            model(images)
+
+    row = {"plain forward": forward_of, THETA: sift.attribute, ROLLOUT: lambda b: AttentionRollout(model).attribute(b)}
     threads = torch.get_num_threads()
     print(f"{name}, {size}px, batch {args.batch}, CPU, {threads} threads, best of {args.rounds} interleaved rounds")
     best, median = interleaved(fast, args.rounds, "plain forward")
@@ -106,10 +131,12 @@ def main() -> None:
     report("", best, median, args.batch)
     faults = {name: page_faults(fn) for name, fn in fast.items()}  # one more interleaved round
     print("PAGE FAULTS per call (minor, the whole process): " + ", ".join(f"{k} {v}" for k, v in faults.items()))
+    report_in_a_row("", in_a_row(row, batches, row_rounds, "plain forward"), len(batches), row_rounds)
     torch.set_num_threads(1)
     try:
         print(f"one thread (torch.set_num_threads(1)), best of {args.rounds} interleaved rounds")
         report("ONE THREAD ", *interleaved(fast, args.rounds, "plain forward"), args.batch)
+        report_in_a_row("ONE THREAD ", in_a_row(row, batches, row_rounds, "plain forward"), len(batches), row_rounds)
     finally:
         torch.set_num_threads(threads)
 
