@@ -335,10 +335,11 @@ def test_pool_threads_run_torch_ops_on_themselves_alone(native):
         torch.set_num_threads(2)
         expected = count_keypoints(images, 16, chunk_size=1)
         pool = detect._pool(1)
-        before = len(os.listdir("/proc/self/task"))
         assert torch.get_num_threads() == 2 and pool.submit(torch.get_num_threads).result() == 1
         big = torch.rand(1 << 20)
-        assert torch.equal(pool.submit(torch.mul, big, 3).result(), big * 3)  # an op torch would split over 2
+        tripled = big * 3  # an op torch splits over 2 threads (the caller's team exists now)
+        before = len(os.listdir("/proc/self/task"))  # the pool's thread started
+        assert torch.equal(pool.submit(torch.mul, big, 3).result(), tripled)
         assert torch.equal(count_keypoints(images, 16, chunk_size=1), expected)
         assert len(os.listdir("/proc/self/task")) == before  # no thread started: no second OpenMP team
     finally:
