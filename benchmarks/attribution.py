@@ -88,19 +88,20 @@ def main() -> None:
     model = timm.create_model(name, pretrained=False, img_size=size).eval()
     pixels = sample_images(list(SAMPLE_PHOTOS[: args.batch]), size=size)
     config = timm.data.resolve_model_data_config(model)
-    x = (pixels - torch.tensor(config["mean"]).view(1, 3, 1, 1)) / torch.tensor(config["std"]).view(1, 3, 1, 1)
+    mean, std = (torch.tensor(config[k]).view(1, 3, 1, 1) for k in ("mean", "std"))
+    x = (pixels - mean) / std
     with torch.no_grad():
         target = model(x).argmax(1)
     sift = SIFTInterrelation(model)
     counts = count_keypoints(pixels, 16)
     mask = sift.feature_mask(x)
 
-    def forward():
+    def forward_of(images):
         with torch.no_grad():
-            model(x)
+            model(images)
 
     fast = {
-        "plain forward": forward,
+        "plain forward": lambda: forward_of(x),
         THETA: lambda: sift.attribute(x),
         "SIFTInterrelation (counts given)": lambda: sift.attribute(x, keypoint_counts=counts),
         ROLLOUT: lambda: AttentionRollout(model).attribute(x),
@@ -108,16 +109,10 @@ def main() -> None:
         "Saliency": lambda: Saliency(model).attribute(x, target=target),
     }
     # A data set's pass: the photos and their mirror images in batches, each method over all of them in a row.
-    every = torch.cat([pixels, pixels.flip(-1)]) if args.quick else sample_images(size=size)
+    every = pixels if args.quick else sample_images(size=size)
     every = torch.cat([every, every.flip(-1)])
-    mean, std = (torch.tensor(config[k]).view(1, 3, 1, 1) for k in ("mean", "std"))
     batches = [((b - mean) / std).contiguous() for b in every.split(args.batch) if len(b) == args.batch]
     row_rounds = max(1, args.rounds // 2)
-
-    def forward_of(images):
-        with torch.no_grad():
-            model(images)
-
     row = {"plain forward": forward_of, THETA: sift.attribute, ROLLOUT: lambda b: AttentionRollout(model).attribute(b)}
     threads = torch.get_num_threads()
     print(f"{name}, {size}px, batch {args.batch}, CPU, {threads} threads, best of {args.rounds} interleaved rounds")
