@@ -84,3 +84,12 @@ def test_bad_options():
         RawAttention(model, layer=2)
     with pytest.raises(CaptumSiftError, match="expected inputs of shape"):
         AttentionRollout(model).attribute(torch.rand(3, 32, 32))
+
+
+def test_rollout_raises_on_a_non_finite_map_naming_the_block():
+    """The heads are fused inside the block; the map is checked before that, as for every other reader."""
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, depth=3).eval()
+    with torch.no_grad():
+        model.blocks[1].attn.qkv.bias[:] = float("nan")
+    with pytest.raises(CaptumSiftError, match="non-finite attention in block 1"):
+        AttentionRollout(model).attribute(torch.rand(1, 3, 32, 32))
