@@ -47,6 +47,66 @@ def as_int(value: object) -> int | None:
     return int(value) if isinstance(value, int) and not isinstance(value, bool) else None
 
 
+def _bound_text(low: float | None, high: float | None, low_open: bool, high_open: bool) -> str:
+    parts = []
+    if low is not None:
+        parts.append(f"{'>' if low_open else '>='} {low:g}")
+    if high is not None:
+        parts.append(f"{'<' if high_open else '<='} {high:g}")
+    return " and ".join(parts)
+
+
+def check_int(value: object, name: str, low: int | None = None, high: int | None = None) -> int:
+    """An int (numpy and 0-d tensor ints included; bools and floats are not) in [low, high].
+
+    Example:
+        >>> import numpy as np
+        >>> check_int(np.int64(3), "patch_size", low=1)
+        3
+    """
+    number = as_int(value)
+    if number is None or (low is not None and number < low) or (high is not None and number > high):
+        bound = _bound_text(low, high, False, False)
+        raise CaptumSiftError(f"expected {name} to be an int{' ' + bound if bound else ''}, got {value!r}")
+    return number
+
+
+def check_number(
+    value: object,
+    name: str,
+    low: float | None = None,
+    high: float | None = None,
+    *,
+    low_open: bool = False,
+    high_open: bool = False,
+) -> float:
+    """A finite real number (int, float, numpy scalar or 0-d tensor; not a bool or a string) in the given range.
+
+    ``low_open`` / ``high_open`` exclude the bound itself. NaN and Inf are refused, never clipped.
+
+    Example:
+        >>> import numpy as np
+        >>> check_number(np.float32(0.5), "ratio", 0, 1)
+        0.5
+    """
+    number = as_scalar(value)
+    ok = isinstance(number, (int, float)) and not isinstance(number, bool)
+    if ok:
+        try:
+            number = float(number)  # type: ignore[arg-type]
+        except OverflowError:  # an int too large for a float
+            ok = False
+    ok = ok and math.isfinite(number)  # type: ignore[arg-type]
+    if ok and low is not None:
+        ok = number > low if low_open else number >= low  # type: ignore[operator]
+    if ok and high is not None:
+        ok = number < high if high_open else number <= high  # type: ignore[operator]
+    if not ok:
+        bound = _bound_text(low, high, low_open, high_open)
+        raise CaptumSiftError(f"expected {name} to be a finite number{' ' + bound if bound else ''}, got {value!r}")
+    return number  # type: ignore[return-value]
+
+
 def check_min_keypoints(min_keypoints: object) -> int:
     """The Key bar: an int >= 1."""
     value = as_int(min_keypoints)
@@ -99,10 +159,7 @@ def check_images(images: object, name: str = "images") -> torch.Tensor:
 
 def check_patch_size(patch_size: object, height: int, width: int) -> int:
     """Check that ``patch_size`` is a positive int that tiles an H x W image."""
-    if isinstance(patch_size, bool) or not isinstance(patch_size, int):
-        raise CaptumSiftError(f"expected patch_size to be an int, got {patch_size!r}")
-    if patch_size < 1:
-        raise CaptumSiftError(f"expected patch_size >= 1, got {patch_size}")
+    patch_size = check_int(patch_size, "patch_size", low=1)
     if height % patch_size or width % patch_size:
         raise CaptumSiftError(f"expected H and W to be multiples of patch_size={patch_size}, got H={height}, W={width}")
     return patch_size

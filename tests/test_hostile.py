@@ -354,7 +354,7 @@ def test_bad_api_values_raise_the_one_error(model, pixels, tmp_path):
         (lambda: InterrelationReport.from_dict({"layers": [0]}), "expected a report written by"),
         (lambda: report.merge(5), "expected InterrelationReports to merge, got int"),
         (lambda: find_stages(None), "expected an InterrelationReport, got NoneType"),
-        (lambda: patch_feature_mask(32, 32, 0), "expected patch_size >= 1, got 0"),
+        (lambda: patch_feature_mask(32, 32, 0), "expected patch_size to be an int >= 1, got 0"),
         (lambda: evaluate_masking(model, pixels, torch.tensor([0, 1]), batch_size=0, image_space="pixel"),
          "expected batch_size to be an int >= 1, got 0"),
         (lambda: evaluate_masking(model, [pixels], image_space="pixel", progress=False), "expected batch 0 of the"),
