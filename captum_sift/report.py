@@ -307,8 +307,8 @@ class InterrelationReport:
             if not bool(ok.all()):
                 bad = s[~ok][0].item()
                 raise CaptumSiftError(
-                    f"expected finite sums of {name!r} in [0, {high[name]:.4g} x count], got {bad!r} (layer "
-                    f"position, head {tuple(torch.nonzero(~ok)[0].tolist())})"
+                    f"expected finite sums of {name!r} in [0, {high[name]:.4g} x count], got {bad!r} at (layer "
+                    f"position, head) {tuple(torch.nonzero(~ok)[0].tolist())}"
                 )
         self._validate_per_image(high)
         if self.curves is not None:
@@ -552,6 +552,8 @@ def _float_tensor(value: Any, name: str, dtype: torch.dtype) -> torch.Tensor:
     """A float tensor of nested lists of numbers (null = NaN); anything else named in the error."""
     try:
         tensor = torch.tensor(_none_to_nan(value), dtype=dtype)
+    except RecursionError as exc:
+        raise CaptumSiftError(f"expected {name} to be nested lists of numbers, got lists nested too deeply") from exc
     except (TypeError, ValueError, RuntimeError, OverflowError) as exc:
         raise CaptumSiftError(f"expected {name} to be nested lists of numbers, got otherwise ({exc})") from exc
     if tensor.dtype != dtype:
@@ -563,6 +565,8 @@ def _int_tensor(value: Any, name: str) -> torch.Tensor:
     """An int64 tensor of nested lists of ints (or an int tensor); floats and bools are refused, not truncated."""
     try:
         tensor = value if isinstance(value, torch.Tensor) else torch.tensor(value)
+    except RecursionError as exc:
+        raise CaptumSiftError(f"expected {name} to be nested lists of ints, got lists nested too deeply") from exc
     except (TypeError, ValueError, RuntimeError, OverflowError) as exc:
         raise CaptumSiftError(f"expected {name} to be nested lists of ints, got otherwise ({exc})") from exc
     if tensor.numel() == 0:
