@@ -227,8 +227,8 @@ def plot_stages(report, stages, *, ax: Axes | None = None) -> Axes:
         conf = ", ".join(
             f"{k} {v:.2f}" for k, v in (getattr(stages, "confidence", None) or {}).items() if v is not None
         )
-        missing = "; no Coach stage: θ_KK still rising at the last layer" if not stages["coach"] else ""
-        ax.set_title(f"NO CLEAR STAGES (best split shown{'; confidence ' + conf if conf else ''}{missing})",
+        missing = "\nno Coach stage: θ_KK still rising at the last layer" if not stages["coach"] else ""
+        ax.set_title(f"NO CLEAR STAGES (best split shown{'; confidence ' + conf if conf else ''}){missing}",
                      fontsize=8, color="#b00", pad=14)  # fmt: skip
     ax.figure.tight_layout()
     return ax

@@ -52,6 +52,9 @@ def test_a_curve_still_rising_at_the_last_layer_has_no_coach_stage():
     assert info["coach"] == [] and "Coach []" in _stage_line(info) and "NO CLEAR STAGES" in _stage_line(info)
     ax = viz.plot_stages(_report(images), stages)
     assert "no Coach stage" in ax.get_title() and len(ax.patches) == 2  # Retrieval and Capture bands only
+    ax.figure.canvas.draw()
+    title, page = ax.title.get_window_extent(), ax.figure.bbox
+    assert page.x0 <= title.x0 and title.x1 <= page.x1 and title.y1 <= page.y1  # the whole title is on the page
 
 
 def test_coach_confidence_counts_resamples_that_peak_at_the_last_layer():
