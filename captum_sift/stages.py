@@ -219,6 +219,12 @@ def find_stages(report: InterrelationReport, rule: str = "theta_kk") -> Stages:
     clear; the focus index is returned as supporting evidence. Rule
     ``"gap"``: :data:`GAP_RULE`, the earlier θ_KK − θ_NK rule, for comparison.
 
+    A θ_KK that peaks at the last analysed layer has no Coach stage:
+    ``coach`` is empty and the verdict is "no clear stages: no Coach stage:
+    θ_KK still rising at the last layer". Without per-image curves (fewer
+    than 2 images, or a report read by ``load_csv``) no confidence is
+    measured and the verdict says which.
+
     Needs at least 3 analysed layers and a finite θ_KK on each (some image
     with Key patches).
 
