@@ -197,6 +197,8 @@ class InterrelationReport:
     def all_reduce(self, device: torch.device | str = "cpu") -> None:
         """Sum the float64 sums, int64 counts and image count over torch.distributed ranks, in place.
 
+        The per-image curves of every rank are gathered, in image-index order
+        when they carry one (:meth:`with_image_index`), else in rank order.
         A no-op in one process; every rank must call it (a rank with no image
         passes an empty report of the same layers and heads).
         """
