@@ -296,6 +296,8 @@ def _patch_scores(
             except CaptumSiftError as exc:
                 raise CaptumSiftError(f"cannot find the stages of image {b}: {exc}") from exc
             span = {"retrieval": (0, start), "capture": (start, end + 1), "coach": (end + 1, curves.shape[1])}[layers]
+            if span[0] == span[1]:
+                raise CaptumSiftError(f"image {b} has no {layers} stage: its θ_KK is still rising at the last layer")
             scores.append(torch.nanmean(theta[b, span[0] : span[1]], dim=0))
         return torch.stack(scores)
     wanted = resolve_layers(layers, max(analysed) + 1)

@@ -579,8 +579,9 @@ def run_analyze(config: RunConfig) -> None:
                     )
             holder["total"] = report
 
-        def step(images: torch.Tensor, _labels: torch.Tensor, _read: list[int]) -> None:
+        def step(images: torch.Tensor, _labels: torch.Tensor, read: list[int]) -> None:
             part = analyze(run.vit, images, settings=config.theta, image_space="pixel").without_per_image()
+            part = part.with_image_index(read)  # the stage bootstrap takes the images in data-set order
             holder["total"] = part if holder["total"] is None else holder["total"].merge(part)
 
         def snapshot() -> dict[str, Any]:
@@ -687,7 +688,8 @@ def _write_analysis(run: Run, report, settings: dict[str, Any], skipped: list[li
         "layers": report.layers, "num_heads": report.num_heads, "grid_size": list(report.grid_size),
         "means": data["means"], "image_counts": {n: report.image_count(n).tolist() for n in ("kk", "nk", "focus")},
         "layer_means": {n: report.layer_mean(n).tolist() for n in QUANTITIES},
-        "sums": data["sums"], "counts": data["counts"], "stages": stage_info, "skipped_files": skipped,
+        "sums": data["sums"], "counts": data["counts"], "curves": data.get("curves"), "stages": stage_info,
+        "skipped_files": skipped,
         "data_files": "report.json, per_layer_head.csv",
         "warnings": _warnings(run),
         "spurious_positions": (

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,15 +18,19 @@ __all__ = ["GAP_RULE", "RULE", "STAGE_NAMES", "Stages", "find_stages", "smooth",
 RULE = (
     "theta_kk rule: the head-mean θ_KK curve over the analysed layers is smoothed with a [1, 2, 1] / 4 kernel "
     "(edges repeated) so that one layer's wiggle cannot move the peak; Capture ends at the first maximum of the "
-    "smoothed curve among layers 1..L-2 (so that Coach is non-empty); Capture starts at the layer s in 1..end that "
-    "minimises the squared error of a constant fit of the (unsmoothed) curve on [0, s) plus a least-squares line on "
-    "[s, end] (largest s on ties): Retrieval is the flat start, Capture the rise to the peak, Coach every layer "
-    "after it. Confidence of a boundary: the share of 200 bootstrap resamples of the images (seed 0) that put it "
-    "at the same layer. The stages are clear when the smoothed rise over Capture (peak minus the Retrieval level) "
-    "is positive in at least 95 % of the resamples and is at least 5 % of the peak, and both boundaries have a "
-    "confidence of at least 0.5; otherwise the answer is 'no clear stages' (the best split is still returned). "
-    "The focus index is supporting evidence only: its mean per stage is returned, and whether it drops in "
-    "Capture and rebounds in Coach, as the paper describes."
+    "smoothed curve among layers 1..L-1; Capture starts at the layer s in 1..end that minimises the squared error "
+    "of a constant fit of the (unsmoothed) curve on [0, s) plus a least-squares line on [s, end] (largest s on "
+    "ties): Retrieval is the flat start, Capture the rise to the peak, Coach every layer after it. A peak at the "
+    "last layer leaves no Coach stage (θ_KK still rising at the last layer): Coach is empty and the answer is 'no "
+    "clear stages'. Confidence of a boundary: the share of 200 bootstrap resamples of the images (seed 0, images "
+    "in data-set order when their index is known) that put it at the same layer; a resample whose peak lands "
+    "elsewhere, the last layer included, or whose curve is NaN somewhere disagrees. The stages are clear when "
+    "there is a Coach stage, the smoothed rise over Capture (peak minus the Retrieval level) is positive in at "
+    "least 95 % of the resamples and is at least 5 % of the peak, and both boundaries have a confidence of at "
+    "least 0.5; otherwise the answer is 'no clear stages' (the best split is still returned). Without per-image "
+    "curves (fewer than 2 images, or a report read from a CSV, which keeps only sums) no confidence is measured "
+    "and the answer is 'no clear stages'. The focus index is supporting evidence only: its mean per stage is "
+    "returned, and whether it drops in Capture and rebounds in Coach, as the paper describes."
 )
 """The rule of :func:`find_stages`, stated in words; returned with every result (a constant, so ``-OO`` keeps it)."""
 
@@ -52,8 +57,12 @@ class Stages:
     ``confidence`` maps ``"capture_start"`` and ``"coach_start"`` to the
     bootstrap share that agrees (None without per-image data); ``clear`` is
     False when the curves do not have the paper's shape ("no clear stages",
-    ``verdict`` says why); ``focus_by_stage`` the mean focus index per stage;
-    ``rule`` states the method.
+    ``verdict`` says why); ``focus_by_stage`` the mean focus index per stage
+    (NaN for an empty stage); ``rule`` states the method.
+
+    ``coach`` is empty when θ_KK peaks at the last analysed layer (still
+    rising: no Coach stage, ``clear`` is False); Retrieval and Capture are
+    never empty.
     """
 
     retrieval: list[int]
@@ -76,9 +85,9 @@ class Stages:
         return getattr(self, name)
 
     @property
-    def boundaries(self) -> tuple[int, int]:
-        """First layer of Capture and first layer of Coach."""
-        return self.capture[0], self.coach[0]
+    def boundaries(self) -> tuple[int, int | None]:
+        """First layer of Capture and first layer of Coach (None when there is no Coach stage)."""
+        return self.capture[0], (self.coach[0] if self.coach else None)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready fields."""
@@ -140,14 +149,19 @@ def split_stages(gap: torch.Tensor) -> tuple[int, int]:
 def split_theta_kk(kk: torch.Tensor) -> tuple[int, int]:
     """Positions (s, e) of the first and last Capture layer of a θ_KK curve (L,) by :data:`RULE`.
 
+    ``e == L - 1`` means the smoothed curve peaks at the last layer: there is
+    no Coach stage.
+
     Example:
         >>> table = [0.601, 0.607, 0.688, 0.729, 0.739, 0.767, 0.747, 0.776, 0.767, 0.745, 0.726, 0.672]
         >>> split_theta_kk(torch.tensor(table))  # the 12-layer DINOv2 ViT-S/14 of the stage issue
         (2, 7)
+        >>> split_theta_kk(torch.linspace(0.3, 0.6, 12))  # still rising at the last layer: no Coach
+        (1, 11)
     """
     raw = _check_curve(kk, "θ_KK")
     curve = smooth(raw)
-    end = 1 + int(torch.argmax(curve[1 : curve.numel() - 1]))
+    end = 1 + int(torch.argmax(curve[1:]))  # first maximum among positions 1..L-1
     return _fit_split(raw, end), end
 
 
@@ -158,9 +172,19 @@ def _rise(curve: torch.Tensor, start: int, end: int) -> float:
 
 
 def _image_curves(report: InterrelationReport) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """Per-image head-mean θ_KK and focus curves (B, L), from the report's curves or its per-image data."""
+    """Per-image head-mean θ_KK and focus curves (B, L), from the report's curves or its per-image data.
+
+    Curves that carry their images' data-set index (``curves["image"]``) are
+    put in that order, so that the bootstrap draws the same images whatever
+    order the reports were merged or gathered in.
+    """
     if report.curves is not None:
-        return report.curves["kk"].double(), report.curves["focus"].double()
+        kk, focus = report.curves["kk"].double(), report.curves["focus"].double()
+        index = report.curves.get("image")
+        if index is not None:
+            order = torch.sort(index, stable=True).indices
+            kk, focus = kk[order], focus[order]
+        return kk, focus
     if report.kk is not None and report.focus is not None:
         return torch.nanmean(report.kk.double(), dim=2), torch.nanmean(report.focus.double(), dim=2)
     return None
@@ -195,6 +219,12 @@ def find_stages(report: InterrelationReport, rule: str = "theta_kk") -> Stages:
     clear; the focus index is returned as supporting evidence. Rule
     ``"gap"``: :data:`GAP_RULE`, the earlier θ_KK − θ_NK rule, for comparison.
 
+    A θ_KK that peaks at the last analysed layer has no Coach stage:
+    ``coach`` is empty and the verdict is "no clear stages: no Coach stage:
+    θ_KK still rising at the last layer". Without per-image curves (fewer
+    than 2 images, or a report read by ``load_csv``) no confidence is
+    measured and the verdict says which.
+
     Needs at least 3 analysed layers and a finite θ_KK on each (some image
     with Key patches).
 
@@ -224,6 +254,8 @@ def find_stages(report: InterrelationReport, rule: str = "theta_kk") -> Stages:
         rise = _rise(_check_curve(kk, "θ_KK"), start, end)
         curves = _image_curves(report)
         reasons = []
+        if end == len(layers) - 1:
+            reasons.append(f"no Coach stage: θ_KK still rising at the last layer ({layers[-1]}, its smoothed peak)")
         if curves is not None and curves[0].shape[0] >= 2:
             conf_start, conf_end, rising = _bootstrap(curves[0], start, end)
             confidence = {"capture_start": conf_start, "coach_start": conf_end}
@@ -231,14 +263,19 @@ def find_stages(report: InterrelationReport, rule: str = "theta_kk") -> Stages:
                 reasons.append(f"θ_KK rises over Capture in only {rising:.0%} of the bootstrap resamples")
             if min(conf_start, conf_end) < MIN_CONFIDENCE:
                 reasons.append(f"boundary confidence {conf_start:.2f} / {conf_end:.2f} < {MIN_CONFIDENCE}")
+        elif report.num_images < 2:
+            reasons.append(f"no confidence measured: fewer than 2 images ({report.num_images})")
         else:
-            reasons.append("no per-image curves to measure the confidence (fewer than 2 images)")
+            reasons.append(
+                f"no confidence measured: the report keeps only sums of its {report.num_images} images, no "
+                "per-image curves (a report read from a CSV, or made without them; save_json keeps them)"
+            )
         if rise < MIN_RELATIVE_RISE * abs(float(smooth(kk)[end])):
             reasons.append(f"θ_KK rises by only {rise:.4f} over Capture (< {MIN_RELATIVE_RISE:.0%} of its peak)")
         clear = not reasons
         verdict = "clear stages" if clear else "no clear stages: " + "; ".join(reasons)
     spans = {"retrieval": (0, start), "capture": (start, end + 1), "coach": (end + 1, len(layers))}
-    focus_by_stage = {name: float(focus[a:b].nanmean()) for name, (a, b) in spans.items()}
+    focus_by_stage = {name: float(focus[a:b].nanmean()) if b > a else math.nan for name, (a, b) in spans.items()}
     focus_by_stage["drops_in_capture_and_rebounds_in_coach"] = bool(
         focus_by_stage["capture"] < focus_by_stage["retrieval"] and focus_by_stage["coach"] > focus_by_stage["capture"]
     )

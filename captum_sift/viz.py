@@ -192,32 +192,44 @@ def plot_focus_index(report, *, normalized: bool = False, ax: Axes | None = None
 def _bands(ax: Axes, stages) -> None:
     for name in ("retrieval", "capture", "coach"):
         layers = stages[name]
+        if not layers:  # no Coach stage: θ_KK still rising at the last layer
+            continue
         ax.axvspan(layers[0] - 0.5, layers[-1] + 0.5, color=_STAGE_COLORS[name], zorder=0)
         ax.text((layers[0] + layers[-1]) / 2, 1.0, name.capitalize(), transform=ax.get_xaxis_transform(),
                 ha="center", va="bottom", fontsize=8)  # fmt: skip
 
 
 def plot_stages(report, stages, *, ax: Axes | None = None) -> Axes:
-    """Fig. 7a: KK, KN, NK, NN head means over the stages as coloured bands, focus index on a twin axis."""
+    """Fig. 7a: KK, KN, NK, NN head means over the stages as coloured bands, focus index on a twin axis.
+
+    Layer ticks are integers; the legend sits below the axes, clear of the
+    curves. A split that is not clear is titled "NO CLEAR STAGES" with its
+    confidences, and a missing Coach stage is named in the title.
+    """
+    from matplotlib.ticker import MaxNLocator
+
     if ax is None:
-        _, ax = plt.subplots(figsize=(7, 3.8))
+        _, ax = plt.subplots(figsize=(7, 4.4))
     _bands(ax, stages)
     for name in ("kk", "kn", "nk", "nn"):
         ax.plot(report.layers, report.layer_mean(name).numpy(), "-o", ms=3, color=_COLORS[name], label=_LABELS[name])
     ax.set_xlabel("layer")
     ax.set_ylabel("θ, head mean")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     twin = ax.twinx()
     twin.plot(report.layers, report.layer_mean("focus").numpy(), "--", color=_COLORS["focus"], label="focus index")
     twin.set_ylabel("focus index")
     lines = ax.get_legend_handles_labels()
     more = twin.get_legend_handles_labels()
-    ax.legend(lines[0] + more[0], lines[1] + more[1], fontsize=7, loc="center right")
+    ax.legend(lines[0] + more[0], lines[1] + more[1], fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16),
+              ncol=5, frameon=False)  # fmt: skip
     if not getattr(stages, "clear", True):
         conf = ", ".join(
             f"{k} {v:.2f}" for k, v in (getattr(stages, "confidence", None) or {}).items() if v is not None
         )
-        ax.set_title(f"NO CLEAR STAGES (best split shown{'; confidence ' + conf if conf else ''})", fontsize=8,
-                     color="#b00", pad=14)  # fmt: skip
+        missing = "\nno Coach stage: θ_KK still rising at the last layer" if not stages["coach"] else ""
+        ax.set_title(f"NO CLEAR STAGES (best split shown{'; confidence ' + conf if conf else ''}){missing}",
+                     fontsize=8, color="#b00", pad=14)  # fmt: skip
     ax.figure.tight_layout()
     return ax
 
@@ -238,12 +250,18 @@ def plot_stage_heatmaps(report, stages, *, image_index: int = 0, image: torch.Te
     gh, gw = report.grid_size
     query = int(report.query_patch[image_index])
     fig, axes = plt.subplots(1, 3, figsize=(10.5, 3.4))
-    chosen = {name: stages[name][len(stages[name]) // 2] for name in ("retrieval", "capture", "coach")}
+    chosen = {name: stages[name][len(stages[name]) // 2] for name in ("retrieval", "capture", "coach") if stages[name]}
     heats = {n: report.query_attention[image_index, report.layers.index(layer)].view(gh, gw).numpy()
              for n, layer in chosen.items()}  # fmt: skip
     vmax = max(float(h.max()) for h in heats.values())  # one scale for the three panels and the colour bar
     shown = None
     for ax, name in zip(axes, ("retrieval", "capture", "coach"), strict=True):
+        if name not in chosen:  # no Coach stage: θ_KK still rising at the last layer
+            ax.text(0.5, 0.5, f"no {name.capitalize()} stage:\nθ_KK still rising\nat the last layer", ha="center",
+                    va="center", fontsize=9, transform=ax.transAxes)  # fmt: skip
+            ax.set_xticks([])
+            ax.set_yticks([])
+            continue
         layer, heat = chosen[name], heats[name]
         if image is not None:
             h, w = image.shape[-2:]
@@ -382,6 +400,9 @@ def plot_mask_curve(table, *, ax: Axes | None = None) -> Axes:
     return ax
 
 
+_THETA_FONT = 7  # points: the θ label of a spurious patch
+
+
 def plot_spurious(
     images: torch.Tensor,
     scores: torch.Tensor,
@@ -424,15 +445,16 @@ def plot_spurious(
             ax.add_patch(plt.Rectangle((x0, y0), patch_size, patch_size, fill=False,
                                        ec="red" if spurious else "yellow", lw=1.6 if spurious else 0.6))  # fmt: skip
             if spurious:
-                ax.text(x0 + 1, y0 + 1, f"{float(scores[b, j]):.2f}", color="white", fontsize=5, va="top",
+                ax.text(x0 + 1, y0 + 1, f"{float(scores[b, j]):.2f}", color="white", fontsize=_THETA_FONT, va="top",
                         bbox={"facecolor": "red", "alpha": 0.6, "pad": 0.3, "lw": 0})  # fmt: skip
         ax.set_xticks([])
         ax.set_yticks([])
         label = titles[b] if titles else f"image {b}"
         ax.set_title(f"{label}: {int(flags[b].sum())} spurious of {int(key[b].sum())} Key", fontsize=8)
     fig.suptitle(f"spurious patches (red): Key patches with θ < {threshold:g}", fontsize=9)
-    rows = math.ceil(len(axes) / max(1, min(ncols, len(axes))))
-    fig.set_size_inches(fig.get_size_inches()[0], 3.7 * rows + 0.4)  # room for every title
+    cols = max(1, min(ncols, len(axes)))
+    rows = math.ceil(len(axes) / cols)
+    fig.set_size_inches(4.6 * cols, 4.9 * rows + 0.4)  # images large enough for readable θ labels, room for titles
     fig.tight_layout(rect=(0, 0, 1, 0.97))
     return fig
 

@@ -96,7 +96,32 @@ def test_resume_ends_with_the_numbers_of_an_uninterrupted_run(tmp_path, image_fo
     assert a["skipped_files"] == b["skipped_files"]
 
 
+# report.json fields that differ between 1 and N processes, and why: the process count itself
+DIFFERS_WITH_WORLD_SIZE = {("settings", "world_size")}
+
+
+def _assert_same_document(a, b, path=()):
+    """Every field of two report.json documents equal; floats to rounding (sums added in another order)."""
+    if path in DIFFERS_WITH_WORLD_SIZE:
+        return
+    if isinstance(a, dict) and isinstance(b, dict):
+        assert set(a) == set(b), (path, set(a) ^ set(b))
+        for key in a:
+            _assert_same_document(a[key], b[key], (*path, key))
+    elif isinstance(a, list) and isinstance(b, list):
+        assert len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            _assert_same_document(x, y, (*path, i))
+    elif isinstance(a, float) and isinstance(b, float):
+        assert b == pytest.approx(a, rel=1e-6, abs=1e-6), (path, a, b)
+    else:
+        assert a == b, (path, a, b)
+
+
 def test_torchrun_two_processes_give_the_numbers_of_one(tmp_path, image_folder):
+    from captum_sift import InterrelationReport, find_stages
+    from captum_sift.report import nan_to_none
+
     one, two = tmp_path / "one", tmp_path / "two"
     common = ["--images", str(image_folder), *TINY]
     assert main(["analyze", "--out", str(one), *common]) == 0
@@ -104,12 +129,14 @@ def test_torchrun_two_processes_give_the_numbers_of_one(tmp_path, image_folder):
            "-m", "captum_sift", "analyze", "--out", str(two), *common]  # fmt: skip
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, failure_of(result)
-    a, b = _means(one), _means(two)
-    for name in a:
-        np.testing.assert_allclose(b[name], a[name], rtol=0, atol=1e-6)
-    report = json.loads((two / "report.json").read_text())
-    assert report["num_images"] == 6 and report["settings"]["world_size"] == 2
-    assert len(report["skipped_files"]) == 1  # gathered from the rank that read it
+    a, b = (json.loads((p / "report.json").read_text()) for p in (one, two))
+    assert b["num_images"] == 6 and b["settings"]["world_size"] == 2 and a["settings"]["world_size"] == 1
+    assert len(b["skipped_files"]) == 1  # gathered from the rank that read it
+    assert a["curves"]["image"] == [0, 1, 2, 4, 5, 6]  # data-set order (3 is broken.jpg); rank order is another
+    _assert_same_document(a, b)  # stages and their confidence included
+    # the report read back gives the stages it was written with
+    back = find_stages(InterrelationReport.load_json(one / "report.json"))
+    assert json.loads(json.dumps(nan_to_none(back.to_dict()))) == a["stages"]
     masks = [tmp_path / "m1", tmp_path / "m2"]
     assert main(["mask-eval", "--out", str(masks[0]), *common, "--ratios", "0.25"]) == 0
     cmd = [*cmd[:8], "mask-eval", "--out", str(masks[1]), *common, "--ratios", "0.25"]
