@@ -311,6 +311,7 @@ def evaluate_batch(
     from .analysis import to_model_and_pixels
     from .masking import scores_and_counts
 
+    check_head(vit)
     if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[0] == 0:
         raise CaptumSiftError(f"expected a batch of at least one image (B, C, H, W), got {shape_of(images)}")
     check_labels(labels)  # the dtype here, before any work; the range once the model's outputs are known

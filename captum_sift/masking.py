@@ -120,14 +120,16 @@ def drop_tokens(model: nn.Module | ViTAdapter, images: torch.Tensor, selected: t
     vit = as_vit(model)
     to_model_and_pixels(vit, images, "model", need_pixels=True)  # 0..255 or un-normalised input is refused
     check_head(vit)
-    check_droppable(vit)
     return _drop_tokens(vit, images, selected)
 
 
 def check_droppable(vit: ViTAdapter) -> None:
     """Raise for a model whose attention adds a relative position bias over the full token grid."""
-    names = [name for name, _ in vit.model.named_parameters()] + [name for name, _ in vit.model.named_buffers()]
-    names += [name for name, _ in vit.model.named_modules()]
+    names = []
+    for prefix, module in vit.model.named_modules():  # one walk: module, parameter and buffer names
+        own = [name for name, _ in module.named_parameters(recurse=False)]
+        own += [name for name, _ in module.named_buffers(recurse=False)]
+        names += [prefix] + [f"{prefix}.{name}" if prefix else name for name in own]
     biased = sorted({n for n in names if "relative_position" in n or "rel_pos" in n})
     if biased:
         raise CaptumSiftError(
@@ -148,6 +150,7 @@ def _pools_class_token(vit: ViTAdapter) -> bool:
 
 def _drop_tokens(vit: ViTAdapter, images: torch.Tensor, selected: torch.Tensor) -> torch.Tensor:
     """:func:`drop_tokens` on a checked adapter and model input (:func:`masked_logits` calls it per group)."""
+    check_droppable(vit)  # a walk over the module names: cheap next to the forward
     grid = vit.grid(images)
     selected = check_selected(selected)
     n = grid[0] * grid[1]

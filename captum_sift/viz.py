@@ -357,8 +357,8 @@ def plot_mask_grid(
     pixels = check_images(image.unsqueeze(0) if image.dim() == 3 else image, "image")
     scores = scores.reshape(1, -1).to(pixels.device)
     channels = pixels.shape[1]
-    shift = torch.tensor(mean if mean is not None else [0.0] * channels, dtype=pixels.dtype).view(1, -1, 1, 1)
-    scale = torch.tensor(std if std is not None else [1.0] * channels, dtype=pixels.dtype).view(1, -1, 1, 1)
+    shift = torch.as_tensor(mean if mean is not None else [0.0] * channels, dtype=pixels.dtype).view(1, -1, 1, 1)
+    scale = torch.as_tensor(std if std is not None else [1.0] * channels, dtype=pixels.dtype).view(1, -1, 1, 1)
     if shift.numel() != channels or scale.numel() != channels or not bool((scale > 0).all()):
         raise CaptumSiftError(
             f"expected mean and std with one value per channel ({channels}), std > 0, got {mean}, {std}"
