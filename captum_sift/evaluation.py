@@ -21,7 +21,7 @@ from .vit import ViTAdapter, as_vit, eval_mode
 __all__ = ["MaskingTable", "evaluate_masking", "mcnemar_exact", "random_scores", "random_selection", "wilson_interval"]
 
 _Z95 = 1.959963984540054
-#: The largest seed of the random mode (seeds of torch.Generator are 64-bit; image indices are added to seed * 1e6).
+#: The largest seed of the random mode (image i draws from a torch.Generator seeded with seed * 1_000_003 + i, 64 bits).
 MAX_SEED = 2**32 - 1
 
 
@@ -322,6 +322,8 @@ def evaluate_batch(
     check = image_space == "model" and not ranked
     model_input, _ = to_model_and_pixels(vit, images, image_space, need_pixels=check)
     grid = vit.grid(images)
+    # the draws of random_selection, once for all ratios
+    noise = random_scores(indices, grid[0] * grid[1], seed).to(images.device) if "random" in modes else None
     with torch.no_grad():
         base_logits = read_logits(vit.logits(model_input), images.shape[0], "the unmasked images")
         check_labels(labels, base_logits.shape[1])
@@ -331,7 +333,7 @@ def evaluate_batch(
         for mode in modes:
             for ratio in ratios:
                 if mode == "random":
-                    selected = random_selection(indices, grid[0] * grid[1], ratio, seed, images.device)
+                    selected = select_patches(noise, ratio, "top")  # = random_selection(indices, N, ratio, seed)
                 else:
                     selected = select_patches(scores, ratio, mode, keypoint_counts=counts,
                                               min_keypoints=settings.min_keypoints)  # fmt: skip

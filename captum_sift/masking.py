@@ -167,7 +167,7 @@ def _drop_tokens(vit: ViTAdapter, images: torch.Tensor, selected: torch.Tensor) 
     if dropped == n and not _pools_class_token(vit):
         raise CaptumSiftError(
             f"cannot drop all {n} patch tokens of {type(vit.model).__name__}: its head pools the patch tokens "
-            "(no class token to classify from), so nothing would be left; use a ratio < 1 or a fill value"
+            "(it does not classify from a class token alone), so nothing would be left; use a ratio < 1 or a fill value"
         )
     keep = torch.sort((~selected).to(torch.uint8), dim=1, descending=True, stable=True).indices[:, : n - dropped]
     with vit.dropping_tokens(keep):
