@@ -300,6 +300,13 @@ class _TupleViT(timm.models.vision_transformer.VisionTransformer):
         return self.forward_head(features), features
 
 
+class _DictViT(timm.models.vision_transformer.VisionTransformer):
+    """A timm ViT whose forward returns a dict."""
+
+    def forward(self, x):
+        return {"logits": super().forward(x)}
+
+
 def test_evaluate_masking_refuses_bad_labels_no_images_and_non_logit_outputs(model, pixels):
     x = (pixels - 0.5) / 0.5
     with pytest.raises(CaptumSiftError, match="integer class indices as labels, got dtype torch.float32"):
@@ -324,3 +331,6 @@ def test_evaluate_masking_refuses_bad_labels_no_images_and_non_logit_outputs(mod
     tuple_vit = _TupleViT(img_size=64, patch_size=16, embed_dim=32, depth=1, num_heads=2, num_classes=4).eval()
     with pytest.raises(CaptumSiftError, match="forward to return the logits.*got a tuple"):
         evaluate_masking(tuple_vit, pixels, labels, image_space="pixel", **kwargs)
+    dict_vit = _DictViT(img_size=64, patch_size=16, embed_dim=32, depth=1, num_heads=2, num_classes=4).eval()
+    with pytest.raises(CaptumSiftError, match="forward to return the logits.*got a dict"):
+        evaluate_masking(dict_vit, pixels, labels, image_space="pixel", **kwargs)
