@@ -12,15 +12,17 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._checks import as_int, shape_of
+from ._checks import all_finite, as_int, shape_of
 from .errors import CaptumSiftError
-from .patches import DEFAULT_MODES, MODES, check_plan, mask_images, select_patches
+from .patches import DEFAULT_MODES, MODES, check_fill, check_plan, mask_images, select_patches
 from .settings import ThetaSettings
 from .vit import ViTAdapter, as_vit, eval_mode
 
-__all__ = ["MaskingTable", "evaluate_masking", "mcnemar_exact", "random_scores", "wilson_interval"]
+__all__ = ["MaskingTable", "evaluate_masking", "mcnemar_exact", "random_scores", "random_selection", "wilson_interval"]
 
 _Z95 = 1.959963984540054
+#: The largest seed of the random mode (image i draws from a torch.Generator seeded with seed * 1_000_003 + i, 64 bits).
+MAX_SEED = 2**32 - 1
 
 
 def wilson_interval(correct: int, total: int) -> tuple[float, float]:
@@ -194,17 +196,101 @@ def _batches(
             seen += images.shape[0]
 
 
+def check_seed(seed: object) -> int:
+    """The random mode's seed: an int in [0, 2**32 - 1] (numpy and 0-d tensor ints included)."""
+    value = as_int(seed)
+    if value is None or not 0 <= value <= MAX_SEED:
+        raise CaptumSiftError(f"expected seed to be an int in [0, {MAX_SEED}], got {seed!r}")
+    return value
+
+
+def check_image_ids(image_ids: object, batch: int) -> torch.Tensor:
+    """Image indices (B,) as a CPU long tensor: ints >= 0, one per image."""
+    ids = torch.as_tensor(image_ids) if isinstance(image_ids, (list, tuple, range)) else image_ids
+    if (
+        not isinstance(ids, torch.Tensor)
+        or ids.shape != (batch,)
+        or ids.dtype == torch.bool
+        or ids.is_floating_point()
+        or ids.is_complex()
+        or (batch and int(ids.min()) < 0)
+    ):
+        got = f"{tuple(ids.shape)} {ids.dtype}" if isinstance(ids, torch.Tensor) else repr(image_ids)
+        raise CaptumSiftError(f"expected image_ids: {batch} ints >= 0, one per image (B,) = ({batch},), got {got}")
+    return ids.cpu().long()
+
+
 def random_scores(indices: torch.Tensor, num_patches: int, seed: int) -> torch.Tensor:
     """Per-image random scores (B, N) that depend only on (seed, image index).
 
     The random mode masks the top of these, so an image gets the same random
     mask whatever batch or process it is in (same numbers under torchrun).
     """
+    seed = check_seed(seed)
     rows = [
         torch.rand(num_patches, generator=torch.Generator().manual_seed(seed * 1_000_003 + int(i)))
         for i in indices.tolist()
     ]
     return torch.stack(rows) if rows else torch.zeros(0, num_patches)
+
+
+def random_selection(
+    indices: torch.Tensor, num_patches: int, ratio: float, seed: int, device: torch.device | str = "cpu"
+) -> torch.Tensor:
+    """The random mode's mask (B, N) bool: image i masks the top round(ratio N) of its :func:`random_scores`.
+
+    The one random scheme of :func:`evaluate_masking` and
+    :class:`~captum_sift.masking.MaskAsPrompt`: an image's mask depends only
+    on (seed, its index), not on the batch it is in.
+    """
+    return select_patches(random_scores(indices, num_patches, seed).to(device), ratio, "top")
+
+
+def check_head(vit: ViTAdapter) -> None:
+    """Raise unless the model has a classification head with at least one class (its forward gives logits)."""
+    vit.check_classifier()
+    model = vit.model
+    classes = getattr(model, "num_classes", None) if vit.family == "timm" else None
+    if vit.family == "hf":
+        classes = getattr(getattr(model, "config", None), "num_labels", None)
+    if classes is not None and as_int(classes) == 0:
+        raise CaptumSiftError(
+            f"expected a classifier, got {type(model).__name__} without a classification head (0 classes: its "
+            "forward returns features, not logits); build it with num_classes > 0"
+        )
+
+
+def read_logits(output: Any, batch: int, what: str = "the images") -> torch.Tensor:
+    """The logits (B, classes) of a model's output, checked: a tensor, or an output object's ``.logits``.
+
+    Tuples, lists and dicts (which part is the logits?) are refused, and so are
+    NaN / Inf logits: a prediction from them would count as an answer.
+    """
+    logits = getattr(output, "logits", None) if not isinstance(output, torch.Tensor) else output
+    if not isinstance(logits, torch.Tensor):
+        raise CaptumSiftError(
+            f"expected the model's forward to return the logits, a (B, classes) tensor (or an output with .logits), "
+            f"got a {type(output).__name__}; wrap the model so that its forward returns the logits"
+        )
+    if logits.dim() != 2 or logits.shape[0] != batch or not logits.is_floating_point():
+        raise CaptumSiftError(
+            f"expected logits of shape (B, classes) with B = {batch} from the model, got {tuple(logits.shape)} "
+            f"{logits.dtype}"
+        )
+    if not all_finite(logits.detach()):
+        raise CaptumSiftError(f"non-finite logits from the model on {what}: check its weights and the input")
+    return logits
+
+
+def check_labels(labels: torch.Tensor, outputs: int | None = None) -> None:
+    """Labels: integer class indices, in [0, outputs) when the model's number of outputs is given."""
+    if labels.dtype == torch.bool or labels.is_floating_point() or labels.is_complex():
+        raise CaptumSiftError(f"expected integer class indices as labels, got dtype {labels.dtype}")
+    if outputs is not None and labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= outputs):
+        raise CaptumSiftError(
+            f"expected labels that are class indices in [0, {outputs}) of the model's {outputs} outputs, "
+            f"got labels in [{int(labels.min())}, {int(labels.max())}]"
+        )
 
 
 def evaluate_batch(
@@ -225,6 +311,10 @@ def evaluate_batch(
     from .analysis import to_model_and_pixels
     from .masking import scores_and_counts
 
+    check_head(vit)
+    if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[0] == 0:
+        raise CaptumSiftError(f"expected a batch of at least one image (B, C, H, W), got {shape_of(images)}")
+    check_labels(labels)  # the dtype here, before any work; the range once the model's outputs are known
     # θ needs the analysis and the keypoints: only when a ranked mode asks for it. The analysis checks
     # that model-space input can be normalised images; a random-only plan checks it here (accuracy needs it too).
     ranked = bool(set(modes) - {"random"})
@@ -232,29 +322,30 @@ def evaluate_batch(
     check = image_space == "model" and not ranked
     model_input, _ = to_model_and_pixels(vit, images, image_space, need_pixels=check)
     grid = vit.grid(images)
+    # the draws of random_selection, once for all ratios
     noise = random_scores(indices, grid[0] * grid[1], seed).to(images.device) if "random" in modes else None
     with torch.no_grad():
-        base_logits = vit.logits(model_input)
-        if not bool(torch.isfinite(base_logits).all()):
-            raise CaptumSiftError("non-finite logits from the model: check its weights and the input")
-        outputs = base_logits.shape[1]
-        if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= outputs):
-            raise CaptumSiftError(
-                f"expected labels that are class indices in [0, {outputs}) of the model's {outputs} outputs, "
-                f"got labels in [{int(labels.min())}, {int(labels.max())}]"
-            )
+        base_logits = read_logits(vit.logits(model_input), images.shape[0], "the unmasked images")
+        check_labels(labels, base_logits.shape[1])
         base_ok = base_logits.argmax(dim=1).cpu() == labels.cpu()
-        table.baseline_correct += int(base_ok.sum())
-        table.total += int(base_ok.numel())
+        # Every cell is computed before the table changes: an error leaves the table as it was.
+        masked_ok = {}
         for mode in modes:
             for ratio in ratios:
                 if mode == "random":
-                    selected = select_patches(noise, ratio, "top")
+                    selected = select_patches(noise, ratio, "top")  # = random_selection(indices, N, ratio, seed)
                 else:
                     selected = select_patches(scores, ratio, mode, keypoint_counts=counts,
                                               min_keypoints=settings.min_keypoints)  # fmt: skip
-                logits = masked_logits(vit, model_input, selected, fill)
-                table.add(mode, ratio, logits.argmax(dim=1).cpu() == labels.cpu(), base_ok)
+                try:
+                    logits = masked_logits(vit, model_input, selected, fill)
+                except CaptumSiftError as exc:
+                    raise CaptumSiftError(f"mode {mode!r}, ratio {ratio}: {exc}") from exc
+                masked_ok[(mode, ratio)] = logits.argmax(dim=1).cpu() == labels.cpu()
+    table.baseline_correct += int(base_ok.sum())
+    table.total += int(base_ok.numel())
+    for (mode, ratio), ok in masked_ok.items():
+        table.add(mode, ratio, ok, base_ok)
 
 
 def masked_logits(
@@ -263,19 +354,23 @@ def masked_logits(
     """Logits of the model on ``model_input`` with the ``selected`` patches filled or (``fill="drop"``) dropped.
 
     Dropping runs the images with the same number of selected patches together
-    (the spurious mode may select fewer in some images).
+    (the spurious mode may select fewer in some images). The logits are
+    checked (:func:`read_logits`): NaN or Inf raise, never count as a prediction.
     """
-    from .masking import drop_tokens
+    from .masking import _drop_tokens
 
     if not (isinstance(fill, str) and fill == "drop"):
-        return vit.logits(mask_images(model_input, selected, vit.patch_size, fill))
+        output = vit.logits(mask_images(model_input, selected, vit.patch_size, fill))
+        return read_logits(output, model_input.shape[0], f"the masked images (fill={fill!r})")
     per_image = selected.sum(dim=1)
-    logits: torch.Tensor | None = None
+    if per_image.numel() and bool((per_image == per_image[0]).all()):
+        return _drop_tokens(vit, model_input, selected)  # one group: the caller's tensor (and graph) as it is
+    parts = []
     for count in per_image.unique().tolist():
         rows = torch.nonzero(per_image == count).flatten()
-        part = drop_tokens(vit, model_input[rows], selected[rows])
-        if logits is None:
-            logits = part.new_empty(model_input.shape[0], part.shape[1])
+        parts.append((rows, _drop_tokens(vit, model_input[rows], selected[rows])))
+    logits = parts[0][1].new_empty(model_input.shape[0], parts[0][1].shape[1])
+    for rows, part in parts:
         logits[rows] = part
     return logits
 
@@ -312,12 +407,16 @@ def evaluate_masking(
         model: a timm, torchvision or Hugging Face ViT classifier, or an adapter.
         images_or_loader: a (B, C, H, W) tensor (with ``labels``), or an
             iterable of ``(images, labels)`` batches (``labels=None``).
-        labels: (B,) class indices for a tensor input.
+        labels: (B,) integer class indices for a tensor input.
         ratios: mask ratios r in [0, 1]; round(r N) patches per image.
         modes: among ``"top"``, ``"bottom"``, ``"random"``, ``"spurious"``
             (the lowest-θ Key patches, paper §5.1; fewer than round(r N)
             where an image has fewer Key patches).
-        fill: see :func:`~captum_sift.patches.mask_images`, or ``"drop"``.
+        fill: see :func:`~captum_sift.patches.mask_images`, or ``"drop"``
+            (refused for models whose blocks take position arguments or
+            hold a relative position bias, and for dropping every patch of
+            a model without a class token; see
+            :func:`~captum_sift.masking.drop_tokens`).
         settings: the score's :class:`~captum_sift.ThetaSettings`; its fields
             may also be given as keyword ``options`` (gamma, layers, ...).
         image_space: ``"model"`` (default; images that cannot have been
@@ -326,20 +425,34 @@ def evaluate_masking(
             still in the model's space).
         mean, std: the model's input statistics (default: the adapter's).
         batch_size: for a tensor input.
-        seed: of the random mode: image i gets the top of
-            :func:`random_scores` for (seed, i), whatever its batch or process.
+        seed: of the random mode, an int in [0, 2**32 - 1]: image i (its
+            index in the tensor or loader) gets :func:`random_selection` for
+            (seed, i), whatever its batch or process; the same masks as
+            :class:`~captum_sift.masking.MaskAsPrompt` with this seed.
         progress: tqdm bar (None: only on a terminal).
 
     Returns:
         A :class:`MaskingTable`.
+
+    The model's forward must return the logits (a (B, classes) tensor, or an
+    output object with ``.logits`` as Hugging Face's); a model without a
+    classification head, NaN or Inf logits (unmasked or masked), labels
+    that are not integer class indices of the model's outputs, and no images
+    at all raise a :class:`~captum_sift.errors.CaptumSiftError`.
     """
     from tqdm.auto import tqdm
 
+    from .masking import check_droppable
+
     ratios, modes = check_plan(ratios, modes)
+    check_fill(fill)
+    seed = check_seed(seed)
     vit = as_vit(model, mean=mean, std=std)
     theta_settings = ThetaSettings.resolve(settings, **options)
     theta_settings.check_for(vit.depth)
-    vit.check_classifier()  # before any work
+    check_head(vit)  # before any work
+    if isinstance(fill, str) and fill == "drop":
+        check_droppable(vit)
     table = MaskingTable(
         settings={"fill": str(fill), **theta_settings.to_dict(), "layers": str(theta_settings.layers), "seed": seed}
     )
@@ -349,4 +462,6 @@ def evaluate_masking(
         for images, batch_labels, indices in bar:
             evaluate_batch(table, vit, images, batch_labels, indices, ratios=ratios, modes=modes, fill=fill,
                            seed=seed, settings=theta_settings, image_space=image_space)  # fmt: skip
+    if table.total == 0:
+        raise CaptumSiftError("expected at least one image to evaluate, got none (an empty tensor or loader)")
     return table

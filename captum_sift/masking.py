@@ -14,14 +14,27 @@ import torch
 from torch import nn
 
 from ._checks import check_image_space
-from .analysis import _analyze
+from .analysis import _analyze, to_model_and_pixels
 from .errors import CaptumSiftError
-from .evaluation import MaskingTable, evaluate_masking, mcnemar_exact, random_scores, wilson_interval
+from .evaluation import (
+    MaskingTable,
+    check_head,
+    check_image_ids,
+    check_seed,
+    evaluate_masking,
+    masked_logits,
+    mcnemar_exact,
+    random_scores,
+    random_selection,
+    read_logits,
+    wilson_interval,
+)
 from .patches import (
     DEFAULT_MODES,
     MODES,
-    _check_2d,
+    check_fill,
     check_plan,
+    check_selected,
     mask_images,
     num_masked,
     select_patches,
@@ -44,6 +57,7 @@ __all__ = [
     "num_masked",
     "patch_scores",
     "random_scores",
+    "random_selection",
     "select_patches",
     "wilson_interval",
 ]
@@ -90,8 +104,13 @@ def drop_tokens(model: nn.Module | ViTAdapter, images: torch.Tensor, selected: t
 
     The MAE way of masking: the tokens of the selected patches never enter the
     blocks (prefix tokens are kept). Every image must have the same number of
-    selected patches (as :func:`select_patches` gives). Models whose blocks
-    take position arguments (EVA's rotary embedding) are refused.
+    selected patches (as :func:`select_patches` gives). ``images`` are the
+    model's input (checked as :func:`~captum_sift.analyze` checks model-space
+    images); gradients flow back to them. Refused: models whose blocks take
+    position arguments (EVA's rotary embedding) or hold a relative position
+    bias (BEiT, timm's relpos ViTs), both tied to the full token grid;
+    dropping every patch of a model that pools patch tokens (no class token,
+    or timm's ``global_pool="avg"``); NaN / Inf logits.
 
     Shape:
         - images: (B, C, H, W), the model's input
@@ -99,21 +118,61 @@ def drop_tokens(model: nn.Module | ViTAdapter, images: torch.Tensor, selected: t
         - output: (B, num_classes)
     """
     vit = as_vit(model)
+    to_model_and_pixels(vit, images, "model", need_pixels=True)  # 0..255 or un-normalised input is refused
+    check_head(vit)
+    return _drop_tokens(vit, images, selected)
+
+
+def check_droppable(vit: ViTAdapter) -> None:
+    """Raise for a model whose attention adds a relative position bias over the full token grid."""
+    names = []
+    for prefix, module in vit.model.named_modules():  # one walk: module, parameter and buffer names
+        own = [name for name, _ in module.named_parameters(recurse=False)]
+        own += [name for name, _ in module.named_buffers(recurse=False)]
+        names += [prefix] + [f"{prefix}.{name}" if prefix else name for name in own]
+    biased = sorted({n for n in names if "relative_position" in n or "rel_pos" in n})
+    if biased:
+        raise CaptumSiftError(
+            f"fill='drop' is not supported for {type(vit.model).__name__}: its attention adds a relative position "
+            f"bias over the full token grid ({biased[0]}, ...), which does not follow dropped tokens; "
+            "use a fill value ('mean', 'blur', a number) instead"
+        )
+
+
+def _pools_class_token(vit: ViTAdapter) -> bool:
+    """Whether the head reads the class token alone (so that a forward without patch tokens is defined)."""
+    if not vit.class_token:
+        return False
+    if vit.family == "timm":
+        return getattr(vit.model, "global_pool", "token") == "token"
+    return not (vit.family == "hf" and str(getattr(vit.model.config, "model_type", "")).startswith("dinov2"))
+
+
+def _drop_tokens(vit: ViTAdapter, images: torch.Tensor, selected: torch.Tensor) -> torch.Tensor:
+    """:func:`drop_tokens` on a checked adapter and model input (:func:`masked_logits` calls it per group)."""
+    check_droppable(vit)  # a walk over the module names: cheap next to the forward
     grid = vit.grid(images)
-    selected = _check_2d("selected", selected)
+    selected = check_selected(selected)
     n = grid[0] * grid[1]
     if selected.shape != (images.shape[0], n):
         raise CaptumSiftError(
             f"expected selected of shape (B, N) = ({images.shape[0]}, {n}), got {tuple(selected.shape)}"
         )
+    if images.shape[0] == 0:
+        raise CaptumSiftError(f"expected at least one image, got shape {tuple(images.shape)}")
     per_image = selected.sum(dim=1)
     if bool((per_image != per_image[0]).any()):
         raise CaptumSiftError(f"expected the same number of selected patches in every image, got {per_image.tolist()}")
-    keep = torch.sort((~selected).to(torch.uint8), dim=1, descending=True, stable=True).indices[
-        :, : n - int(per_image[0])
-    ]
+    dropped = int(per_image[0])
+    if dropped == n and not _pools_class_token(vit):
+        raise CaptumSiftError(
+            f"cannot drop all {n} patch tokens of {type(vit.model).__name__}: its head pools the patch tokens "
+            "(it does not classify from a class token alone), so nothing would be left; use a ratio < 1 or a fill value"
+        )
+    keep = torch.sort((~selected).to(torch.uint8), dim=1, descending=True, stable=True).indices[:, : n - dropped]
     with vit.dropping_tokens(keep):
-        return vit.logits(images)
+        output = vit.logits(images)
+    return read_logits(output, images.shape[0], f"the images with {dropped} of {n} patch tokens dropped")
 
 
 class MaskAsPrompt(nn.Module):
@@ -124,8 +183,19 @@ class MaskAsPrompt(nn.Module):
     (:func:`mask_images`) or drops their tokens (``fill="drop"``), and returns
     the wrapped model's logits. Swap it for the model in any evaluation loop
     (a plain loop, timm's validation script, Lightning's ``test_step``,
-    torchmetrics) to evaluate with masking; it gives the accuracy of
-    :func:`~captum_sift.evaluation.evaluate_masking` for the same plan.
+    torchmetrics) to evaluate with masking; over the images of a data set in
+    order it gives exactly the accuracy of
+    :func:`~captum_sift.evaluation.evaluate_masking` for the same plan and seed.
+
+    The random mode uses :func:`~captum_sift.evaluation.random_selection`,
+    the scheme of ``evaluate_masking``: image i's mask depends only on
+    (``seed``, i), whatever its batch. The index i is ``image_ids`` when
+    ``forward`` is given them; otherwise the images are numbered in the
+    order they arrive, from 0 (``images_seen`` counts them; :meth:`reset`
+    starts again at 0). Pass ``image_ids`` with a shuffled or sharded loader.
+
+    Gradients flow from the logits back to ``images`` (Captum's gradient
+    methods work on the wrapper); the selection itself is not differentiable.
 
     Args:
         model: a timm, torchvision or Hugging Face ViT classifier, or an adapter.
@@ -136,10 +206,11 @@ class MaskAsPrompt(nn.Module):
         settings: the score's :class:`~captum_sift.ThetaSettings` (also as
             keyword options).
         image_space: what ``forward`` receives: ``"model"`` (normalised, the
-            usual loader output) or ``"pixel"`` (in [0, 1]; normalised here).
+            usual loader output; checked as :func:`~captum_sift.analyze`
+            checks it) or ``"pixel"`` (in [0, 1]; normalised here).
         mean, std: the model's input statistics (default: the adapter's).
         threshold: of the spurious mode (see :func:`select_patches`).
-        seed: of the random mode (a generator owned by the wrapper).
+        seed: of the random mode, an int in [0, 2**32 - 1].
 
     Example:
         >>> import timm
@@ -147,6 +218,8 @@ class MaskAsPrompt(nn.Module):
         >>> prompted = MaskAsPrompt(vit, ratio=0.25, mode="random", image_space="pixel")
         >>> prompted(torch.rand(2, 3, 32, 32)).shape
         torch.Size([2, 3])
+        >>> prompted.images_seen  # the next image is image 2 of the random mode
+        2
     """
 
     def __init__(
@@ -166,36 +239,67 @@ class MaskAsPrompt(nn.Module):
     ) -> None:
         super().__init__()
         vit = as_vit(model, mean=mean, std=std)
-        vit.check_classifier()
-        check_plan([ratio], [mode], "mode")
+        check_head(vit)
+        (ratio,), _ = check_plan([ratio], [mode], "mode")
         check_image_space(image_space)
+        check_fill(fill)
+        if isinstance(fill, str) and fill == "drop":
+            check_droppable(vit)
         self.model = vit.model  # a registered sub-module: .eval(), .to(), state_dict() reach it
-        self.vit, self.ratio, self.mode, self.fill = vit, float(ratio), mode, fill
+        self.vit, self.ratio, self.mode, self.fill = vit, ratio, mode, fill
         self.settings = ThetaSettings.resolve(settings, **options)
         self.settings.check_for(vit.depth)
-        self.image_space, self.threshold = image_space, threshold
-        self.generator = torch.Generator().manual_seed(int(seed))
+        self.image_space, self.threshold, self.seed = image_space, threshold, check_seed(seed)
+        self.images_seen = 0
 
-    def select(self, images: torch.Tensor, keypoint_counts: torch.Tensor | None = None) -> torch.Tensor:
-        """The patches :meth:`forward` masks, (B, N) bool."""
+    def reset(self) -> None:
+        """Number the next images from 0 again (the random mode's image indices)."""
+        self.images_seen = 0
+
+    def _image_ids(self, images: torch.Tensor, image_ids: object) -> torch.Tensor:
+        if image_ids is None:
+            return torch.arange(self.images_seen, self.images_seen + images.shape[0])
+        return check_image_ids(image_ids, images.shape[0])
+
+    def select(
+        self, images: torch.Tensor, keypoint_counts: torch.Tensor | None = None, image_ids: object = None
+    ) -> torch.Tensor:
+        """The patches :meth:`forward` masks, (B, N) bool (``images_seen`` is not advanced)."""
         grid = self.vit.grid(images)
         if self.mode == "random":
-            return select_patches(torch.zeros(images.shape[0], grid[0] * grid[1], device=images.device), self.ratio,
-                                  "random", self.generator)  # fmt: skip
+            ids = self._image_ids(images, image_ids)
+            return random_selection(ids, grid[0] * grid[1], self.ratio, self.seed, images.device)
         scores, counts = scores_and_counts(self.vit, images, keypoint_counts, self.settings, self.image_space)
         return select_patches(scores, self.ratio, self.mode, keypoint_counts=counts,
                               min_keypoints=self.settings.min_keypoints, threshold=self.threshold)  # fmt: skip
 
-    def forward(self, images: torch.Tensor, keypoint_counts: torch.Tensor | None = None) -> torch.Tensor:
-        """Logits of the wrapped model on the masked images (counts counted on the images when None)."""
-        from .analysis import to_model_and_pixels
-        from .evaluation import masked_logits
+    def forward(
+        self, images: torch.Tensor, keypoint_counts: torch.Tensor | None = None, image_ids: object = None
+    ) -> torch.Tensor:
+        """Logits of the wrapped model on the masked images (counts counted on the images when None).
 
-        selected = self.select(images, keypoint_counts)
-        model_input, _ = to_model_and_pixels(self.vit, images, self.image_space, need_pixels=False)
-        if self.image_space == "model":
-            model_input = images  # keep the caller's tensor (and its autograd graph) where nothing changes
-        return masked_logits(self.vit, model_input, selected, self.fill)
+        ``image_ids`` (B,): the images' indices in the data set, for the
+        random mode; None numbers them on from ``images_seen``.
+        """
+        # The shared input checks (model-space images that cannot be normalised ones are refused) ...
+        checked, _ = to_model_and_pixels(self.vit, images, self.image_space, need_pixels=self.image_space == "model")
+        if checked.shape[0] == 0:
+            raise CaptumSiftError(f"expected at least one image, got shape {tuple(images.shape)}")
+        selected = self.select(images, keypoint_counts, image_ids)
+        # ... and the model input built from the caller's tensor, so that its autograd graph is kept.
+        model_input = images if self.image_space == "model" or not images.requires_grad else None
+        if model_input is None:
+            mean, std = self.vit.stats(images)
+            model_input = ((images - mean) / std).to(checked.dtype)
+        elif self.image_space == "pixel":
+            model_input = checked
+        logits = masked_logits(self.vit, model_input, selected, self.fill)
+        if image_ids is None:
+            self.images_seen += images.shape[0]
+        return logits
 
     def extra_repr(self) -> str:
-        return f"ratio={self.ratio}, mode={self.mode!r}, fill={self.fill!r}, image_space={self.image_space!r}"
+        return (
+            f"ratio={self.ratio}, mode={self.mode!r}, fill={self.fill!r}, image_space={self.image_space!r}, "
+            f"seed={self.seed}"
+        )

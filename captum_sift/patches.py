@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import torch
 
-from ._checks import as_scalar, shape_of
+from ._checks import as_scalar, check_int, check_number, shape_of
 from .errors import CaptumSiftError
 
 __all__ = [
@@ -92,6 +92,27 @@ def _check_2d(name: str, value: object) -> torch.Tensor:
     return value
 
 
+def check_selected(value: object) -> torch.Tensor:
+    """A (B, N) bool mask of selected patches (a float or int mask is refused: casting it would change its meaning)."""
+    value = _check_2d("selected", value)
+    if value.dtype != torch.bool:
+        raise CaptumSiftError(
+            f"expected selected to be a bool tensor (True = masked), got dtype {value.dtype}; "
+            "build it with select_patches or a comparison such as scores > t"
+        )
+    return value
+
+
+def check_generator(generator: object) -> torch.Generator | None:
+    """None or a torch.Generator (a seed is not one: pass torch.Generator().manual_seed(seed))."""
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise CaptumSiftError(
+            f"expected generator to be a torch.Generator or None, got {generator!r}; "
+            "pass torch.Generator().manual_seed(seed) for a seed"
+        )
+    return generator
+
+
 def spurious_patches(
     scores: torch.Tensor,
     keypoint_counts: torch.Tensor,
@@ -168,6 +189,7 @@ def select_patches(
     scores = _check_2d("scores", scores)
     if mode not in MODES:
         raise CaptumSiftError(f"expected mode in {MODES}, got {mode!r}")
+    check_generator(generator)
     batch, n = scores.shape
     k = num_masked(ratio, n)
     if mode == "spurious":
@@ -191,6 +213,18 @@ def select_patches(
     return selected.scatter_(1, order[:, :k], True)
 
 
+def check_fill(fill: object) -> None:
+    """A fill of :func:`mask_images` or ``"drop"``, checked before any work (its dtype range with the images)."""
+    if isinstance(fill, str):
+        if fill not in ("mean", "blur", "drop"):
+            raise CaptumSiftError(f"expected fill to be a number, 'mean', 'blur', 'drop' or a tensor, got {fill!r}")
+    elif isinstance(fill, torch.Tensor) and fill.dim() > 0:
+        if fill.dtype == torch.bool or fill.is_complex():
+            raise CaptumSiftError(f"expected a real-valued fill tensor, got dtype {fill.dtype}")
+    else:
+        check_number(fill, "fill")
+
+
 def _fill_values(images: torch.Tensor, fill: float | str | torch.Tensor, patch_size: int) -> torch.Tensor:
     """What masked pixels become, broadcastable to ``images``."""
     if isinstance(fill, str):
@@ -202,9 +236,14 @@ def _fill_values(images: torch.Tensor, fill: float | str | torch.Tensor, patch_s
             sigma = float(patch_size)
             size = 2 * math.ceil(2 * sigma) + 1
             size = min(size, 2 * (min(images.shape[2:]) // 2) - 1)  # reflect padding needs size < 2 * side
+            if size < 3:  # a kernel of one pixel would hand back the image itself
+                raise CaptumSiftError(
+                    f"expected images of at least 4 x 4 pixels for fill='blur' (a Gaussian kernel of 3 pixels or "
+                    f"more), got {images.shape[2]} x {images.shape[3]}"
+                )
             return kornia.filters.gaussian_blur2d(images, (size, size), (sigma, sigma), border_type="reflect")
         raise CaptumSiftError(f"expected fill to be a number, 'mean', 'blur', 'drop' or a tensor, got {fill!r}")
-    if isinstance(fill, torch.Tensor):
+    if isinstance(fill, torch.Tensor) and fill.dim() > 0:  # a 0-d tensor is a number
         c, h, w = images.shape[1:]
         allowed = [(c,), (c, 1, 1), (c, h, w), (1, c, h, w), tuple(images.shape), (1, c, 1, 1)]
         if tuple(fill.shape) not in allowed:
@@ -212,11 +251,17 @@ def _fill_values(images: torch.Tensor, fill: float | str | torch.Tensor, patch_s
                 f"expected a fill tensor of shape (C,), (C, 1, 1), (C, H, W) or (B, C, H, W) = "
                 f"{tuple(images.shape)}, got {tuple(fill.shape)}"
             )
+        if fill.dtype == torch.bool or fill.is_complex():
+            raise CaptumSiftError(f"expected a real-valued fill tensor, got dtype {fill.dtype}")
         fill = fill.to(images.device, images.dtype)
+        if not bool(torch.isfinite(fill).all()):  # NaN / Inf, or values beyond the images' dtype
+            raise CaptumSiftError(f"expected a fill tensor of finite values in the images' dtype {images.dtype}")
         return fill.view(1, c, 1, 1) if fill.dim() == 1 else fill
-    if isinstance(fill, bool) or not isinstance(fill, (int, float)) or not math.isfinite(fill):
-        raise CaptumSiftError(f"expected a finite number, 'mean', 'blur' or a tensor as fill, got {fill!r}")
-    return torch.full((1, 1, 1, 1), float(fill), device=images.device, dtype=images.dtype)
+    if isinstance(as_scalar(fill), (int, float)) and not isinstance(as_scalar(fill), bool):
+        largest = torch.finfo(images.dtype).max
+        value = check_number(fill, f"fill for {images.dtype} images", -largest, largest)
+        return torch.full((1, 1, 1, 1), value, device=images.device, dtype=images.dtype)
+    raise CaptumSiftError(f"expected a finite number, 'mean', 'blur' or a tensor as fill, got {fill!r}")
 
 
 def mask_images(
@@ -226,13 +271,15 @@ def mask_images(
 
     Args:
         images: the batch, in the model's input space.
-        selected: patches to mask, from :func:`select_patches`.
+        selected: patches to mask, a bool tensor (True = masked), from
+            :func:`select_patches`.
         patch_size: P.
-        fill: a number in the model's input space (default 0.0: after timm's
-            normalisation, the data set's mean colour), ``"mean"`` (each
-            image's mean colour), ``"blur"`` (a Gaussian blur with sigma = P of
-            the image, shown in the patch) or a tensor (C,), (C, H, W) or
-            (B, C, H, W).
+        fill: a number in the model's input space, representable in the
+            images' dtype (default 0.0: after timm's normalisation, the data
+            set's mean colour), ``"mean"`` (each image's mean colour),
+            ``"blur"`` (a Gaussian blur with sigma = P of the image, shown in
+            the patch; images of at least 4 x 4 pixels) or a finite tensor
+            (C,), (C, H, W) or (B, C, H, W).
 
     Shape:
         - images: (B, C, H, W)
@@ -241,9 +288,8 @@ def mask_images(
     """
     if not isinstance(images, torch.Tensor) or images.dim() != 4 or not images.is_floating_point():
         raise CaptumSiftError(f"expected float images of shape (B, C, H, W), got {shape_of(images)}")
-    selected = _check_2d("selected", selected)
-    if isinstance(patch_size, bool) or not isinstance(patch_size, int) or patch_size < 1:
-        raise CaptumSiftError(f"expected patch_size to be an int >= 1, got {patch_size!r}")
+    selected = check_selected(selected)
+    patch_size = check_int(patch_size, "patch_size", low=1)
     b, _, h, w = images.shape
     if h % patch_size or w % patch_size or selected.shape != (b, (h // patch_size) * (w // patch_size)):
         raise CaptumSiftError(

@@ -937,9 +937,9 @@ def _write_mask_eval(run: Run, table, settings: dict[str, Any], skipped: list[li
     if examples.shape[0]:
         scores = patch_scores(run.vit, examples.to(run.device), settings=run.config.theta, image_space="pixel")
         ratios = tuple(float(r) for r in run.config.ratios)
-        viz.plot_mask_grid(examples[0], scores[0].cpu(), run.vit.patch_size, ratios, table=table).savefig(
-            out / "masked_examples.png", dpi=110
-        )
+        viz.plot_mask_grid(examples[0], scores[0].cpu(), run.vit.patch_size, ratios, table=table,
+                           fill=parse_fill(run.config.fill), mean=run.vit.mean, std=run.vit.std,
+                           ).savefig(out / "masked_examples.png", dpi=110)  # fmt: skip
         figures["masked_examples.png"] = "one image masked Top (row 1) and Bottom (row 2) at each ratio (Fig. 8)"
     plt.close("all")
     document = {"settings": settings, "versions": _versions(), "num_images": table.total, "rows": table.rows(),

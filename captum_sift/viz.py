@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import matplotlib.pyplot as plt
 import torch
@@ -343,9 +344,18 @@ def plot_mask_grid(
     ratios: tuple[float, ...] = (0.05, 0.1, 0.2, 0.3, 0.4),
     *,
     table=None,
-    fill: float = 0.5,
+    fill: float | str | torch.Tensor = 0.5,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
 ) -> Figure:
-    """Fig. 8: one image masked Top (first row) and Bottom (second row) at each ratio.
+    """Fig. 8: one image masked Top (first row) and Bottom (second row) at each ratio, as the model saw it.
+
+    The panels are what :func:`~captum_sift.patches.mask_images` gives the
+    model: the image is normalised with ``mean`` / ``std``, masked with
+    ``fill`` in that space, and the normalisation undone for display (values
+    outside [0, 1], e.g. a huge fill, shown clipped). With ``fill="drop"``
+    the dropped patches, which the model never sees, are left transparent
+    (the figure's white background).
 
     Args:
         image: (C, H, W) pixels in [0, 1].
@@ -354,18 +364,38 @@ def plot_mask_grid(
         ratios: the columns.
         table: a :class:`~captum_sift.masking.MaskingTable`; its accuracies are
             written under each panel.
-        fill: display colour of masked patches (gray by default).
+        fill: as in :func:`~captum_sift.evaluation.evaluate_masking`: a number
+            in the model's input space, ``"mean"``, ``"blur"``, a tensor or
+            ``"drop"``; default 0.5 (mid-gray with the default statistics).
+        mean, std: the model's input statistics per channel (default 0 and 1:
+            the model's input space is the pixels').
     """
     from .masking import mask_images, select_patches
 
     pixels = check_images(image.unsqueeze(0) if image.dim() == 3 else image, "image")
     scores = scores.reshape(1, -1).to(pixels.device)
+    channels = pixels.shape[1]
+    shift = torch.as_tensor(mean if mean is not None else [0.0] * channels, dtype=pixels.dtype).view(1, -1, 1, 1)
+    scale = torch.as_tensor(std if std is not None else [1.0] * channels, dtype=pixels.dtype).view(1, -1, 1, 1)
+    if shift.numel() != channels or scale.numel() != channels or not bool((scale > 0).all()):
+        raise CaptumSiftError(
+            f"expected mean and std with one value per channel ({channels}), std > 0, got {mean}, {std}"
+        )
+    model_input = (pixels - shift) / scale
+    drop = isinstance(fill, str) and fill == "drop"
     fig, axes = plt.subplots(2, len(ratios), figsize=(2.2 * len(ratios), 5.4), squeeze=False)
     for row, mode in enumerate(("top", "bottom")):
         for col, ratio in enumerate(ratios):
-            masked = mask_images(pixels, select_patches(scores, ratio, mode), patch_size, fill)
+            selected = select_patches(scores, ratio, mode)
+            hidden = mask_images(torch.zeros_like(pixels[:, :1]), selected, patch_size, 1.0).bool()  # (1, 1, H, W)
+            if drop:  # RGBA, transparent where the tokens were dropped
+                rgb = pixels.expand(1, 3, *pixels.shape[2:])
+                shown = torch.cat([rgb, (~hidden).to(pixels.dtype)], dim=1)
+            else:
+                masked = (mask_images(model_input, selected, patch_size, fill) * scale + shift).clamp(0, 1)
+                shown = torch.where(hidden, masked, pixels)  # unmasked pixels exactly as given
             ax = axes[row, col]
-            ax.imshow(masked[0].detach().cpu().permute(1, 2, 0).squeeze().numpy(), cmap="gray", vmin=0, vmax=1)
+            ax.imshow(shown[0].detach().cpu().permute(1, 2, 0).squeeze().numpy(), cmap="gray", vmin=0, vmax=1)
             ax.set_xticks([])
             ax.set_yticks([])
             label = f"{mode.capitalize()} {ratio:.0%}"

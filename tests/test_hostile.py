@@ -392,3 +392,38 @@ def test_folder_classes_that_differ_from_the_model_outputs(tmp_path, image_folde
     class_map.write_text(json.dumps({"a": 7}))
     assert main([*args, "--out", str(tmp_path / "bad"), "--class-map", str(class_map)]) == 2
     _one_line_error(capsys, "missing ['b']")
+
+
+# ================================================================================================
+# masking: the mask-eval command checks every logits tensor it reads, and its figure shows the fill
+# (issues 23.7, 25.1)
+# ================================================================================================
+def test_mask_eval_refuses_non_finite_masked_logits(tmp_path, capsys):
+    out = tmp_path / "m"
+    args = ["mask-eval", "--out", str(out), "--limit", "4", "--fill", "1e30", "--ratios", "0.3", "--modes", "random"]
+    assert main([*args, "--quiet"]) == 2
+    _one_line_error(capsys, "mode 'random', ratio 0.3: non-finite logits from the model on the masked images")
+    assert not (out / "mask_eval.csv").exists()
+
+
+@pytest.mark.parametrize("fill", ["mean", "drop"])
+def test_mask_eval_figure_is_drawn_with_the_fill_of_the_run(tmp_path, monkeypatch, fill):
+    from captum_sift import viz
+    from captum_sift.data import default_model
+    from captum_sift.vit import as_vit
+
+    drawn = []
+    original = viz.plot_mask_grid
+
+    def spy(*args, **kwargs):
+        drawn.append(kwargs)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(viz, "plot_mask_grid", spy)
+    out = tmp_path / fill
+    args = ["mask-eval", "--out", str(out), "--limit", "2", "--fill", fill, "--ratios", "0.25", "--modes", "random"]
+    assert main([*args, "--quiet"]) == 0
+    vit = as_vit(default_model())
+    assert len(drawn) == 1 and drawn[0]["fill"] == fill
+    assert (tuple(drawn[0]["mean"]), tuple(drawn[0]["std"])) == (vit.mean, vit.std)
+    assert (out / "masked_examples.png").exists()

@@ -95,9 +95,9 @@ def test_schedule():
 
 def test_bad_input():
     x = _tokens()
-    with pytest.raises(CaptumSiftError, match=r"mask_ratio in \(0, 1\), got 1.0"):
+    with pytest.raises(CaptumSiftError, match=r"mask_ratio to be a finite number > 0 and < 1, got 1.0"):
         guided_masking(x, COUNTS, 1.0, 0.5)
-    with pytest.raises(CaptumSiftError, match=r"key_share in \[0, 1\], got 1.5"):
+    with pytest.raises(CaptumSiftError, match=r"key_share to be a finite number >= 0 and <= 1, got 1.5"):
         guided_masking(x, COUNTS, 0.5, 1.5)
     with pytest.raises(CaptumSiftError, match=r"\(B, N\) = \(4, 16\).*got \(4, 15\)"):
         guided_masking(x, COUNTS[:, :15], 0.5, 0.5)
@@ -138,3 +138,60 @@ def test_patchify_and_loss_by_hand():
     with pytest.raises(CaptumSiftError, match="class token"):
         MaskedAutoencoder(timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, depth=1,
                                             class_token=False, global_pool="avg"))  # fmt: skip
+
+
+# -- noise, generators, empty batches and numbers (issues 25.5, 25.15, 25.16) -------------------------
+@pytest.mark.parametrize("masking", ["random", "guided"])
+def test_noise_outside_0_1_and_nan_are_refused(masking):
+    in_range = r"noise with values in \[0, 1\) \(uniform draws\), got values in "
+    x = _tokens()
+    noise = torch.rand(2, 4, 16, generator=torch.Generator().manual_seed(0))
+
+    def run(values):
+        if masking == "random":
+            return random_masking(x, 0.5, noise=values)
+        return guided_masking(x, COUNTS, 0.5, 0.5, noise=values)
+
+    x_masked, mask, _ = run(noise)
+    assert x_masked.shape == (4, 8, 3) and (mask.sum(1) == 8).all()
+    for bad, shown in ((noise * 3 - 1, r"\[-"), (noise + 1.0, r"\[1\."), (noise.clone().fill_(1.0), r"\[1\.0, 1\.0\]")):
+        with pytest.raises(CaptumSiftError, match=in_range + shown):
+            run(bad)
+    nan = noise.clone()
+    nan[0, 0, 0] = float("nan")
+    with pytest.raises(CaptumSiftError, match=r"noise with values in \[0, 1\).*nan"):
+        run(nan)
+    with pytest.raises(CaptumSiftError, match="floating-point noise"):
+        run((noise * 10).long())
+
+
+def test_generators_empty_batches_and_numpy_numbers():
+    import numpy as np
+
+    x = _tokens()
+    with pytest.raises(CaptumSiftError, match="generator to be a torch.Generator or None, got 5"):
+        guided_masking(x, COUNTS, 0.5, 0.5, generator=5)
+    with pytest.raises(CaptumSiftError, match="generator to be a torch.Generator or None, got 5"):
+        random_masking(x, 0.5, generator=5)
+    with pytest.raises(CaptumSiftError, match=r"at least one image and one patch token in x .*got \(0, 16, 3\)"):
+        guided_masking(x[:0], COUNTS[:0], 0.5, 0.5)
+    with pytest.raises(CaptumSiftError, match="start to be a finite number >= 0 and <= 1, got '0.1'"):
+        KeyShareSchedule(start="0.1")
+    with pytest.raises(CaptumSiftError, match="step to be a finite number, got nan"):
+        KeyShareSchedule(step=float("nan"))
+    with pytest.raises(CaptumSiftError, match="every to be an int >= 1, got 2.0"):
+        KeyShareSchedule(every=2.0)
+    with pytest.raises(CaptumSiftError, match="epoch to be an int >= 0, got 1.5"):
+        KeyShareSchedule()(1.5)
+    schedule = KeyShareSchedule(start=np.float64(0.2), every=np.int64(5))
+    assert schedule(np.int64(5)) == 0.3 and KeyShareSchedule()(np.int64(5)) == 0.1
+    assert KeyShareSchedule()(torch.tensor(40)) == 0.5
+    assert type(schedule.start) is float and type(schedule.every) is int  # JSON-ready (asdict)
+    g = torch.Generator().manual_seed(2)
+    expected = guided_masking(x, COUNTS, 0.75, 0.5, generator=g)
+    g = torch.Generator().manual_seed(2)
+    got = guided_masking(x, COUNTS, np.float32(0.75), np.float64(0.5), min_keypoints=np.int64(1), generator=g)
+    assert all(torch.equal(a, b) for a, b in zip(got, expected, strict=True))
+    g = torch.Generator().manual_seed(2)
+    got = guided_masking(x, COUNTS, torch.tensor(0.75), torch.tensor(0.5), generator=g)
+    assert all(torch.equal(a, b) for a, b in zip(got, expected, strict=True))

@@ -137,3 +137,105 @@ def _map(tmp_path):
     path = tmp_path / "map.json"
     path.write_text(json.dumps({"a": 1, "b": 2}))
     return path
+
+
+# -- the random mode: one per-image scheme for MaskAsPrompt and evaluate_masking (issue 23.3) ----------
+def test_random_mask_as_prompt_equals_evaluate_masking_in_a_dataloader_loop(embedded):
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from captum_sift.evaluation import random_selection
+
+    model, images, labels = embedded
+    table = evaluate_masking(model, images, labels, ratios=(0.2,), modes=("random",), image_space="pixel",
+                             batch_size=32, seed=3, progress=False)  # fmt: skip
+    prompted = MaskAsPrompt(model, ratio=0.2, mode="random", image_space="pixel", seed=3).eval()
+    mean, std = prompted.vit.stats(images)
+    correct = worse = better = 0
+    with torch.no_grad():
+        for x, y in DataLoader(TensorDataset(images, labels), batch_size=20):
+            masked_ok = prompted(x).argmax(1) == y
+            base_ok = model((x - mean) / std).argmax(1) == y
+            correct += int(masked_ok.sum())
+            worse += int((base_ok & ~masked_ok).sum())
+            better += int((~base_ok & masked_ok).sum())
+    assert prompted.images_seen == len(images)
+    cell = table.cells[("random", 0.2)]
+    assert (correct, worse, better) == (cell["correct"], cell["worse"], cell["better"])
+    # the masks themselves: image i's mask depends on (seed, i) only
+    ids = torch.arange(40, 60)
+    assert torch.equal(prompted.select(images[40:60], image_ids=ids), random_selection(ids, 49, 0.2, 3))
+    assert prompted.select(images[:1], image_ids=[7]).sum() == round(0.2 * 49)
+
+
+def test_random_mask_as_prompt_one_batch_equals_images_one_by_one(embedded):
+    model, images, _ = embedded
+    x = images[:8]
+    whole = MaskAsPrompt(model, ratio=0.3, mode="random", image_space="pixel")
+    single = MaskAsPrompt(model, ratio=0.3, mode="random", image_space="pixel")
+    with torch.no_grad():
+        batch = whole(x)
+        one_by_one = torch.cat([single(x[i : i + 1]) for i in range(8)])
+        by_ids = torch.cat([whole(x[i : i + 1], image_ids=torch.tensor([i])) for i in (5, 2)])
+    torch.testing.assert_close(batch, one_by_one, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(by_ids, batch[[5, 2]], atol=1e-5, rtol=1e-5)
+    masks = [single.select(x[i : i + 1], image_ids=[i]) for i in range(8)]
+    assert torch.equal(whole.select(x, image_ids=torch.arange(8)), torch.cat(masks))
+    assert len({tuple(m.flatten().tolist()) for m in masks}) == 8  # a different mask for every image
+    whole.reset()
+    with torch.no_grad():
+        torch.testing.assert_close(whole(x), batch)  # numbered from 0 again
+    with pytest.raises(CaptumSiftError, match=r"expected image_ids: 8 ints >= 0"):
+        whole(x, image_ids=torch.arange(8.0))
+    with pytest.raises(CaptumSiftError, match=r"expected image_ids: 8 ints >= 0"):
+        whole(x, image_ids=[0, 1])
+
+
+# -- gradients through MaskAsPrompt, and what it refuses (issues 25.5, 25.14) ------------------------
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=64, depth=2, num_classes=4).eval()
+    return model, sample_images(["astronaut", "coffee"], size=64)
+
+
+@pytest.mark.parametrize("image_space", ["pixel", "model"])
+def test_saliency_through_mask_as_prompt_is_the_autograd_gradient(tiny, image_space):
+    from captum.attr import Saliency
+
+    from captum_sift.patches import mask_images, patch_scores_to_pixels
+
+    model, pixels = tiny
+    x = pixels if image_space == "pixel" else (pixels - 0.5) / 0.5
+    prompted = MaskAsPrompt(model, ratio=0.25, mode="top", fill=0.0, image_space=image_space)
+    attribution = Saliency(prompted).attribute(x, target=1, abs=False)
+    selected = prompted.select(x)
+    # by hand: normalise (pixel space), fill the same patches, differentiate the target logit
+    leaf = x.clone().requires_grad_()
+    model_input = (leaf - 0.5) / 0.5 if image_space == "pixel" else leaf
+    model(mask_images(model_input, selected, 16, 0.0))[:, 1].sum().backward()
+    torch.testing.assert_close(attribution, leaf.grad)
+    hidden = patch_scores_to_pixels(selected.to(torch.uint8), x.shape, 16).bool()
+    assert bool((attribution[hidden] == 0).all())  # filled pixels do not reach the logits
+    assert float(attribution[~hidden].abs().min()) >= 0 and float(attribution[~hidden].abs().mean()) > 1e-6
+
+
+def test_mask_as_prompt_refuses_headless_models_and_0_255_images(tiny):
+    model, pixels = tiny
+    headless = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=64, depth=1, num_classes=0)
+    with pytest.raises(CaptumSiftError, match="without a classification head"):
+        MaskAsPrompt(headless, mode="random")
+    with pytest.raises(CaptumSiftError, match="without a classification head"):
+        evaluate_masking(headless, pixels, torch.tensor([0, 1]), modes=("random",), image_space="pixel")
+    for mode in ("random", "top"):
+        with pytest.raises(CaptumSiftError, match="not normalised with the model's statistics"):
+            MaskAsPrompt(model, mode=mode)(pixels * 255)
+    with pytest.raises(CaptumSiftError, match=r"seed to be an int in \[0, 4294967295\], got 1.5"):
+        MaskAsPrompt(model, mode="random", seed=1.5)
+    with pytest.raises(CaptumSiftError, match="expected fill to be a finite number, got nan"):
+        MaskAsPrompt(model, fill=float("nan"))
+    import numpy as np
+
+    a = MaskAsPrompt(model, ratio=np.float32(0.25), mode="random", seed=np.int64(3), image_space="pixel")
+    b = MaskAsPrompt(model, ratio=0.25, mode="random", seed=3, image_space="pixel")
+    assert a.seed == 3 and type(a.seed) is int and a.ratio == 0.25
+    assert torch.equal(a.select(pixels), b.select(pixels))

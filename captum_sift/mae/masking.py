@@ -6,24 +6,25 @@ from dataclasses import dataclass
 
 import torch
 
-from .._checks import check_min_keypoints, shape_of
+from .._checks import check_int, check_min_keypoints, check_number, shape_of
 from ..errors import CaptumSiftError
 from ..functional import _check_counts
-from ..patches import num_masked
+from ..patches import check_generator, num_masked
 
 __all__ = ["KeyShareSchedule", "guided_masking", "mask_counts", "random_masking"]
 
 
 def _num_masked(mask_ratio: float, n: int) -> int:
     """round(mask_ratio * N) as in SPEC §7, with MAE's open range (0, 1)."""
-    if isinstance(mask_ratio, bool) or not isinstance(mask_ratio, (int, float)) or not 0.0 < mask_ratio < 1.0:
-        raise CaptumSiftError(f"expected mask_ratio in (0, 1), got {mask_ratio!r}")
-    return num_masked(mask_ratio, n)
+    ratio = check_number(mask_ratio, "mask_ratio", 0.0, 1.0, low_open=True, high_open=True)
+    return num_masked(ratio, n)
 
 
 def _check_tokens(x: torch.Tensor) -> None:
     if not isinstance(x, torch.Tensor) or x.dim() != 3:
         raise CaptumSiftError(f"expected patch tokens x of shape (B, N, D), got {shape_of(x)}")
+    if x.shape[0] == 0 or x.shape[1] == 0:
+        raise CaptumSiftError(f"expected at least one image and one patch token in x (B, N, D), got {tuple(x.shape)}")
 
 
 def _shuffle(
@@ -41,11 +42,18 @@ def _shuffle(
 def _noise(x: torch.Tensor, generator: torch.Generator | None, noise: torch.Tensor | None) -> torch.Tensor:
     """(2, B, N) uniform draws: row 0 picks the masked patches, row 1 orders the kept tokens."""
     b, n, _ = x.shape
+    check_generator(generator)
     if noise is None:
         device = generator.device if generator is not None else "cpu"
         return torch.rand(2, b, n, generator=generator, device=device).to(x.device)
     if not isinstance(noise, torch.Tensor) or tuple(noise.shape) != (2, b, n):
         raise CaptumSiftError(f"expected noise of shape (2, B, N) = (2, {b}, {n}), got {shape_of(noise)}")
+    if not noise.is_floating_point():
+        raise CaptumSiftError(f"expected floating-point noise in [0, 1), got dtype {noise.dtype}")
+    # The shuffle ranks mask + noise (kept tokens < 1 <= masked ones): a draw outside [0, 1) crosses over.
+    low, high = (float(v) for v in torch.aminmax(noise))  # NaN propagates, and fails both tests
+    if not (low >= 0.0 and high < 1.0):
+        raise CaptumSiftError(f"expected noise with values in [0, 1) (uniform draws), got values in [{low}, {high}]")
     return noise.to(x.device)
 
 
@@ -102,8 +110,9 @@ def guided_masking(
         mask_ratio: r in (0, 1).
         key_share: β in [0, 1], e.g. from :class:`KeyShareSchedule`.
         min_keypoints: the Key bar.
-        generator: for reproducible masks (a CPU generator; the draw is moved to x's device).
-        noise: (2, B, N) uniform draws to use instead of ``generator``.
+        generator: a ``torch.Generator`` for reproducible masks (the draw is
+            made on its device and moved to x's).
+        noise: (2, B, N) uniform draws in [0, 1) to use instead of ``generator``.
 
     Returns:
         ``(x_masked, mask, ids_restore)`` exactly as MAE's ``random_masking``:
@@ -129,8 +138,7 @@ def guided_masking(
     b, n, _ = x.shape
     counts = _check_counts(keypoint_counts, b, n).to(x.device)
     n_mask = _num_masked(mask_ratio, n)
-    if isinstance(key_share, bool) or not isinstance(key_share, (int, float)) or not 0.0 <= key_share <= 1.0:
-        raise CaptumSiftError(f"expected key_share in [0, 1], got {key_share!r}")
+    key_share = check_number(key_share, "key_share", 0.0, 1.0)
     is_key = counts >= check_min_keypoints(min_keypoints)
     n_key, n_non = mask_counts(is_key, n_mask, key_share)
     noise = _noise(x, generator, noise)
@@ -164,16 +172,14 @@ class KeyShareSchedule:
     stop: float = 0.5
 
     def __post_init__(self) -> None:
+        # Stored as Python numbers (numpy and 0-d tensor numbers accepted), so that asdict() is JSON-ready.
         for name in ("start", "stop"):
-            value = getattr(self, name)
-            if not 0.0 <= value <= 1.0:
-                raise CaptumSiftError(f"expected {name} in [0, 1], got {value!r}")
-        if isinstance(self.every, bool) or not isinstance(self.every, int) or self.every < 1:
-            raise CaptumSiftError(f"expected every to be an int >= 1, got {self.every!r}")
+            object.__setattr__(self, name, check_number(getattr(self, name), name, 0.0, 1.0))
+        object.__setattr__(self, "step", check_number(self.step, "step"))
+        object.__setattr__(self, "every", check_int(self.every, "every", low=1))
 
     def __call__(self, epoch: int) -> float:
-        if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
-            raise CaptumSiftError(f"expected epoch to be an int >= 0, got {epoch!r}")
+        epoch = check_int(epoch, "epoch", low=0)
         value = self.start + self.step * (epoch // self.every)
         value = min(value, self.stop) if self.step >= 0 else max(value, self.stop)
         return round(value, 10)
