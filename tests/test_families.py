@@ -6,6 +6,7 @@ logits agree, and then so must every report, score, attribution and table.
 """
 
 import json
+import warnings
 
 import pytest
 import timm
@@ -351,23 +352,46 @@ def test_a_custom_adapter_follows_the_protocol(families, pixels, counts):
 
 
 def test_wrong_normalisation_is_caught(families, pixels):
-    deit = families["timm"]
-    with pytest.raises(CaptumSiftError, match="image_space='pixel'"):
-        analyze(deit, pixels)  # raw [0, 1] pixels passed as model input
-    imagenet = (pixels - torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)) / torch.tensor(
-        [0.229, 0.224, 0.225]
-    ).view(1, 3, 1, 1)
-    with pytest.raises(CaptumSiftError, match="other statistics"):
-        analyze(families["torchvision"], (pixels - 0.5) / 0.5)  # 0.5/0.5 instead of ImageNet's
-    analyze(families["torchvision"], imagenet)  # the right statistics pass
-    analyze(families["torchvision"], (pixels - 0.5) / 0.5, mean=(0.5,) * 3, std=(0.5,) * 3)  # or say which
+    """What no normalised image gives is refused; a narrow batch (raw pixels? a dark photo?) warns, naming the
+    statistics, for every entry point and family."""
+    from captum_sift.attr import AttentionRollout, RawAttention
+    from captum_sift.data import sample_images
+    from captum_sift.masking import MaskAsPrompt
+
+    imagenet_mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    imagenet_std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    photos = sample_images(["astronaut", "chelsea"], size=SIZE)
+    tv = families["torchvision"]  # ImageNet statistics
+    with pytest.warns(UserWarning, match=r"image_space='pixel'.*"):
+        analyze(families["timm"], pixels)  # raw [0, 1] pixels passed as model input (0.5 / 0.5 model)
+    with pytest.warns(UserWarning, match=r"mean=\[0.485, 0.456, 0.406\], std=\[0.229, 0.224, 0.225\]"):
+        analyze(tv, (pixels - 0.5) / 0.5)  # 0.5/0.5 instead of ImageNet's: squeezed into a band
+    imagenet = (photos - imagenet_mean) / imagenet_std
+    for name in ("timm", "hf"):  # 0.5 / 0.5 models, ImageNet-normalised photos: bright, dark patches leave [0, 1]
+        for call in (lambda m: analyze(m, imagenet), lambda m: AttentionRollout(m).attribute(imagenet),
+                     lambda m: RawAttention(m).attribute(imagenet), lambda m: MaskAsPrompt(m)(imagenet)):  # fmt: skip
+            with pytest.raises(CaptumSiftError, match="not normalised with the model.s statistics"):
+                call(families[name])
+    analyze(tv, imagenet)  # the right statistics pass
+    analyze(tv, (pixels - 0.5) / 0.5, mean=(0.5,) * 3, std=(0.5,) * 3)  # or say which
+    # Correct input of dark and hazy photos (issue 23.8) passes, with a warning at most, and gives the numbers
+    # of the same photos in pixel space.
+    for photo in (0.4 * photos, 0.35 + 0.45 * photos):
+        x = (photo - imagenet_mean) / imagenet_std
+        for call in (lambda m, i, **k: analyze(m, i, **k).kk, lambda m, i, **k: SIFTInterrelation(m, **k).attribute(i),
+                     lambda m, i, **k: MaskAsPrompt(m, mode="top", **k)(i)):  # fmt: skip
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                got = call(tv, x)
+            torch.testing.assert_close(got, call(tv, photo, image_space="pixel"), equal_nan=True, rtol=1e-4,
+                                       atol=1e-5)  # fmt: skip
 
 
 def test_default_model_with_pixel_data_is_caught():
     from captum_sift.data import default_dataset, default_model
 
     images, labels = default_dataset()
-    with pytest.raises(CaptumSiftError, match="image_space='pixel'"):
+    with pytest.warns(UserWarning, match=r"image_space='pixel'.*mean=\[0\.286\], std=\[0\.353\]|mean=\[0\.28"):
         evaluate_masking(default_model(), images[:8], labels[:8], ratios=(0.1,), modes=("random",), progress=False)
     table = evaluate_masking(default_model(), images[:64], labels[:64], ratios=(0.1,), modes=("random",),
                              image_space="pixel", progress=False)  # fmt: skip
