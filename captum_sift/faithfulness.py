@@ -123,8 +123,8 @@ def _check_targets(vit: ViTAdapter, images: torch.Tensor, targets: object) -> to
     batch = images.shape[0]
     if not isinstance(targets, torch.Tensor) or targets.shape != (batch,) or targets.is_floating_point() \
             or targets.dtype == torch.bool or targets.is_complex():  # fmt: skip
-        shown = tuple(targets.shape) if isinstance(targets, torch.Tensor) else targets
-        raise CaptumSiftError(f"expected targets of shape ({batch},), class indices (ints), got {shown!r}")
+        shown = f"shape {tuple(targets.shape)}, {targets.dtype}" if isinstance(targets, torch.Tensor) else repr(targets)
+        raise CaptumSiftError(f"expected targets of shape ({batch},) holding class indices (ints), got {shown}")
     classes = _num_classes(vit, images)
     if batch and (int(targets.min()) < 0 or int(targets.max()) >= classes):
         raise CaptumSiftError(
