@@ -228,7 +228,7 @@ def analyze(
     Example:
         >>> import timm
         >>> model = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, depth=3)
-        >>> report = analyze(model, torch.rand(2, 3, 32, 32), torch.tensor([[1, 0, 2, 0], [0, 0, 0, 3]]))
+        >>> report = analyze(model, torch.rand(2, 3, 32, 32) * 2 - 1, torch.tensor([[1, 0, 2, 0], [0, 0, 0, 3]]))
         >>> report.kk.shape, report.patch_theta.shape
         (torch.Size([2, 3, 3]), torch.Size([2, 3, 4]))
     """

@@ -386,6 +386,11 @@ def test_wrong_normalisation_is_caught(families, pixels):
                 got = call(tv, x)
             torch.testing.assert_close(got, call(tv, photo, image_space="pixel"), equal_nan=True, rtol=1e-4,
                                        atol=1e-5)  # fmt: skip
+    with warnings.catch_warnings(record=True) as caught:  # once per statistics, not once per batch
+        warnings.simplefilter("default")
+        for scale in (0.4, 0.3, 0.2):
+            analyze(tv, (scale * photos - imagenet_mean) / imagenet_std)
+    assert len(caught) == 1 and "std=[0.229, 0.224, 0.225]" in str(caught[0].message)
 
 
 def test_default_model_with_pixel_data_is_caught():

@@ -154,7 +154,7 @@ class AttentionRollout(_PatchAttribution):
     Example:
         >>> import timm
         >>> vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, depth=2)
-        >>> AttentionRollout(vit).attribute(torch.rand(2, 3, 32, 32)).shape
+        >>> AttentionRollout(vit).attribute(torch.rand(2, 3, 32, 32) * 2 - 1).shape
         torch.Size([2, 3, 32, 32])
     """
 

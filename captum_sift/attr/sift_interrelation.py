@@ -83,7 +83,8 @@ class SIFTInterrelation(_PatchAttribution):
             ``gamma``, ``weighted``, ``include_self``, ``min_keypoints``,
             ``keypoint_backend``.
         image_space: ``"model"`` (inputs normalised as the model expects,
-            Captum's usual case) or ``"pixel"`` (inputs in [0, 1]).
+            Captum's usual case) or ``"pixel"`` (inputs in [0, 1]; Captum's
+            ``forward_func`` then normalises them too, for ``infidelity``).
         mean, std: the model's input statistics (default: the adapter's).
         output: ``"theta"`` (default: θ itself, positive in a narrow band,
             e.g. 0.44-0.76 — use ``viz.overlay(minmax=True)``),
