@@ -34,7 +34,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._checks import all_finite, as_int, shape_of
+from ._checks import all_finite, as_int, as_scalar, shape_of
 from .errors import CaptumSiftError
 
 __all__ = ["FAMILIES", "IMAGENET_MEAN", "IMAGENET_STD", "ViTAdapter", "as_vit", "eval_mode"]
@@ -371,6 +371,8 @@ def _statistics(value: object, name: str, in_chans: int) -> tuple[float, ...]:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         value = [value]
     numeric = isinstance(value, Sequence) and not isinstance(value, str)
+    if numeric:
+        value = [as_scalar(v) for v in value]  # type: ignore[union-attr]  # numpy and 0-d tensor numbers
     numeric = numeric and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)  # type: ignore[union-attr]
     if not numeric or len(value) not in (1, in_chans):  # type: ignore[arg-type]
         raise CaptumSiftError(f"expected {name} to be 1 or {in_chans} numbers (one per input channel), got {value!r}")

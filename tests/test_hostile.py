@@ -421,6 +421,7 @@ def test_bad_statistics_are_refused_where_given(model, pixels):
         ViTAdapter(**{f: getattr(vit, f) for f in fields}, std=(1, 1, -1))
     # one value for every channel; numpy arrays and tensors as sequences
     assert as_vit(model, mean=[0.5], std=0.5).mean == (0.5, 0.5, 0.5)
+    assert as_vit(model, mean=[np.float32(0.25)] * 3, std=[torch.tensor(0.5)] * 3).std == (0.5, 0.5, 0.5)
     assert as_vit(model, mean=np.array([0.4, 0.5, 0.6]), std=torch.tensor([0.2, 0.3, 0.4])).std == (
         pytest.approx(0.2), pytest.approx(0.3), pytest.approx(0.4))  # fmt: skip
     ref = analyze(model, x, counts)
