@@ -142,6 +142,8 @@ def test_counts_for_fewer_images_are_refused_unless_repeat_counts(model, pixels,
         explainer.attribute(x8, counts[:1])
     with pytest.raises(CaptumSiftError, match=r"for the 8 input images, got counts for 2 images.*repeat_counts=True"):
         explainer.attribute(pixels[:2].repeat(4, 1, 1, 1), counts[:2])  # a tiled batch: no guessing
+    with pytest.raises(CaptumSiftError, match="got image 0 again at position 2: a tiled batch"):
+        explainer.attribute(pixels[:2].repeat(4, 1, 1, 1), counts[:2], repeat_counts=True)
     with pytest.raises(CaptumSiftError, match="8 is no multiple of 3"):
         explainer.attribute(x8, counts, repeat_counts=True)
     with pytest.raises(CaptumSiftError, match="repeat_counts to be True or False"):

@@ -40,15 +40,23 @@ def _transform(scores: torch.Tensor, output: str) -> torch.Tensor:
     return scores
 
 
-def _expand_counts(counts: torch.Tensor | None, batch: int, repeat: bool) -> torch.Tensor | None:
-    """Counts for ``batch`` images: as given, or (``repeat``) those of B' images each repeated k = B / B' times
-    in a row, the order in which Captum's NoiseTunnel and ``sensitivity_max`` expand the inputs."""
+def _expand_counts(counts: torch.Tensor | None, images: torch.Tensor, repeat: bool) -> torch.Tensor | None:
+    """Counts for the images: as given, or (``repeat``) those of B' images each repeated k = B / B' times in a
+    row, the order in which Captum's NoiseTunnel and ``sensitivity_max`` expand the inputs."""
     if not isinstance(repeat, bool):
         raise CaptumSiftError(f"expected repeat_counts to be True or False, got {repeat!r}")
+    batch = images.shape[0]
     if not isinstance(counts, torch.Tensor) or counts.dim() < 1 or counts.shape[0] == batch:
         return counts  # the shape checks of the analysis name what is wrong
     given = counts.shape[0]
     if repeat and given > 0 and batch % given == 0:
+        # A tiled batch (x.repeat(k, 1, 1, 1)) has image 0 again at B', not in a row: caught when the copies are exact.
+        if given > 1 and torch.equal(images[0], images[given]) and not torch.equal(images[0], images[1]):
+            raise CaptumSiftError(
+                f"expected the {batch} inputs to be each of the {given} counted images repeated in a row "
+                f"(repeat_interleave), got image 0 again at position {given}: a tiled batch (x.repeat) pairs "
+                "counts with the wrong images; use x.repeat_interleave(k, dim=0)"
+            )
         return counts.repeat_interleave(batch // given, dim=0)
     how = (
         f"{batch} is no multiple of {given}"
@@ -171,7 +179,8 @@ class SIFTInterrelation(_PatchAttribution):
                 NoiseTunnel and ``sensitivity_max`` expand the inputs, so
                 counts of the clean images (:meth:`count_keypoints`) go
                 through them. Without it, counts for another number of
-                images than B are refused.
+                images than B are refused; with it, a batch tiled with
+                ``x.repeat`` (image 0 exactly again at B') is refused.
             return_report: also return the :class:`~captum_sift.InterrelationReport`.
 
         Returns:
@@ -179,7 +188,7 @@ class SIFTInterrelation(_PatchAttribution):
             the report if ``return_report``.
         """
         images, as_tuple = self._images(inputs)
-        keypoint_counts = _expand_counts(keypoint_counts, images.shape[0], repeat_counts)
+        keypoint_counts = _expand_counts(keypoint_counts, images.detach(), repeat_counts)
         # The report (classes, focus index, query rows, sums) is only built when it is returned.
         got = _analyze(self.vit, images, keypoint_counts, self.settings, self.image_space, None, return_report)  # type: ignore[arg-type]
         layers = self.settings.layers
