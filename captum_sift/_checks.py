@@ -155,7 +155,7 @@ def check_images(images: object, name: str = "images") -> torch.Tensor:
         if not all_finite(images):
             n_bad = int((~torch.isfinite(images)).sum())
             raise CaptumSiftError(f"expected finite {name}, got {n_bad} NaN or Inf values")
-        hint = " (this looks like a 0..255 image: divide it by 255)" if hi > 1.0 and hi <= 255.0 else ""
+        hint = " (this looks like a 0..255 image: divide it by 255)" if lo >= 0.0 and 2.0 < hi <= 255.0 else ""
         raise CaptumSiftError(f"expected {name} with values in [0, 1], got values in [{lo:g}, {hi:g}]{hint}")
     return images
 

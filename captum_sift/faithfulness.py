@@ -76,7 +76,13 @@ def explain(
     vit = as_vit(model)
     if method not in METHODS:
         raise CaptumSiftError(f"expected a method among {METHODS}, got {method!r}")
+    if not isinstance(images, torch.Tensor) or images.dim() != 4:
+        from ._checks import shape_of
+
+        raise CaptumSiftError(f"expected images of shape (B, C, H, W), got {shape_of(images)}")
     images = images.detach()
+    if method in _TARGETED:
+        targets = _check_targets(vit, images, targets)
     if method == "theta":
         return SIFTInterrelation(vit).attribute(images)
     if method == "rollout":
@@ -108,6 +114,41 @@ def explain(
         return _gradcam(vit, forward, images, targets)
 
 
+#: The methods that explain one class: their targets are checked against the model's outputs.
+_TARGETED = ("saliency", "integrated_gradients", "feature_ablation", "gradcam")
+
+
+def _check_targets(vit: ViTAdapter, images: torch.Tensor, targets: object) -> torch.Tensor:
+    """``targets`` as (B,) class indices in [0, classes) of the model's outputs (one forward of one image)."""
+    batch = images.shape[0]
+    if not isinstance(targets, torch.Tensor) or targets.shape != (batch,) or targets.is_floating_point() \
+            or targets.dtype == torch.bool or targets.is_complex():  # fmt: skip
+        shown = f"shape {tuple(targets.shape)}, {targets.dtype}" if isinstance(targets, torch.Tensor) else repr(targets)
+        raise CaptumSiftError(f"expected targets of shape ({batch},) holding class indices (ints), got {shown}")
+    classes = _num_classes(vit, images)
+    if batch and (int(targets.min()) < 0 or int(targets.max()) >= classes):
+        raise CaptumSiftError(
+            f"expected targets that are class indices in [0, {classes}) of the model's {classes} outputs, "
+            f"got targets in [{int(targets.min())}, {int(targets.max())}]"
+        )
+    return targets
+
+
+def _num_classes(vit: ViTAdapter, images: torch.Tensor) -> int:
+    """The model's number of outputs: read off its head where the family says it, else one forward of one image."""
+    model = vit.model
+    known = {
+        "timm": getattr(model, "num_classes", None),
+        "hf": getattr(getattr(model, "config", None), "num_labels", None),
+        "torchvision": getattr(getattr(getattr(model, "heads", None), "head", None), "out_features", None),
+    }.get(vit.family)
+    if isinstance(known, int) and known > 0:
+        return known
+    vit.check_classifier()
+    with torch.no_grad(), eval_mode(model):
+        return int(vit.logits(images[:1]).shape[1])
+
+
 def _gradcam(vit: ViTAdapter, forward: nn.Module, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     try:
         from pytorch_grad_cam import GradCAM
@@ -136,6 +177,11 @@ def _gradcam(vit: ViTAdapter, forward: nn.Module, images: torch.Tensor, targets:
 
 def patch_attribution(attributions: torch.Tensor, patch_size: int) -> torch.Tensor:
     """Per-patch relevance (B, N): the attribution summed over each patch's pixels and channels."""
+    from ._checks import check_patch_size, shape_of
+
+    if not isinstance(attributions, torch.Tensor) or attributions.dim() != 4:
+        raise CaptumSiftError(f"expected attributions of shape (B, C, H, W), got {shape_of(attributions)}")
+    patch_size = check_patch_size(patch_size, attributions.shape[2], attributions.shape[3])
     pooled = torch.nn.functional.avg_pool2d(attributions.sum(dim=1, keepdim=True), patch_size)
     return pooled.flatten(1) * patch_size * patch_size
 

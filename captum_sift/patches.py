@@ -35,8 +35,21 @@ DEFAULT_MODES = ("top", "bottom", "random")
 
 
 def patch_scores_to_pixels(scores: torch.Tensor, shape: torch.Size | tuple[int, ...], patch_size: int) -> torch.Tensor:
-    """Spread per-patch scores (B, N) over each patch's pixels and all channels -> ``shape`` (B, C, H, W)."""
-    batch, channels, height, width = shape
+    """Spread per-patch scores (B, N) over each patch's pixels and all channels -> ``shape`` (B, C, H, W).
+
+    Example:
+        >>> patch_scores_to_pixels(torch.tensor([[1.0, 2.0]]), (1, 1, 2, 4), 2)
+        tensor([[[[1., 1., 2., 2.],
+                  [1., 1., 2., 2.]]]])
+    """
+    from ._checks import check_int, check_patch_size
+
+    if not isinstance(shape, (tuple, list, torch.Size)) or len(shape) != 4:
+        raise CaptumSiftError(f"expected shape (B, C, H, W) of 4 ints, got {shape!r}")
+    batch, channels, height, width = (check_int(v, "every entry of shape", low=0) for v in shape)
+    patch_size = check_patch_size(patch_size, height, width)
+    if not isinstance(scores, torch.Tensor):
+        raise CaptumSiftError(f"expected scores to be a tensor (B, N), got {type(scores).__name__}")
     grid_h, grid_w = height // patch_size, width // patch_size
     if scores.shape != (batch, grid_h * grid_w):
         raise CaptumSiftError(
@@ -49,9 +62,10 @@ def patch_scores_to_pixels(scores: torch.Tensor, shape: torch.Size | tuple[int, 
 
 def patch_feature_mask(height: int, width: int, patch_size: int, device: torch.device | None = None) -> torch.Tensor:
     """Patch index of every pixel, row-major, as a (1, 1, H, W) long tensor (Captum's ``feature_mask``)."""
-    from ._checks import check_patch_size
+    from ._checks import check_int, check_patch_size
 
-    check_patch_size(patch_size, height, width)
+    height, width = check_int(height, "height", low=1), check_int(width, "width", low=1)
+    patch_size = check_patch_size(patch_size, height, width)
     ids = torch.arange((height // patch_size) * (width // patch_size), device=device).view(
         1, 1, height // patch_size, width // patch_size
     )

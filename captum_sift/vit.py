@@ -25,6 +25,7 @@ the first block with the tokens.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
@@ -33,7 +34,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._checks import all_finite, as_int, shape_of
+from ._checks import all_finite, as_int, as_scalar, shape_of
 from .errors import CaptumSiftError
 
 __all__ = ["FAMILIES", "IMAGENET_MEAN", "IMAGENET_STD", "ViTAdapter", "as_vit", "eval_mode"]
@@ -160,7 +161,8 @@ class ViTAdapter:
         in_chans: input channels.
         num_heads: attention heads per block.
         mean, std: the input normalisation, per channel (pixels in [0, 1] ->
-            model input = (pixels - mean) / std).
+            model input = (pixels - mean) / std); finite, std > 0; one value
+            is used for every channel.
         capture: ``capture(block, store)`` -> a context manager, see above.
         forward_stem: runs the model far enough to call ``blocks[0]``.
         forward_logits: the model's class logits from its input.
@@ -189,24 +191,31 @@ class ViTAdapter:
     def __post_init__(self) -> None:
         if not self.blocks:
             raise CaptumSiftError(f"expected a ViT with at least one block, got none in {type(self.model).__name__}")
-        if len(self.mean) != self.in_chans or len(self.std) != self.in_chans:
-            raise CaptumSiftError(
-                f"expected mean and std with one value per input channel ({self.in_chans}), "
-                f"got mean={self.mean}, std={self.std}"
-            )
-        if any(not s > 0 for s in self.std):
-            raise CaptumSiftError(f"expected std > 0 for every channel, got {self.std}")
+        object.__setattr__(self, "mean", _statistics(self.mean, "mean", self.in_chans))
+        object.__setattr__(self, "std", _statistics(self.std, "std", self.in_chans))
 
     @property
     def depth(self) -> int:
         return len(self.blocks)
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype of the model's first floating-point parameter (float32 for a model without one)."""
+        for param in self.model.parameters():
+            if param.is_floating_point():
+                return param.dtype
+        return torch.float32
+
     def with_normalization(self, mean: Sequence[float] | None, std: Sequence[float] | None) -> ViTAdapter:
-        """The same adapter with other input statistics (None keeps the current ones)."""
+        """The same adapter with other input statistics (None keeps the current ones).
+
+        ``mean`` and ``std`` may be sequences, numpy arrays or tensors; one
+        value is used for every channel. See :func:`as_vit`.
+        """
         if mean is None and std is None:
             return self
-        mean = self.mean if mean is None else tuple(float(m) for m in _as_sequence(mean, "mean"))
-        std = self.std if std is None else tuple(float(s) for s in _as_sequence(std, "std"))
+        mean = self.mean if mean is None else _statistics(mean, "mean", self.in_chans)
+        std = self.std if std is None else _statistics(std, "std", self.in_chans)
         return dataclasses.replace(self, mean=mean, std=std)
 
     def grid(self, images: torch.Tensor) -> tuple[int, int]:
@@ -349,14 +358,29 @@ def _square_patch(patch: object) -> int:
     return int(pair[0])
 
 
-def _as_sequence(value: object, name: str) -> Sequence[float]:
+def _statistics(value: object, name: str, in_chans: int) -> tuple[float, ...]:
+    """Input statistics as one finite float per channel (std > 0): a single value is used for every channel.
+
+    Sequences, numpy arrays and tensors are accepted; another number of
+    values than 1 or ``in_chans``, NaN, Inf and (for std) values <= 0 are refused.
+    """
     if isinstance(value, torch.Tensor):
-        value = value.flatten().tolist()
+        value = value.detach().cpu().flatten().tolist()
+    elif hasattr(value, "__array__") and hasattr(value, "tolist"):  # numpy arrays and scalars
+        value = value.tolist()
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        value = (value,)
-    if not isinstance(value, Sequence) or isinstance(value, str) or not value:
-        raise CaptumSiftError(f"expected {name} to be a sequence of numbers, got {value!r}")
-    return value
+        value = [value]
+    numeric = isinstance(value, Sequence) and not isinstance(value, str)
+    if numeric:
+        value = [as_scalar(v) for v in value]  # type: ignore[union-attr]  # numpy and 0-d tensor numbers
+    numeric = numeric and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)  # type: ignore[union-attr]
+    if not numeric or len(value) not in (1, in_chans):  # type: ignore[arg-type]
+        raise CaptumSiftError(f"expected {name} to be 1 or {in_chans} numbers (one per input channel), got {value!r}")
+    values = tuple(float(v) for v in value) * (in_chans if len(value) == 1 else 1)  # type: ignore[arg-type,union-attr]
+    if not all(math.isfinite(v) for v in values) or (name == "std" and not all(v > 0 for v in values)):
+        bound = "finite numbers > 0" if name == "std" else "finite numbers"
+        raise CaptumSiftError(f"expected {name} to be {bound}, got {list(values)}")
+    return values
 
 
 # -- timm ----------------------------------------------------------------------------
@@ -575,7 +599,9 @@ def as_vit(
             ImageNet's statistics for torchvision (those of all its ViT
             weights), the ``image_processor``'s for Hugging Face, else the
             statistics of the model type's stock processor (0.5 for ViT,
-            ImageNet's for DeiT and DINOv2).
+            ImageNet's for DeiT and DINOv2). A sequence, numpy array or
+            tensor of finite numbers (std > 0): one per input channel, or
+            one for every channel; anything else is refused.
         image_processor: a transformers image processor (its image_mean/std).
 
     A model wrapped by ``torch.compile``, ``nn.DataParallel`` or

@@ -321,6 +321,9 @@ def overlay(
         raise CaptumSiftError(
             f"expected attributions of the images' shape {tuple(images.shape)}, got {shape_of(attributions)}"
         )
+    if attributions.is_floating_point() and not bool(torch.isfinite(attributions).all()):
+        bad = int((~torch.isfinite(attributions)).sum())
+        raise CaptumSiftError(f"expected finite attributions to draw, got {bad} NaN or Inf values")
     fig, axes = _grid(images.shape[0], ncols)
     for i, ax in enumerate(axes):
         attr = attributions[i].detach().cpu().double()

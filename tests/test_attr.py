@@ -140,6 +140,28 @@ def test_captum_visualizer_and_metrics_accept_the_output(model, pixels, counts):
     assert sens.shape == (3,) and torch.isfinite(sens).all()
 
 
+def test_counts_for_fewer_images_are_refused_unless_repeat_counts(model, pixels, counts):
+    """Counts of other images are never repeated silently (issue 23.4): only with repeat_counts=True, and only
+    in Captum's order (each image's copies in a row)."""
+    explainer = SIFTInterrelation(model, image_space="pixel")
+    x8 = pixels[:2].repeat_interleave(4, dim=0)
+    with pytest.raises(CaptumSiftError, match=r"keypoint_counts for the 8 input images, got counts for 1 images"):
+        explainer.attribute(x8, counts[:1])
+    with pytest.raises(CaptumSiftError, match=r"for the 8 input images, got counts for 2 images.*repeat_counts=True"):
+        explainer.attribute(pixels[:2].repeat(4, 1, 1, 1), counts[:2])  # a tiled batch: no guessing
+    with pytest.raises(CaptumSiftError, match="got image 0 again at position 2: a tiled batch"):
+        explainer.attribute(pixels[:2].repeat(4, 1, 1, 1), counts[:2], repeat_counts=True)
+    with pytest.raises(CaptumSiftError, match="8 is no multiple of 3"):
+        explainer.attribute(x8, counts, repeat_counts=True)
+    with pytest.raises(CaptumSiftError, match="repeat_counts to be True or False"):
+        explainer.attribute(x8, counts[:2], repeat_counts=1)
+    got = explainer.attribute(x8, counts[:2], repeat_counts=True)
+    for i in range(8):  # copy i of image i // 4, with that image's counts
+        single = explainer.attribute(pixels[i // 4 : i // 4 + 1], counts[i // 4 : i // 4 + 1])
+        torch.testing.assert_close(got[i], single[0])
+    assert torch.equal(explainer.attribute(pixels, counts, repeat_counts=True), explainer.attribute(pixels, counts))
+
+
 def test_not_a_vit():
     with pytest.raises(CaptumSiftError, match="Vision Transformer"):
         SIFTInterrelation(torch.nn.Linear(2, 2))

@@ -5,14 +5,16 @@ The converters below map a timm ViT's weights into torchvision's
 logits agree, and then so must every report, score, attribution and table.
 """
 
+import copy
 import json
+import warnings
 
 import pytest
 import timm
 import torch
 import torchvision
 
-from captum_sift import CaptumSiftError, SIFTInterrelation, ThetaSettings, analyze
+from captum_sift import CaptumSiftError, SIFTInterrelation, ThetaSettings, analyze, count_keypoints
 from captum_sift.attention import iter_attention
 from captum_sift.cli import main
 from captum_sift.evaluation import evaluate_masking
@@ -351,23 +353,51 @@ def test_a_custom_adapter_follows_the_protocol(families, pixels, counts):
 
 
 def test_wrong_normalisation_is_caught(families, pixels):
-    deit = families["timm"]
-    with pytest.raises(CaptumSiftError, match="image_space='pixel'"):
-        analyze(deit, pixels)  # raw [0, 1] pixels passed as model input
-    imagenet = (pixels - torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)) / torch.tensor(
-        [0.229, 0.224, 0.225]
-    ).view(1, 3, 1, 1)
-    with pytest.raises(CaptumSiftError, match="other statistics"):
-        analyze(families["torchvision"], (pixels - 0.5) / 0.5)  # 0.5/0.5 instead of ImageNet's
-    analyze(families["torchvision"], imagenet)  # the right statistics pass
-    analyze(families["torchvision"], (pixels - 0.5) / 0.5, mean=(0.5,) * 3, std=(0.5,) * 3)  # or say which
+    """What no normalised image gives is refused; a narrow batch (raw pixels? a dark photo?) warns, naming the
+    statistics, for every entry point and family."""
+    from captum_sift.attr import AttentionRollout, RawAttention
+    from captum_sift.data import sample_images
+    from captum_sift.masking import MaskAsPrompt
+
+    imagenet_mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    imagenet_std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    photos = sample_images(["astronaut", "chelsea"], size=SIZE)
+    tv = families["torchvision"]  # ImageNet statistics
+    with pytest.warns(UserWarning, match=r"image_space='pixel'.*"):
+        analyze(families["timm"], pixels)  # raw [0, 1] pixels passed as model input (0.5 / 0.5 model)
+    with pytest.warns(UserWarning, match=r"mean=\[0.485, 0.456, 0.406\], std=\[0.229, 0.224, 0.225\]"):
+        analyze(tv, (pixels - 0.5) / 0.5)  # 0.5/0.5 instead of ImageNet's: squeezed into a band
+    imagenet = (photos - imagenet_mean) / imagenet_std
+    for name in ("timm", "hf"):  # 0.5 / 0.5 models, ImageNet-normalised photos: bright, dark patches leave [0, 1]
+        for call in (lambda m: analyze(m, imagenet), lambda m: AttentionRollout(m).attribute(imagenet),
+                     lambda m: RawAttention(m).attribute(imagenet), lambda m: MaskAsPrompt(m)(imagenet)):  # fmt: skip
+            with pytest.raises(CaptumSiftError, match="not normalised with the model.s statistics"):
+                call(families[name])
+    analyze(tv, imagenet)  # the right statistics pass
+    analyze(tv, (pixels - 0.5) / 0.5, mean=(0.5,) * 3, std=(0.5,) * 3)  # or say which
+    # Correct input of dark and hazy photos (issue 23.8) passes, with a warning at most, and gives the numbers
+    # of the same photos in pixel space.
+    for photo in (0.4 * photos, 0.35 + 0.45 * photos):
+        x = (photo - imagenet_mean) / imagenet_std
+        for call in (lambda m, i, **k: analyze(m, i, **k).kk, lambda m, i, **k: SIFTInterrelation(m, **k).attribute(i),
+                     lambda m, i, **k: MaskAsPrompt(m, mode="top", **k)(i)):  # fmt: skip
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                got = call(tv, x)
+            torch.testing.assert_close(got, call(tv, photo, image_space="pixel"), equal_nan=True, rtol=1e-4,
+                                       atol=1e-5)  # fmt: skip
+    with warnings.catch_warnings(record=True) as caught:  # once per statistics, not once per batch
+        warnings.simplefilter("default")
+        for scale in (0.4, 0.3, 0.2):
+            analyze(tv, (scale * photos - imagenet_mean) / imagenet_std)
+    assert len(caught) == 1 and "std=[0.229, 0.224, 0.225]" in str(caught[0].message)
 
 
 def test_default_model_with_pixel_data_is_caught():
     from captum_sift.data import default_dataset, default_model
 
     images, labels = default_dataset()
-    with pytest.raises(CaptumSiftError, match="image_space='pixel'"):
+    with pytest.warns(UserWarning, match=r"image_space='pixel'.*mean=\[0\.286\], std=\[0\.353\]|mean=\[0\.28"):
         evaluate_masking(default_model(), images[:8], labels[:8], ratios=(0.1,), modes=("random",), progress=False)
     table = evaluate_masking(default_model(), images[:64], labels[:64], ratios=(0.1,), modes=("random",),
                              image_space="pixel", progress=False)  # fmt: skip
@@ -477,3 +507,118 @@ def test_wrapped_models_are_unwrapped(families, pixels):
     for wrapped in (torch.nn.DataParallel(model), torch.compile(model)):
         assert as_vit(wrapped).model is model
         torch.testing.assert_close(analyze(wrapped, x, torch.zeros(3, 16, dtype=torch.long)).focus, ref)
+
+
+# -- Captum's wrappers and metrics perturb the inputs: every attribution class, family and image space --------
+def _explainers():
+    from captum_sift.attr import AttentionRollout, RawAttention
+
+    return {"theta": SIFTInterrelation, "rollout": AttentionRollout, "raw": RawAttention}
+
+
+@pytest.fixture(scope="module")
+def photos():
+    from captum_sift.data import sample_images
+
+    return sample_images(["astronaut", "chelsea"], size=SIZE)
+
+
+@pytest.mark.parametrize("space", ["model", "pixel"])
+@pytest.mark.parametrize("method", ["theta", "rollout", "raw"])
+@pytest.mark.parametrize("name", ["timm", "torchvision", "hf"])
+def test_noise_tunnel_sensitivity_and_infidelity_run_on_perturbed_inputs(families, photos, name, method, space):
+    """NoiseTunnel, sensitivity_max and infidelity on every class, family and space (issue 23.9): the noise
+    leaves [0, 1] (by 0.1-0.2), and the smoothed map is the mean of the maps of the noisy copies."""
+    from captum.attr import NoiseTunnel
+    from captum.metrics import infidelity, sensitivity_max
+
+    model = families[name]
+    explainer = _explainers()[method](model, image_space=space)
+    mean, std = explainer.vit.stats(photos)
+    x = photos if space == "pixel" else (photos - mean) / std
+    stdev = 0.05 if space == "pixel" else 0.1  # 0.1 in model space: the issue's case
+    torch.manual_seed(0)
+    smooth = NoiseTunnel(explainer).attribute(x, nt_type="smoothgrad", nt_samples=2, stdevs=stdev, target=0)
+    torch.manual_seed(0)  # Captum's noise, drawn again: the copies of each image in a row
+    noisy = x.repeat_interleave(2, dim=0) + torch.normal(0, torch.tensor(stdev).repeat(4, 3, SIZE, SIZE))
+    pixels_seen = noisy if space == "pixel" else noisy * std + mean
+    assert float(pixels_seen.min()) < -0.05 or float(pixels_seen.max()) > 1.05  # the noise does leave [0, 1]
+    by_hand = torch.stack([explainer.attribute(noisy[i : i + 1])[0] for i in range(4)]).view(2, 2, 3, SIZE, SIZE)
+    torch.testing.assert_close(smooth, by_hand.mean(dim=1), rtol=1e-5, atol=1e-6)
+    sens = sensitivity_max(explainer.attribute, x, target=0, n_perturb_samples=2)
+    assert sens.shape == (2,) and bool(torch.isfinite(sens).all()) and bool((sens >= 0).all())
+
+    def perturb(inputs):
+        noise = torch.randn_like(inputs) * stdev
+        return noise, inputs - noise
+
+    infid = infidelity(explainer.forward_func, perturb, x, explainer.attribute(x), target=0, n_perturb_samples=2)
+    assert infid.shape == (2,) and bool(torch.isfinite(infid).all())
+    # forward_func takes what attribute() takes: in pixel space it normalises first
+    torch.testing.assert_close(explainer.forward_func(x), _logits(model, (photos - mean) / std))
+
+
+@pytest.mark.parametrize("space", ["model", "pixel"])
+def test_counts_of_the_clean_images_go_through_captums_wrappers(families, photos, space):
+    """Counted once on the clean images, passed with repeat_counts=True: NoiseTunnel's copies use them (issue 23.9)."""
+    from captum.attr import NoiseTunnel
+    from captum.metrics import sensitivity_max
+
+    explainer = SIFTInterrelation(families["torchvision"], image_space=space)
+    mean, std = explainer.vit.stats(photos)
+    x = photos if space == "pixel" else (photos - mean) / std
+    counts = explainer.count_keypoints(x)
+    assert torch.equal(counts, count_keypoints(photos, PATCH))  # on the pixels behind model-space input
+    torch.manual_seed(0)
+    smooth = NoiseTunnel(explainer).attribute(x, nt_type="smoothgrad", nt_samples=3, stdevs=0.1,
+                                              keypoint_counts=counts, repeat_counts=True)  # fmt: skip
+    torch.manual_seed(0)
+    noisy = x.repeat_interleave(3, dim=0) + torch.normal(0, torch.tensor(0.1).repeat(6, 3, SIZE, SIZE))
+    by_hand = [explainer.attribute(noisy[i : i + 1], counts[i // 3 : i // 3 + 1])[0] for i in range(6)]
+    torch.testing.assert_close(smooth, torch.stack(by_hand).view(2, 3, 3, SIZE, SIZE).mean(dim=1))
+    sens = sensitivity_max(explainer.attribute, x, n_perturb_samples=2, keypoint_counts=counts, repeat_counts=True)
+    assert sens.shape == (2,) and bool((sens >= 0).all())
+
+
+@pytest.mark.parametrize("name", ["timm", "torchvision", "hf"])
+def test_0_255_model_input_is_refused_by_every_class(families, photos, name):
+    """0..255 images as model input (issue 25.5): refused by θ, rollout and raw attention alike."""
+    for cls in _explainers().values():
+        with pytest.raises(CaptumSiftError, match="not normalised with the model.s statistics"):
+            cls(families[name]).attribute(photos * 255)
+        with pytest.raises(CaptumSiftError, match="divide it by 255"):
+            cls(families[name], image_space="pixel").attribute(photos * 255)
+
+
+def test_noise_in_pixel_space_is_not_called_a_0_255_image(families, photos):
+    torch.manual_seed(0)
+    noisy = photos + torch.randn_like(photos) * 0.06  # values ~[-0.2, 1.2]
+    for cls in _explainers().values():
+        assert cls(families["timm"], image_space="pixel").attribute(noisy).shape == photos.shape
+    with pytest.raises(CaptumSiftError, match=r"values in \[0, 1\]") as caught:
+        count_keypoints(noisy, PATCH)  # keypoints themselves still want [0, 1]
+    assert "255" not in str(caught.value)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_pixel_input_is_cast_to_the_models_dtype(families, photos, dtype):
+    """A float64 or bfloat16 model with image_space='pixel' (issue 25.14): every entry point casts the pixels."""
+    from captum_sift.attr import AttentionRollout, RawAttention
+    from captum_sift.masking import MaskAsPrompt
+
+    counts = count_keypoints(photos, PATCH)
+    tol = {"rtol": 1e-4, "atol": 1e-5} if dtype == torch.float64 else {"rtol": 0.1, "atol": 0.05}
+    for name in ("timm", "torchvision", "hf"):
+        ref_model = families[name]
+        model = (to_torchvision(families["timm"]) if name == "torchvision" else
+                 to_hf(families["timm"]) if name == "hf" else copy.deepcopy(families["timm"])).to(dtype)  # fmt: skip
+        calls = [
+            lambda m: analyze(m, photos, counts, image_space="pixel").patch_theta,
+            lambda m: SIFTInterrelation(m, image_space="pixel").attribute(photos, counts),
+            lambda m: AttentionRollout(m, image_space="pixel").attribute(photos),
+            lambda m: RawAttention(m, image_space="pixel").attribute(photos),
+            lambda m: MaskAsPrompt(m, ratio=0.25, mode="top", image_space="pixel")(photos, counts),
+        ]
+        for call in calls:
+            got = call(model)
+            torch.testing.assert_close(got.float(), call(ref_model).float(), equal_nan=True, **tol)

@@ -287,13 +287,14 @@ def test_captum_wrappers_and_metrics(model, pixels):
     counts = count_keypoints(pixels, 16)
     explainer = SIFTInterrelation(model)
     smooth = NoiseTunnel(explainer).attribute(inputs, nt_type="smoothgrad", nt_samples=3, stdevs=0.05,
-                                              keypoint_counts=counts)  # fmt: skip
+                                              keypoint_counts=counts, repeat_counts=True)  # fmt: skip
     assert smooth.shape == inputs.shape and bool(torch.isfinite(smooth).all())
     # with no noise, the smoothed attribution is the attribution itself
     still = NoiseTunnel(explainer).attribute(inputs, nt_type="smoothgrad", nt_samples=2, stdevs=0.0,
-                                             keypoint_counts=counts)  # fmt: skip
+                                             keypoint_counts=counts, repeat_counts=True)  # fmt: skip
     torch.testing.assert_close(still, explainer.attribute(inputs, counts))
-    sens = sensitivity_max(explainer.attribute, inputs, n_perturb_samples=2, keypoint_counts=counts)
+    sens = sensitivity_max(explainer.attribute, inputs, n_perturb_samples=2, keypoint_counts=counts,
+                           repeat_counts=True)  # fmt: skip
     assert sens.shape == (2,) and bool((sens >= 0).all())
 
     def perturb(x):
@@ -302,7 +303,7 @@ def test_captum_wrappers_and_metrics(model, pixels):
 
     infid = infidelity(model, perturb, inputs, explainer.attribute(inputs, counts), target=0, n_perturb_samples=2)
     assert infid.shape == (2,) and bool(torch.isfinite(infid).all())
-    with pytest.raises(CaptumSiftError, match="expected keypoint_counts for 4 images"):
+    with pytest.raises(CaptumSiftError, match="expected keypoint_counts for the 4 input images"):
         explainer.attribute(torch.cat([inputs, inputs]), counts[:1].expand(3, -1, -1))
 
 
@@ -427,3 +428,84 @@ def test_mask_eval_figure_is_drawn_with_the_fill_of_the_run(tmp_path, monkeypatc
     assert len(drawn) == 1 and drawn[0]["fill"] == fill
     assert (tuple(drawn[0]["mean"]), tuple(drawn[0]["std"])) == (vit.mean, vit.std)
     assert (out / "masked_examples.png").exists()
+
+
+# == attr helper's additions: statistics, API edges, numpy numbers (issues 25.3, 25.15, 25.16) ==========
+def test_bad_statistics_are_refused_where_given(model, pixels):
+    from captum_sift.vit import ViTAdapter, as_vit
+
+    counts = count_keypoints(pixels, 16)
+    x = (pixels - 0.5) / 0.5
+    for mean, std, message in [
+        (None, [float("inf")] * 3, r"std to be finite numbers > 0, got \[inf, inf, inf\]"),
+        (None, [0.5, 0.0, 0.5], r"std to be finite numbers > 0"),
+        ([float("nan")] * 3, None, r"mean to be finite numbers, got \[nan, nan, nan\]"),
+        ([0.5, 0.5], None, r"mean to be 1 or 3 numbers \(one per input channel\), got \[0.5, 0.5\]"),
+        ("0.5", None, r"mean to be 1 or 3 numbers"),
+    ]:
+        stats = {"mean": mean, "std": std}
+        for call in (lambda s: as_vit(model, **s), lambda s: analyze(model, x, counts, **s),
+                     lambda s: as_vit(model).with_normalization(**s),
+                     lambda s: SIFTInterrelation(model, **s)):  # fmt: skip
+            with pytest.raises(CaptumSiftError, match=message):
+                call(stats)
+    vit = as_vit(model)
+    with pytest.raises(CaptumSiftError, match="std to be finite numbers > 0"):
+        fields = ("model", "family", "blocks", "num_prefix_tokens", "patch_size", "in_chans", "num_heads", "mean",
+                  "capture")  # fmt: skip
+        ViTAdapter(**{f: getattr(vit, f) for f in fields}, std=(1, 1, -1))
+    # one value for every channel; numpy arrays and tensors as sequences
+    assert as_vit(model, mean=[0.5], std=0.5).mean == (0.5, 0.5, 0.5)
+    assert as_vit(model, mean=[np.float32(0.25)] * 3, std=[torch.tensor(0.5)] * 3).std == (0.5, 0.5, 0.5)
+    assert as_vit(model, mean=np.array([0.4, 0.5, 0.6]), std=torch.tensor([0.2, 0.3, 0.4])).std == (
+        pytest.approx(0.2), pytest.approx(0.3), pytest.approx(0.4))  # fmt: skip
+    ref = analyze(model, x, counts)
+    got = analyze(model, x, counts, mean=np.array([0.5]), std=torch.tensor(0.5))
+    torch.testing.assert_close(got.kk, ref.kk, equal_nan=True)
+
+
+def test_api_edges_raise_the_one_error(model, pixels):
+    from captum_sift.faithfulness import explain, patch_attribution
+    from captum_sift.patches import patch_scores_to_pixels
+    from captum_sift.viz import overlay
+
+    x = (pixels - 0.5) / 0.5
+    nan_attr = torch.zeros_like(pixels)
+    nan_attr[0, 1, 2, 3] = float("nan")
+    calls = [
+        (lambda: patch_scores_to_pixels(torch.zeros(1, 4), (1, 3, 32, 32), 0), "patch_size to be an int >= 1, got 0"),
+        (lambda: patch_scores_to_pixels(torch.zeros(1, 4), (3, 32, 32), 16), "shape (B, C, H, W) of 4 ints"),
+        (lambda: patch_scores_to_pixels(torch.zeros(1, 4), (1, 3, 40, 32), 16), "multiples of patch_size=16, got H=40"),
+        (lambda: patch_attribution(torch.zeros(1, 3, 32, 32), 0), "patch_size to be an int >= 1, got 0"),
+        (lambda: patch_attribution(torch.zeros(1, 3, 40, 32), 16), "multiples of patch_size=16, got H=40"),
+        (lambda: overlay(pixels, nan_attr), "finite attributions to draw, got 1 NaN or Inf values"),
+        (lambda: count_keypoints(pixels.to("meta"), 16), "got a tensor on the meta device"),
+        (lambda: detect_keypoints(pixels.to("meta")), "got a tensor on the meta device"),
+        (lambda: analyze(model, x.to("meta")), "got a tensor on the meta device"),
+        (lambda: explain("saliency", model, x, torch.tensor([0, 5])), "class indices in [0, 5) of the model's 5"),
+        (lambda: explain("integrated_gradients", model, x, torch.tensor([-1, 0])), "got targets in [-1, 0]"),
+        (lambda: explain("saliency", model, x, torch.tensor([0.0, 1.0])), "targets of shape (2,) holding class"),
+        (lambda: explain("feature_ablation", model, x, torch.tensor([0])), "got shape (1,)"),
+        (lambda: analyze(model, x, query_patch=16), "query_patch to be an int >= 0 and <= 15, got 16"),
+    ]  # fmt: skip
+    for call, message in calls:
+        with pytest.raises(CaptumSiftError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")):
+            call()
+    scores = torch.tensor([[1.0, 2.0, 3.0, 4.0]])
+    spread = patch_scores_to_pixels(scores, torch.Size([1, 2, 32, 32]), np.int64(16))
+    assert spread[0, 1, 20, 3].item() == 3.0 and spread[0, 0, 31, 31].item() == 4.0
+    torch.testing.assert_close(patch_attribution(spread, np.int64(16)), scores * 2 * 256)  # summed over 2 x 16 x 16
+
+
+def test_numpy_and_tensor_ints_where_ints_are_asked(model, pixels):
+    from captum_sift.keypoints import KeypointCounter
+
+    counts = count_keypoints(pixels, 16)
+    assert torch.equal(count_keypoints(pixels, np.int64(16)), counts)
+    assert torch.equal(count_keypoints(pixels, torch.tensor(16), n_octave_layers=np.int32(3)), counts)
+    assert torch.equal(KeypointCounter(np.int64(16))(pixels), counts)
+    assert torch.equal(patch_feature_mask(np.int64(64), np.int64(64), np.int64(16)), patch_feature_mask(64, 64, 16))
+    x = (pixels - 0.5) / 0.5
+    got = analyze(model, x, counts, query_patch=np.int64(3))
+    assert got.query_patch.tolist() == [3, 3]
+    torch.testing.assert_close(got.query_attention, analyze(model, x, counts, query_patch=3).query_attention)

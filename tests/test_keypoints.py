@@ -453,7 +453,7 @@ def test_keypoint_counter_module():
         (torch.zeros(3, 224), 16, r"expected images of shape \(B, C, H, W\), got \(3, 224\)"),
         (torch.zeros(1, 2, 32, 32), 16, r"1 or 3 channels.*got C=2"),
         (torch.zeros(1, 3, 40, 32), 16, r"multiples of patch_size=16, got H=40, W=32"),
-        (torch.zeros(1, 3, 32, 32), 0, r"patch_size >= 1, got 0"),
+        (torch.zeros(1, 3, 32, 32), 0, r"patch_size to be an int >= 1, got 0"),
         (torch.full((1, 3, 32, 32), float("nan")), 16, r"finite images, got 3072 NaN or Inf"),
         (torch.tensor([0.0, float("inf")]).repeat(512).view(1, 1, 32, 32), 16, "finite images"),
         (torch.full((1, 3, 32, 32), 200.0), 16, r"values in \[0, 1\], got values in \[200, 200\].*divide it by 255"),
@@ -477,7 +477,7 @@ def test_bad_arguments_raise():
         count_keypoints(image, 16, min_keypoints=0)
     with pytest.raises(CaptumSiftError, match="unknown detector argument"):
         count_keypoints(image, 16, sigmaa=1.6)
-    with pytest.raises(CaptumSiftError, match="sigma > 0"):
+    with pytest.raises(CaptumSiftError, match="sigma to be a finite number > 0"):
         detect_keypoints(image, sigma=-1.0)
     assert issubclass(CaptumSiftError, ValueError)
 

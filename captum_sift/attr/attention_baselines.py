@@ -82,10 +82,17 @@ class _PatchAttribution(Attribution):
     ) -> None:
         self.vit = as_vit(model, mean=mean, std=std)
         check_image_space(image_space)
-        forward = self.vit.logits if self.vit.forward_logits is not None else self.vit.model
-        super().__init__(forward)
+        self._model_forward = self.vit.logits if self.vit.forward_logits is not None else self.vit.model
+        # Captum's forward_func takes what attribute() takes: in pixel space it normalises first (infidelity
+        # calls it on perturbed inputs).
+        super().__init__(self._model_forward if image_space == "model" else self._pixel_forward)
         self.model = self.vit.model
         self.image_space = image_space
+
+    def _pixel_forward(self, pixels: torch.Tensor, *args: Any) -> Any:
+        """The model's output for pixel-space inputs (normalised here, gradients kept)."""
+        mean, std = self.vit.stats(pixels)
+        return self._model_forward(((pixels - mean) / std).to(self.vit.dtype), *args)
 
     def has_convergence_delta(self) -> bool:
         return False
@@ -147,7 +154,7 @@ class AttentionRollout(_PatchAttribution):
     Example:
         >>> import timm
         >>> vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, depth=2)
-        >>> AttentionRollout(vit).attribute(torch.rand(2, 3, 32, 32)).shape
+        >>> AttentionRollout(vit).attribute(torch.rand(2, 3, 32, 32) * 2 - 1).shape
         torch.Size([2, 3, 32, 32])
     """
 

@@ -40,15 +40,33 @@ def _transform(scores: torch.Tensor, output: str) -> torch.Tensor:
     return scores
 
 
-def _expand_counts(counts: torch.Tensor | None, batch: int) -> torch.Tensor | None:
-    """Counts of B' images repeated image-wise to B = k B' (Captum's expansion of the inputs)."""
-    if not isinstance(counts, torch.Tensor) or counts.dim() < 1 or counts.shape[0] in (0, batch):
-        return counts
-    if batch % counts.shape[0] == 0:
-        return counts.repeat_interleave(batch // counts.shape[0], dim=0)
+def _expand_counts(counts: torch.Tensor | None, images: torch.Tensor, repeat: bool) -> torch.Tensor | None:
+    """Counts for the images: as given, or (``repeat``) those of B' images each repeated k = B / B' times in a
+    row, the order in which Captum's NoiseTunnel and ``sensitivity_max`` expand the inputs."""
+    if not isinstance(repeat, bool):
+        raise CaptumSiftError(f"expected repeat_counts to be True or False, got {repeat!r}")
+    batch = images.shape[0]
+    if not isinstance(counts, torch.Tensor) or counts.dim() < 1 or counts.shape[0] == batch:
+        return counts  # the shape checks of the analysis name what is wrong
+    given = counts.shape[0]
+    if repeat and given > 0 and batch % given == 0:
+        # A tiled batch (x.repeat(k, 1, 1, 1)) has image 0 again at B', not in a row: caught when the copies are exact.
+        if given > 1 and torch.equal(images[0], images[given]) and not torch.equal(images[0], images[1]):
+            raise CaptumSiftError(
+                f"expected the {batch} inputs to be each of the {given} counted images repeated in a row "
+                f"(repeat_interleave), got image 0 again at position {given}: a tiled batch (x.repeat) pairs "
+                "counts with the wrong images; use x.repeat_interleave(k, dim=0)"
+            )
+        return counts.repeat_interleave(batch // given, dim=0)
+    how = (
+        f"{batch} is no multiple of {given}"
+        if repeat
+        else "pass repeat_counts=True when the inputs are each counted image repeated k times in a row "
+        "(repeat_interleave, as Captum's NoiseTunnel and sensitivity_max expand them)"
+    )
     raise CaptumSiftError(
-        f"expected keypoint_counts for {batch} images (or for B' images with {batch} a multiple of B'), "
-        f"got shape {tuple(counts.shape)}"
+        f"expected keypoint_counts for the {batch} input images, got counts for {given} images "
+        f"(shape {tuple(counts.shape)}); {how}"
     )
 
 
@@ -73,7 +91,8 @@ class SIFTInterrelation(_PatchAttribution):
             ``gamma``, ``weighted``, ``include_self``, ``min_keypoints``,
             ``keypoint_backend``.
         image_space: ``"model"`` (inputs normalised as the model expects,
-            Captum's usual case) or ``"pixel"`` (inputs in [0, 1]).
+            Captum's usual case) or ``"pixel"`` (inputs in [0, 1]; Captum's
+            ``forward_func`` then normalises them too, for ``infidelity``).
         mean, std: the model's input statistics (default: the adapter's).
         output: ``"theta"`` (default: θ itself, positive in a narrow band,
             e.g. 0.44-0.76 — use ``viz.overlay(minmax=True)``),
@@ -101,6 +120,15 @@ class SIFTInterrelation(_PatchAttribution):
         >>> x = torch.rand(2, 3, 32, 32)
         >>> attr = explainer.attribute(x, keypoint_counts=torch.tensor([[1, 0, 0, 2], [0, 3, 0, 0]]))
         >>> attr.shape == x.shape
+        True
+
+    Captum's wrappers and metrics (perturbed copies of every image, in a row):
+
+        >>> from captum.attr import NoiseTunnel
+        >>> counts = explainer.count_keypoints(x)  # once, on the clean images
+        >>> smooth = NoiseTunnel(explainer).attribute(x, nt_type="smoothgrad", nt_samples=2, stdevs=0.05,
+        ...                                           keypoint_counts=counts, repeat_counts=True)
+        >>> smooth.shape == x.shape
         True
     """
 
@@ -133,6 +161,7 @@ class SIFTInterrelation(_PatchAttribution):
         keypoint_counts: torch.Tensor | None = None,
         target: Any = None,
         *,
+        repeat_counts: bool = False,
         return_report: bool = False,
     ) -> Any:
         """Attribution of exactly ``inputs.shape`` (constant within each patch).
@@ -140,12 +169,18 @@ class SIFTInterrelation(_PatchAttribution):
         Args:
             inputs: (B, C, H, W) images, or a 1-tuple of them (Captum style).
             keypoint_counts: t_j per patch, (B, N) or (B, Gh, Gw); counted on
-                the images when None. Counts of B' images where B = k B' are
-                repeated image by image (``repeat_interleave``), the way
-                Captum's NoiseTunnel, ``infidelity`` and ``sensitivity_max``
-                expand the inputs, so fixed counts of the original images can
-                be passed through them.
+                the images when None (on perturbed images too: values a
+                perturbation pushed slightly out of [0, 1] are clipped for
+                the count, see :func:`~captum_sift.analysis.check_model_space`).
             target: ignored (θ does not depend on the class).
+            repeat_counts: ``keypoint_counts`` are of B' images and the
+                inputs are each of them repeated k = B / B' times in a row
+                (``repeat_interleave``): the order in which Captum's
+                NoiseTunnel and ``sensitivity_max`` expand the inputs, so
+                counts of the clean images (:meth:`count_keypoints`) go
+                through them. Without it, counts for another number of
+                images than B are refused; with it, a batch tiled with
+                ``x.repeat`` (image 0 exactly again at B') is refused.
             return_report: also return the :class:`~captum_sift.InterrelationReport`.
 
         Returns:
@@ -153,10 +188,26 @@ class SIFTInterrelation(_PatchAttribution):
             the report if ``return_report``.
         """
         images, as_tuple = self._images(inputs)
-        keypoint_counts = _expand_counts(keypoint_counts, images.shape[0])
+        keypoint_counts = _expand_counts(keypoint_counts, images.detach(), repeat_counts)
         # The report (classes, focus index, query rows, sums) is only built when it is returned.
         got = _analyze(self.vit, images, keypoint_counts, self.settings, self.image_space, None, return_report)  # type: ignore[arg-type]
         layers = self.settings.layers
         scores = patch_scores_from_report(got, layers) if return_report else got.scores(layers)  # type: ignore[arg-type,union-attr]
         out = self._spread(_transform(scores.to(images.device, images.dtype), self.output), images, as_tuple)
         return (out, got) if return_report else out
+
+    def count_keypoints(self, inputs: torch.Tensor | tuple[torch.Tensor]) -> torch.Tensor:
+        """Keypoint counts (B, Gh, Gw) of the images behind ``inputs`` (un-normalised first in model space).
+
+        Count once on the clean images and pass the counts with
+        ``repeat_counts=True`` through Captum's NoiseTunnel or
+        ``sensitivity_max``: θ then measures the attention on the perturbed
+        images against the clean images' keypoints.
+        """
+        from ..analysis import to_model_and_pixels
+        from ..keypoints import count_keypoints
+
+        images, _ = self._images(inputs)
+        self.vit.grid(images)
+        _, pixels = to_model_and_pixels(self.vit, images, self.image_space)
+        return count_keypoints(pixels, self.vit.patch_size, backend=self.settings.keypoint_backend)

@@ -16,7 +16,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from .._checks import check_images, check_min_keypoints, check_patch_size, shape_of
+from .._checks import check_images, check_int, check_min_keypoints, check_number, check_patch_size, shape_of
 from ..errors import CaptumSiftError
 from . import _native
 from ._opencv import detect_opencv
@@ -34,18 +34,11 @@ def _params(
     precise_upscale: bool,
     quantize: bool,
 ) -> SiftParams:
-    if isinstance(n_octave_layers, bool) or not isinstance(n_octave_layers, int) or n_octave_layers < 1:
-        raise CaptumSiftError(f"expected n_octave_layers to be an int >= 1, got {n_octave_layers!r}")
-    for name, value in (("sigma", sigma), ("edge_threshold", edge_threshold)):
-        if not value > 0:
-            raise CaptumSiftError(f"expected {name} > 0, got {value!r}")
-    if not contrast_threshold >= 0:
-        raise CaptumSiftError(f"expected contrast_threshold >= 0, got {contrast_threshold!r}")
     return SiftParams(
-        n_octave_layers=n_octave_layers,
-        sigma=float(sigma),
-        contrast_threshold=float(contrast_threshold),
-        edge_threshold=float(edge_threshold),
+        n_octave_layers=check_int(n_octave_layers, "n_octave_layers", low=1),
+        sigma=check_number(sigma, "sigma", low=0, low_open=True),
+        contrast_threshold=check_number(contrast_threshold, "contrast_threshold", low=0),
+        edge_threshold=check_number(edge_threshold, "edge_threshold", low=0, low_open=True),
         precise_upscale=bool(precise_upscale),
         quantize=bool(quantize),
     )
@@ -61,8 +54,7 @@ def _detect_flat(
         return detect_opencv(images, params)
     if chunk_size is None:
         chunk_size = _default_chunk(images, params)
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-        raise CaptumSiftError(f"expected chunk_size to be an int >= 1, got {chunk_size!r}")
+    chunk_size = check_int(chunk_size, "chunk_size", low=1)
     starts = range(0, images.shape[0], chunk_size)
     workers = _native_workers(images, len(starts))
     results: list[tuple[torch.Tensor, torch.Tensor]] = [None] * len(starts)  # type: ignore[list-item]
@@ -202,6 +194,13 @@ def _default_chunk(images: torch.Tensor, params: SiftParams) -> int:
     return max(1, min(64, _NATIVE_PIXELS // (scale * images.shape[2] * images.shape[3])))
 
 
+def _check_input(images: object) -> torch.Tensor:
+    """:func:`~captum_sift._checks.check_images`, and a tensor with data (not on the meta device)."""
+    if isinstance(images, torch.Tensor) and images.device.type == "meta":
+        raise CaptumSiftError("expected images with data (on a CPU or an accelerator), got a tensor on the meta device")
+    return check_images(images)
+
+
 def detect_keypoints(
     images: torch.Tensor,
     *,
@@ -259,7 +258,7 @@ def detect_keypoints(
         >>> bool(((kps[0][:, :2] > 20) & (kps[0][:, :2] < 44)).all())
         True
     """
-    images = check_images(images)
+    images = _check_input(images)
     params = _params(n_octave_layers, sigma, contrast_threshold, edge_threshold, precise_upscale, quantize)
     if images.shape[0] == 0:
         return []
@@ -359,7 +358,7 @@ def count_keypoints(
         >>> int(t[1].sum())  # a blank image has no keypoint
         0
     """
-    images = check_images(images)
+    images = _check_input(images)
     grid_h, grid_w = images.shape[2], images.shape[3]
     patch_size = check_patch_size(patch_size, grid_h, grid_w)
     check_min_keypoints(min_keypoints)
@@ -418,13 +417,12 @@ class KeypointCounter(nn.Module):
         quantize: bool = True,
     ) -> None:
         super().__init__()
-        if isinstance(patch_size, bool) or not isinstance(patch_size, int) or patch_size < 1:
-            raise CaptumSiftError(f"expected patch_size to be an int >= 1, got {patch_size!r}")
+        patch_size = check_int(patch_size, "patch_size", low=1)
         if backend not in _BACKENDS:
             raise CaptumSiftError(f"expected backend to be one of {_BACKENDS}, got {backend!r}")
         self.patch_size = patch_size
         self.backend: Backend = backend
-        self.min_keypoints = min_keypoints
+        self.min_keypoints = check_min_keypoints(min_keypoints)
         self.params = _params(n_octave_layers, sigma, contrast_threshold, edge_threshold, precise_upscale, quantize)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
