@@ -754,7 +754,7 @@ table{{border-collapse:collapse}} th,td{{border:1px solid #ccc;padding:2px 8px;t
 def run_compare(config: RunConfig) -> None:
     """Attribution methods side by side (:func:`captum_sift.faithfulness.compare`), gathered over ranks."""
     from .analysis import to_model_and_pixels
-    from .faithfulness import ComparisonTable, compare
+    from .faithfulness import ComparisonTable, _check_logits, compare
 
     fill = parse_fill(config.fill)
     run = setup(config)
@@ -765,9 +765,10 @@ def run_compare(config: RunConfig) -> None:
         def restore(state: dict[str, Any]) -> None:
             holder["table"] = ComparisonTable.from_dict(state["table"])
 
-        def step(images: torch.Tensor, _labels: torch.Tensor, _read: list[int]) -> None:
+        def step(images: torch.Tensor, _labels: torch.Tensor, read: list[int]) -> None:
             with torch.no_grad(), eval_mode(run.vit.model):  # explain what the model predicts
-                targets = run.vit.logits(to_model_and_pixels(run.vit, images, "pixel")[0]).argmax(dim=1)
+                logits = run.vit.logits(to_model_and_pixels(run.vit, images, "pixel")[0])
+            targets = _check_logits(logits, f"on the batch from image {read[0]} (its predicted classes)").argmax(dim=1)
             part = compare(run.vit, images, targets, config.methods, image_space="pixel", steps=config.steps,
                            fill=fill, quantus_metrics=config.quantus, ig_steps=config.ig_steps,
                            batch_size=len(images), progress=False)  # fmt: skip
@@ -805,7 +806,7 @@ def _write_compare(run: Run, table: Any, settings: dict[str, Any], skipped: list
 
     from .analysis import to_model_and_pixels
     from .evaluation import write_rows_csv
-    from .faithfulness import explain, patch_attribution
+    from .faithfulness import _check_logits, explain, patch_attribution
 
     out = run.config.out
     rows = table.rows()
@@ -836,8 +837,8 @@ def _write_compare(run: Run, table: Any, settings: dict[str, Any], skipped: list
     examples = _first_images(run, 4).to(run.device)
     if examples.shape[0]:
         x, _ = to_model_and_pixels(run.vit, examples, "pixel")
-        with torch.no_grad():
-            targets = run.vit.logits(x).argmax(dim=1)
+        with torch.no_grad(), eval_mode(run.vit.model):
+            targets = _check_logits(run.vit.logits(x), "on the overlay images").argmax(dim=1)
         methods, grid, (h, w) = list(table.values), run.vit.grid(x), examples.shape[-2:]
         fig, axes = plt.subplots(len(methods), len(x), figsize=(2.2 * len(x), 2.2 * len(methods)), squeeze=False)
         for r, method in enumerate(methods):
@@ -856,13 +857,15 @@ def _write_compare(run: Run, table: Any, settings: dict[str, Any], skipped: list
         fig.savefig(out / "overlays.png", dpi=90)
         figures["overlays.png"] = "every method's per-patch relevance on the same images (one row per method)"
     plt.close("all")
-    document = {"settings": settings, "versions": _versions(), "num_images": n_images, "rows": rows,
-                "skipped_files": skipped, "table": str(table), "warnings": _warnings(run), "curves": table.curves,
-                "data_files": "compare.json, compare.csv"}  # fmt: skip
+    # "images" of the settings counts the data source; the table holds the images compared (--limit, skipped files)
+    shown = {("images_in_data" if k == "images" else k): v for k, v in settings.items()}
+    document = {"settings": {"images_compared": n_images, **shown}, "versions": _versions(), "num_images": n_images,
+                "rows": rows, "skipped_files": skipped, "table": str(table), "warnings": _warnings(run),
+                "curves": table.curves, "data_files": "compare.json, compare.csv"}  # fmt: skip
     (out / "compare.json").write_text(json.dumps(nan_to_none(document), indent=1))
     _write_index(out, "captum-sift compare", document, figures)
     print(table)
-    print(f"wrote {out}/compare.csv, compare.json, deletion.png, insertion.png, sanity.png, overlays.png, index.html")
+    print(f"wrote {out}/" + ", ".join(["compare.csv", "compare.json", *figures, "index.html"]))
 
 
 def run_mask_eval(config: RunConfig) -> None:
