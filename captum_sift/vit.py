@@ -27,7 +27,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable, Collection, Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -324,6 +324,36 @@ class ViTAdapter:
             except _StopAfterAttention:
                 pass
             yield index, store.result(block)
+
+    @contextmanager
+    def capturing(self, images: torch.Tensor, consume: Callable[[int, torch.Tensor], Any]) -> Iterator[list[Any]]:
+        """Inside, every block's forward hands its post-softmax map (B, heads, T, T) to ``consume(index, attn)``.
+
+        ``images`` are the model input the forward will see (for the number of tokens T).
+        For a whole forward of the model (its logits, with gradients): the list
+        yielded holds what ``consume`` returned, one entry per block in block
+        order, once the forward is over; non-finite maps raise naming the
+        block, and so does a block that handed over no map. Each block runs
+        non-fused (eager) only while this is open; every hook and flag is
+        restored on any exit.
+        """
+        grid = self.grid(images)
+        tokens = self.num_prefix_tokens + grid[0] * grid[1]
+        results: list[Any] = [None] * self.depth
+        stores: list[_AttentionStore] = []
+
+        def keep(index: int, attn: torch.Tensor) -> Any:
+            results[index] = consume(index, attn)
+            return None
+
+        with ExitStack() as stack:
+            for index, block in enumerate(self.blocks):
+                store = _AttentionStore(index, tokens, stop=False, check_finite=True, consume=keep)
+                stores.append(store)
+                stack.enter_context(self.capture(block, store))
+            yield results
+        for store, block in zip(stores, self.blocks, strict=True):
+            store.result(block)
 
     @contextmanager
     def dropping_tokens(self, keep: torch.Tensor) -> Iterator[None]:

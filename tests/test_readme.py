@@ -82,6 +82,7 @@ def test_attribution_benchmark_quick_mode():
     assert result.returncode == 0, result.stderr
     assert re.search(r"RATIO SIFTInterrelation / forward: [\d.]+", result.stdout)
     assert re.search(r"ONE THREAD IN A ROW RATIO AttentionRollout / forward: [\d.]+", result.stdout)
+    assert re.search(r"ONE THREAD RATIO GradientRollout / forward: [\d.]+", result.stdout)
 
 
 def test_bottom_prompt_fills_example_runs_as_written():

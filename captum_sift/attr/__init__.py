@@ -2,6 +2,14 @@
 
 from ..patches import patch_feature_mask, patch_scores_to_pixels
 from .attention_baselines import AttentionRollout, RawAttention
+from .gradient_rollout import GradientRollout
 from .sift_interrelation import SIFTInterrelation
 
-__all__ = ["AttentionRollout", "RawAttention", "SIFTInterrelation", "patch_feature_mask", "patch_scores_to_pixels"]
+__all__ = [
+    "AttentionRollout",
+    "GradientRollout",
+    "RawAttention",
+    "SIFTInterrelation",
+    "patch_feature_mask",
+    "patch_scores_to_pixels",
+]
