@@ -166,3 +166,13 @@ def test_a_model_without_a_head_or_a_start_layer_out_of_range_is_refused():
         GradientRollout(tiny_timm(), start_layer=3)
     with pytest.raises(CaptumSiftError, match="classifier"):
         GradientRollout(dataclasses.replace(as_vit(tiny_timm()), forward_logits=None))
+
+
+@pytest.mark.parametrize("build", [tiny_timm, tiny_torchvision, tiny_hf], ids=["timm", "torchvision", "hf"])
+def test_noise_tunnel_expands_inputs_and_targets_together(build):
+    from captum.attr import NoiseTunnel
+
+    explainer = GradientRollout(build(), image_space="pixel")
+    pixels = PIXELS.clamp(0.1, 0.9)
+    got = NoiseTunnel(explainer).attribute(pixels, nt_type="smoothgrad", nt_samples=2, stdevs=0.0, target=[0, 1, 3])
+    torch.testing.assert_close(got, explainer.attribute(pixels, target=[0, 1, 3]))
