@@ -385,12 +385,20 @@ def _create_hf(path: str, config: RunConfig) -> tuple[nn.Module, Any, str]:
         if any(a.endswith(("ForImageClassification", "ForImageClassificationWithTeacher")) for a in architectures)
         else transformers.AutoModel
     )
+    logs = transformers.utils.logging
+    bars, verbosity = logs.is_progress_bar_enabled(), logs.get_verbosity()
+    logs.disable_progress_bar()  # stderr is for the one-line errors; what the logs said is checked below
+    logs.set_verbosity_error()
     try:
         with _offline():
             model, info = auto.from_pretrained(folder, config=hf_config, local_files_only=True,
                                                trust_remote_code=False, output_loading_info=True)  # fmt: skip
     except Exception as exc:
         raise CaptumSiftError(f"cannot load Hugging Face model {path!r} offline: {_one_line(exc)}") from exc
+    finally:
+        logs.set_verbosity(verbosity)
+        if bars:
+            logs.enable_progress_bar()
     problems = {k: sorted(info.get(k) or []) for k in ("missing_keys", "unexpected_keys", "mismatched_keys")}
     problems = {k: v for k, v in problems.items() if v}
     if problems:
@@ -547,8 +555,12 @@ class Run:
         return self.rank == 0
 
     def finish(self) -> None:
-        """After a successful run: remove this rank's partial sums (kept after a failure, for --resume)."""
+        """After a successful run: remove this rank's partial sums (kept after a failure, for --resume);
+        rank 0 also removes those of an earlier run with another number of processes."""
         _partial_path(self).unlink(missing_ok=True)
+        if self.main:
+            for path in _partial_files(self.config):
+                path.unlink(missing_ok=True)
 
     def release(self) -> None:
         """Release the output folder's lock (after success or failure)."""
@@ -816,6 +828,7 @@ def run_analyze(config: RunConfig) -> None:
                         f"expected a report of layers and heads {expected} and at most {done_images} images, "
                         f"got {report.layers}, {report.num_heads} and {report.num_images}"
                     )
+                _check_sum_ranges(report)
             holder["total"] = report
 
         def step(images: torch.Tensor, _labels: torch.Tensor, _read: list[int]) -> None:
@@ -844,6 +857,18 @@ OUTPUT_FILES = (
 )  # fmt: skip
 
 
+def _check_sum_ranges(report: Any) -> None:
+    """Partial sums within what their images can give: θ in [0, 1] and the focus index in [0, log N] per image."""
+    import math
+
+    patches = report.grid_size[0] * report.grid_size[1]
+    for name, high in (("kk", 1.0), ("nk", 1.0), ("focus", math.log(max(patches, 2)))):
+        sums, counts = report.sums[name].double(), report.counts[name].double()
+        limit = counts * high * (1 + 1e-9) + 1e-9
+        if not bool(((sums >= -1e-9) & (sums <= limit)).all()):
+            raise CaptumSiftError(f"expected sums of {name!r} in [0, {high:.4g} x images], got up to {sums.max():.4g}")
+
+
 def _conclude(run: Run, images: int, done: str, skipped: list[list[str]], write: Callable[[list], None]) -> None:
     """After the reduction, on every rank: refuse an empty run, gather the skipped files, rank 0 writes."""
     if images == 0:  # the same on every rank after the reduction, so no rank is left waiting
@@ -855,9 +880,6 @@ def _conclude(run: Run, images: int, done: str, skipped: list[list[str]], write:
         write(skipped)
     barrier()
     run.finish()
-    if run.main:  # and the partial sums of an earlier run with another number of processes
-        for path in _partial_files(run.config):
-            path.unlink(missing_ok=True)
 
 
 def _empty_report(run: Run):
