@@ -59,7 +59,10 @@ def load_sample_photo(name: str) -> np.ndarray:
         try:
             import skimage.data
         except ImportError as exc:
-            raise CaptumSiftError("the sample photos need scikit-image: pip install 'captum_sift[samples]'") from exc
+            raise CaptumSiftError(
+                "the sample photos need scikit-image: pip install scikit-image (from a clone of captum_sift: "
+                "pip install -c constraints.txt '.[samples]')"
+            ) from exc
         image = getattr(skimage.data, name)()
         if isinstance(image, tuple):  # stereo_motorcycle: (left, right, disparity)
             image = image[0]

@@ -279,8 +279,8 @@ def _check_timm_cache(name: str) -> None:
         from huggingface_hub import try_to_load_from_cache
 
         repo, _, revision = hub_id.partition("@")
-        for filename in ("model.safetensors", "open_clip_model.safetensors", "pytorch_model.bin",
-                         getattr(cfg, "hf_hub_filename", None)):  # fmt: skip
+        names = ("model.safetensors", "open_clip_model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin")
+        for filename in (*names, getattr(cfg, "hf_hub_filename", None)):
             if filename and isinstance(try_to_load_from_cache(repo, filename, revision=revision or None), str):
                 return
         raise _not_cached(name, f"Hugging Face hub cache, repo {repo}")
@@ -359,7 +359,10 @@ def _create_hf(path: str, config: RunConfig) -> tuple[nn.Module, Any, str]:
     try:
         import transformers
     except ImportError as exc:
-        raise CaptumSiftError("--model hf:... needs transformers: pip install 'captum_sift[hf]'") from exc
+        raise CaptumSiftError(
+            "--model hf:... needs transformers: pip install transformers (from a clone of captum_sift: "
+            "pip install -c constraints.txt '.[hf]')"
+        ) from exc
     if config.pretrained:
         raise CaptumSiftError("--pretrained does not apply to hf: models: their weights are read from the folder")
     folder = _hf_folder(path)
