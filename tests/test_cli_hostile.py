@@ -139,15 +139,6 @@ def test_bad_statistics_are_refused_at_parse_time(tmp_path, capsys, args, messag
     assert not (tmp_path / "out").exists()
 
 
-def test_one_mean_and_std_value_is_passed_through(tmp_path):
-    from captum_sift.cli import _parser
-    from captum_sift.runs import RunConfig
-
-    args = _parser().parse_args(["analyze", "--out", str(tmp_path), "--mean", "0.5", "--std", "0.25"])
-    config = RunConfig.from_args(args)
-    assert config.mean == (0.5,) and config.std == (0.25,)
-
-
 # -- 25.6: resume with another number of processes -------------------------------------------------
 def test_resume_with_another_number_of_processes_is_refused(tmp_path, capsys):
     out = tmp_path / "out"
