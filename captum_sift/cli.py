@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import sys
 import time
@@ -23,14 +24,56 @@ from pathlib import Path
 from .errors import CaptumSiftError
 
 _DESCRIPTION = "The captum-sift command: explain Vision Transformers with SIFT keypoints and attention."
+INTERRUPTED = "interrupted; resume with --resume"
+
+
+class _UsageError(Exception):
+    """A command-line error found by argparse (reported as one line, exit status 2)."""
+
+
+class _Formatter(argparse.HelpFormatter):
+    """Help that ends with the option's default, where it has one."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        shown = action.default not in (None, False, argparse.SUPPRESS)
+        if action.option_strings and shown and "%(default)" not in text:
+            default = " ".join(map(str, action.default)) if isinstance(action.default, list) else "%(default)s"
+            text += f" (default: {default})"
+        return text
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors and every option's default in --help."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("formatter_class", _Formatter)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise _UsageError(f"captum-sift: error: {message} (see {self.prog} --help)")
+
+
+def _folder(text: str) -> Path:
+    """An output folder: a non-empty path (``''`` would silently mean the current folder)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(f"expected a folder path, got {text!r}")
+    return Path(text)
+
+
+def _path(text: str) -> Path:
+    """An input path: non-empty."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(f"expected a path, got {text!r}")
+    return Path(text)
 
 
 def _add_model_data_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", required=True, type=Path, help="output folder (created if missing)")
+    p.add_argument("--out", required=True, type=_folder, help="output folder (created if missing)")
     p.add_argument("--model", default=None,
                    help="a timm name, torchvision:NAME or hf:PATH_OR_ID (a save_pretrained folder; offline). "
                    "Random weights unless --weights or --pretrained (a warning says so)")  # fmt: skip
-    p.add_argument("--weights", "--checkpoint", dest="weights", default=None, type=Path,
+    p.add_argument("--weights", "--checkpoint", dest="weights", default=None, type=_path,
                    help="state dict for --model (or the default architecture); old alias: --checkpoint")  # fmt: skip
     p.add_argument(
         "--pretrained",
@@ -42,22 +85,26 @@ def _add_model_data_options(p: argparse.ArgumentParser) -> None:
         nargs="+",
         default=None,
         metavar="KEY=VALUE",
-        help="constructor options, e.g. class_token=False global_pool=avg reg_tokens=4",
+        help="constructor options, e.g. class_token=False global_pool=avg reg_tokens=4; for hf: config fields "
+        "(loader options such as trust_remote_code are refused)",
     )
-    p.add_argument("--mean", type=float, nargs="+", default=None, help="input mean per channel (default: the model's)")
-    p.add_argument("--std", type=float, nargs="+", default=None, help="input std per channel (default: the model's)")
+    p.add_argument("--mean", type=float, nargs="+", default=None,
+                   help="input mean per channel, or one value for every channel (default: the model's)")  # fmt: skip
+    p.add_argument("--std", type=float, nargs="+", default=None,
+                   help="input std per channel (> 0), or one for all channels (default: the model's)")  # fmt: skip
     p.add_argument(
         "--class-map",
-        type=Path,
+        type=_path,
         default=None,
-        help="JSON file {sub-folder name: class index} when folder order is not the model's classes",
+        help="JSON file {sub-folder name: class index} when folder order is not the model's classes (with --images)",
     )
-    p.add_argument("--images", default=None, type=Path, help="image folder (jpg/png/webp, labels from sub-folders)")
+    p.add_argument("--images", default=None, type=_path,
+                   help="image folder (jpg/png/webp, labels from sub-folders; symbolic links followed)")  # fmt: skip
     p.add_argument("--data", choices=("embedded", "fashion-mnist-full"), default="embedded",
                    help="data without --images: the 1,000 shipped test images, or Debian's full test set")  # fmt: skip
     p.add_argument("--img-size", type=int, default=None, help="input size (default: the model's)")
     p.add_argument("--limit", type=int, default=None, help="use the first N images")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
     p.add_argument("--gamma", type=float, default=1.0, help="detection-line height (eq. 2)")
     p.add_argument("--unweighted", action="store_true", help="unweighted θ (eq. 3, left)")
     p.add_argument("--backend", choices=("kornia", "opencv"), default="kornia", help="keypoint backend")
@@ -75,19 +122,23 @@ def _add_model_data_options(p: argparse.ArgumentParser) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="captum-sift", description=_DESCRIPTION)
+    from . import __version__
+
+    parser = _Parser(prog="captum-sift", description=_DESCRIPTION)
+    parser.add_argument("--version", action="version", version=f"captum-sift {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     analyze = sub.add_parser("analyze", help="patch-interrelation analysis -> report folder")
     _add_model_data_options(analyze)
     mask = sub.add_parser("mask-eval", help="Top/Bottom/Random masking accuracy -> table and figures")
     _add_model_data_options(mask)
-    mask.add_argument("--ratios", type=float, nargs="+", default=[0.05, 0.1, 0.2, 0.3, 0.4])
+    mask.add_argument("--ratios", type=float, nargs="+", default=[0.05, 0.1, 0.2, 0.3, 0.4],
+                      help="shares of the patches to mask, each in (0, 1)")  # fmt: skip
     mask.add_argument(
         "--modes",
         default="top,bottom,random",
         help="comma-separated among top,bottom,random,spurious (spurious: the lowest-θ Key patches, §5.1)",
     )
-    mask.add_argument("--fill", default="0.0", help="a number (model space), mean, blur or drop")
+    mask.add_argument("--fill", default="0.0", help="masked patches become: a number (model space), mean, blur or drop")
     mask.add_argument("--seed", type=int, default=0, help="seed of the random mode")
     cmp = sub.add_parser("compare", help="θ next to other attribution methods on faithfulness metrics")
     _add_model_data_options(cmp)
@@ -104,53 +155,60 @@ def _parser() -> argparse.ArgumentParser:
                      help="16 images, 4 curve points, 4 IG steps: seconds on 2 idle CPU cores, where all 1,000 "
                      "embedded images take about 10 minutes (hours when other work shares the cores)")  # fmt: skip
     pre = sub.add_parser("pretrain", help="MAE pre-training with random or guided masking (Fig. 9)")
-    pre.add_argument("--masking", choices=("guided", "random"), required=True)
-    pre.add_argument("--epochs", type=int, default=20)
-    pre.add_argument("--out", required=True, type=Path, help="output folder: history.csv, checkpoint.pt")
+    pre.add_argument("--masking", choices=("guided", "random"), required=True, help="which patches are masked")
+    pre.add_argument("--epochs", type=int, default=20, help="training epochs")
+    pre.add_argument("--out", required=True, type=_folder, help="output folder: history.csv, checkpoint.pt")
     pre.add_argument("--data", choices=("embedded", "fashion-mnist-full"), default="embedded",
                      help="embedded: 800 of the shipped images to pre-train and probe, 200 to test the probe; "
                      "fashion-mnist-full: Debian's train set (--limit of them) and 2,000 test images")  # fmt: skip
     pre.add_argument("--limit", type=int, default=10000, help="training images of fashion-mnist-full")
-    pre.add_argument("--img-size", type=int, default=112)
-    pre.add_argument("--patch-size", type=int, default=16)
-    pre.add_argument("--batch-size", type=int, default=128)
-    pre.add_argument("--lr", type=float, default=1e-3)
-    pre.add_argument("--mask-ratio", type=float, default=0.75)
+    pre.add_argument("--img-size", type=int, default=112, help="side of the square training images")
+    pre.add_argument("--patch-size", type=int, default=16, help="ViT patch size")
+    pre.add_argument("--batch-size", type=int, default=128, help="global batch (divisible by the processes)")
+    pre.add_argument("--lr", type=float, default=1e-3, help="peak AdamW learning rate (warm-up, cosine decay)")
+    pre.add_argument("--mask-ratio", type=float, default=0.75, help="share of patches masked, in (0, 1)")
     pre.add_argument("--schedule-every", type=int, default=10, help="epochs per step of the key share β")
     pre.add_argument("--probe-every", type=int, default=1, help="linear probe every N epochs")
-    pre.add_argument("--seed", type=int, default=0)
+    pre.add_argument("--seed", type=int, default=0, help="seed of the weights, order and masking noise")
     pre.add_argument("--resume", action="store_true", help="continue from --out/checkpoint.pt")
-    pre.add_argument("--cache-dir", type=Path, default=None, help="keypoint-count cache (default: --out)")
-    pre.add_argument("--device", default="cpu")
-    pre.add_argument("--quiet", action="store_true")
+    pre.add_argument("--cache-dir", type=_folder, default=None, help="keypoint-count cache folder (default: --out)")
+    pre.add_argument("--device", default="cpu", help="cpu or cuda")
+    pre.add_argument("--quiet", action="store_true", help="no progress bar")
     kp = sub.add_parser("keypoints", help="SIFT keypoint counts per patch on sample photos (Fig. 3)")
-    kp.add_argument("--out", required=True, type=Path, help="output folder (created if missing)")
+    kp.add_argument("--out", required=True, type=_folder, help="output folder (created if missing)")
     kp.add_argument("--photos", nargs="+", default=None, help="sample photo names (default: all shipped ones)")
-    kp.add_argument("--img-size", type=int, default=224, help="side of the square images (default 224)")
-    kp.add_argument("--patch-size", type=int, default=16, help="ViT patch size (default 16)")
-    kp.add_argument("--backend", choices=("kornia", "opencv"), default="kornia")
+    kp.add_argument("--img-size", type=int, default=224, help="side of the square images")
+    kp.add_argument("--patch-size", type=int, default=16, help="ViT patch size")
+    kp.add_argument("--backend", choices=("kornia", "opencv"), default="kornia", help="keypoint detector")
     kp.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``captum-sift`` console script."""
-    args = _parser().parse_args(argv)
+    """Entry point of the ``captum-sift`` console script: 0, or one line on stderr and 2 (130 when interrupted)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = None
     try:
-        if args.command == "keypoints":
-            _run_keypoints(args)
-        else:
-            from .runs import RunConfig, run_analyze, run_compare, run_mask_eval, run_pretrain
-
-            if args.command == "pretrain":
-                run_pretrain(args)
-            else:
-                if args.command == "compare" and args.quick:
-                    args.limit, args.steps, args.ig_steps = min(args.limit or 16, 16), 4, 4
-                commands = {"analyze": run_analyze, "mask-eval": run_mask_eval, "compare": run_compare}
-                commands[args.command](RunConfig.from_args(args))
-    except CaptumSiftError as exc:
-        print(f"captum-sift: error: {exc}", file=sys.stderr)
+        parser = _parser()
+        args = parser.parse_args(argv)
+        command = args.command
+        _check_combinations(args, _explicit(parser, argv, args.command))
+        _run(args)
+    except (_UsageError, CaptumSiftError) as exc:
+        text = str(exc) if isinstance(exc, _UsageError) else f"captum-sift: error: {exc}"
+        print(" ".join(text.split()), file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        resumable = command not in (None, "keypoints")
+        print(f"captum-sift: {INTERRUPTED if resumable else 'interrupted'}", file=sys.stderr)
+        return 130
+    except MemoryError:
+        print("captum-sift: error: out of memory; use a smaller --batch-size, --img-size or --limit", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a full disk, a folder that vanished, a file that cannot be written
+        where = f" {exc.filename}" if exc.filename else ""
+        reason = exc.strerror or _one_line(exc) or type(exc).__name__
+        print(f"captum-sift: error: cannot read or write{where}: {reason}", file=sys.stderr)
         return 2
     finally:
         from ._dist import finish
@@ -159,41 +217,112 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:400]
+
+
+def _run(args: argparse.Namespace) -> None:
+    if args.command == "keypoints":
+        _run_keypoints(args)
+        return
+    from .runs import RunConfig, run_analyze, run_compare, run_mask_eval, run_pretrain
+
+    if args.command == "pretrain":
+        run_pretrain(args)
+        return
+    if args.command == "compare" and args.quick:
+        args.limit, args.steps, args.ig_steps = 16 if args.limit is None else min(args.limit, 16), 4, 4
+    commands = {"analyze": run_analyze, "mask-eval": run_mask_eval, "compare": run_compare}
+    commands[args.command](RunConfig.from_args(args))
+
+
+def _explicit(parser: argparse.ArgumentParser, argv: list[str], command: str) -> set[str]:
+    """The destinations of the options given on the command line (abbreviations resolved as argparse does)."""
+    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    options = subparsers.choices[command]._option_string_actions
+    given = set()
+    for token in argv:
+        if token == "--":
+            break
+        if not token.startswith("--"):
+            continue
+        name = token.split("=", 1)[0]
+        matches = [a for s, a in options.items() if s == name] or [a for s, a in options.items() if s.startswith(name)]
+        if len({id(a) for a in matches}) == 1:
+            given.add(matches[0].dest)
+    return given
+
+
+def _check_combinations(args: argparse.Namespace, given: set[str]) -> None:
+    """Options that would be ignored without a word are refused."""
+    if getattr(args, "images", None) is not None and "data" in given:
+        raise CaptumSiftError("--data chooses the data without --images; give one of them, not both")
+    if getattr(args, "class_map", None) is not None and getattr(args, "images", None) is None:
+        raise CaptumSiftError("--class-map maps the sub-folders of --images; it needs --images")
+    if args.command == "pretrain" and args.data == "embedded" and "limit" in given:
+        raise CaptumSiftError("--limit counts the training images of --data fashion-mnist-full; embedded data is fixed")
+    if getattr(args, "quick", False):
+        taken = sorted(f"--{d.replace('_', '-')}" for d in given & {"steps", "ig_steps"})
+        if taken or (args.limit is not None and args.limit > 16):
+            what = ", ".join(taken + (["--limit > 16"] if args.limit is not None and args.limit > 16 else []))
+            raise CaptumSiftError(f"--quick sets 16 images, 4 curve points and 4 IG steps; it cannot go with {what}")
+
+
 def _run_keypoints(args: argparse.Namespace) -> None:
+
+    from ._checks import check_int, check_patch_size
+    from .data import SAMPLE_PHOTOS, check_memory
+    from .runs import parse_device, prepare_out, release_lock
+
+    device = parse_device(args.device)
+    size = check_int(args.img_size, "--img-size", low=1)
+    check_patch_size(args.patch_size, size, size)
+    names = list(args.photos or SAMPLE_PHOTOS)
+    # the photos in float32 and SIFT's scale space (about 8 float images per input image, the first octave doubled)
+    check_memory(len(names) * size * size * 4 * (3 + 8 * 4), f"{len(names)} photos at --img-size {size}", device)
+    lock = prepare_out(args.out)
+    try:
+        _keypoints_outputs(args, names, size, device)
+    finally:
+        release_lock(lock)
+
+
+def _keypoints_outputs(args: argparse.Namespace, names: list[str], size: int, device) -> None:
     import torch
 
-    from ._checks import check_patch_size
-    from .data import SAMPLE_PHOTOS, sample_images
+    from .data import sample_images
     from .keypoints import detect_keypoints, keypoints_to_counts
+    from .runs import write_text_atomic
     from .viz import plot_keypoints_grid
 
-    names = list(args.photos or SAMPLE_PHOTOS)
-    images = sample_images(names, size=args.img_size).to(args.device)
-    check_patch_size(args.patch_size, args.img_size, args.img_size)
+    images = sample_images(names, size=size).to(device)
     start = time.perf_counter()
     keypoints = detect_keypoints(images, backend=args.backend)
     seconds = time.perf_counter() - start
     counts = keypoints_to_counts(keypoints, tuple(images.shape[2:]), args.patch_size).cpu()
-    args.out.mkdir(parents=True, exist_ok=True)
     fig = plot_keypoints_grid(images.cpu(), [k.cpu() for k in keypoints], args.patch_size, titles=names)
     fig.savefig(args.out / "keypoints.png", dpi=130)
-    with open(args.out / "counts.csv", "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["image", "row", "col", "count"])
-        for b, name in enumerate(names):
-            for row, col in torch.nonzero(torch.ones_like(counts[b])).tolist():
-                writer.writerow([name, row, col, int(counts[b, row, col])])
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    lines = [["image", "row", "col", "count"]]
+    for b, name in enumerate(names):
+        for row, col in torch.nonzero(torch.ones_like(counts[b])).tolist():
+            lines.append([name, row, col, int(counts[b, row, col])])
+    buffer = io.StringIO()
+    csv.writer(buffer).writerows(lines)
+    write_text_atomic(args.out / "counts.csv", buffer.getvalue())
     key_share = (counts > 0).float().mean(dim=(1, 2))
     summary = {
         "images": names,
-        "img_size": args.img_size,
+        "img_size": size,
         "patch_size": args.patch_size,
         "backend": args.backend,
         "keypoints": [int(k.shape[0]) for k in keypoints],
         "key_patch_share": [round(float(s), 4) for s in key_share],
         "seconds": round(seconds, 3),
     }
-    (args.out / "summary.json").write_text(json.dumps(summary, indent=2))
+    write_text_atomic(args.out / "summary.json", json.dumps(summary, indent=2))
     for name, k, share in zip(names, summary["keypoints"], summary["key_patch_share"], strict=True):
         print(f"{name:>22s}: {k:4d} keypoints, {share:6.1%} of patches are Key")
     print(f"wrote {args.out / 'keypoints.png'}, {args.out / 'counts.csv'}, {args.out / 'summary.json'}")

@@ -59,7 +59,10 @@ def load_sample_photo(name: str) -> np.ndarray:
         try:
             import skimage.data
         except ImportError as exc:
-            raise CaptumSiftError("the sample photos need scikit-image: pip install 'captum_sift[samples]'") from exc
+            raise CaptumSiftError(
+                "the sample photos need scikit-image: pip install scikit-image (from a clone of captum_sift: "
+                "pip install -c constraints.txt '.[samples]')"
+            ) from exc
         image = getattr(skimage.data, name)()
         if isinstance(image, tuple):  # stereo_motorcycle: (left, right, disparity)
             image = image[0]
@@ -91,11 +94,13 @@ def sample_images(names: Sequence[str] | None = None, size: int = 224) -> torch.
         >>> x.shape, x.dtype, float(x.min()) >= 0.0, float(x.max()) <= 1.0
         (torch.Size([2, 3, 64, 64]), torch.float32, True, True)
     """
-    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-        raise CaptumSiftError(f"expected size to be an int >= 1, got {size!r}")
+    from ._checks import check_int
+
+    size = check_int(size, "size", low=1)
     names = list(SAMPLE_PHOTOS if names is None else names)
     if not names:
         raise CaptumSiftError("expected at least one sample photo name, got none")
+    check_memory(len(names) * 3 * size * size * (4 + 1 + 1), f"{len(names)} sample photos at size {size}")
     batch = []
     for name in names:
         image = torch.from_numpy(load_sample_photo(name)).permute(2, 0, 1)  # (3, H, W) uint8
@@ -104,6 +109,37 @@ def sample_images(names: Sequence[str] | None = None, size: int = 224) -> torch.
         image = TF.resize(image, [size, size], antialias=True)
         batch.append(image)
     return torch.stack(batch).float() / 255.0
+
+
+def available_memory(device: str | torch.device = "cpu") -> int:
+    """Bytes that can still be allocated: the free GPU memory for CUDA, else MemAvailable (or physical memory)."""
+    device = torch.device(device)
+    if device.type == "cuda" and torch.cuda.is_available():
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import os
+
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - not a POSIX system
+        return 2**62
+
+
+def check_memory(nbytes: float, what: str, device: str | torch.device = "cpu") -> None:
+    """Refuse, with the figures, work whose estimated memory ``nbytes`` exceeds what the machine has free."""
+    free = available_memory(device)
+    if nbytes > free:
+        raise CaptumSiftError(f"{what} needs about {_gib(nbytes)} of memory, {_gib(free)} is free: use a smaller size")
+
+
+def _gib(nbytes: float) -> str:
+    return f"{nbytes / 2**30:.3g} GiB" if nbytes < 2**50 else f"{nbytes / 2**40:.3g} TiB"
 
 
 # -- Fashion-MNIST and the embedded default -------------------------------------------
@@ -163,15 +199,33 @@ def load_fashion_mnist(split: str = "test", root: str | Path | None = None) -> t
 
 
 def fashion_mnist_to_model_size(images: np.ndarray | torch.Tensor, size: int = DEFAULT_IMG_SIZE) -> torch.Tensor:
-    """(N, 28, 28) uint8 -> (N, 1, S, S) float in [0, 1]: bilinear upsampling, kept on 8-bit steps.
+    """(N, H, W) images -> (N, 1, S, S) float in [0, 1]: bilinear upsampling (8-bit input stays on 8-bit steps).
 
-    This is the image "as the model sees it": keypoints are counted on it, and
-    the default model takes it after normalisation.
+    ``images`` are 8-bit (uint8, or integers in [0, 255]) or floats in [0, 1]
+    (kept as they are, not rounded to 8-bit steps); anything else is refused. This is the image "as the
+    model sees it": keypoints are counted on it, and the default model takes
+    it after normalisation.
     """
-    x = images if isinstance(images, torch.Tensor) else torch.from_numpy(np.array(images, dtype=np.uint8))
-    x = x.float().unsqueeze(1) / 255.0
-    x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
-    return (x.clamp(0, 1) * 255).round() / 255
+    from ._checks import all_finite, check_int
+
+    size = check_int(size, "size", low=1)
+    x = images if isinstance(images, torch.Tensor) else torch.as_tensor(np.asarray(images))
+    if x.dim() != 3 or x.dtype == torch.bool or x.is_complex():
+        raise CaptumSiftError(f"expected (N, H, W) 8-bit or [0, 1] float images, got shape {tuple(x.shape)} {x.dtype}")
+    check_memory(x.shape[0] * size * size * 4 * 3, f"{x.shape[0]} images at size {size}")
+    images_are_float = x.is_floating_point()
+    if images_are_float:
+        if x.numel() and (not all_finite(x) or float(x.min()) < 0 or float(x.max()) > 1):
+            raise CaptumSiftError(
+                f"expected float images in [0, 1], got values in [{float(x.min()):g}, {float(x.max()):g}]"
+            )
+        x = x.float().unsqueeze(1)
+    else:
+        if x.numel() and (int(x.min()) < 0 or int(x.max()) > 255):
+            raise CaptumSiftError(f"expected 8-bit images in [0, 255], got values in [{int(x.min())}, {int(x.max())}]")
+        x = x.float().unsqueeze(1) / 255.0
+    x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", align_corners=False).clamp(0, 1)
+    return x if images_are_float else (x * 255).round() / 255
 
 
 def create_default_architecture(config: dict | None = None) -> torch.nn.Module:
@@ -279,9 +333,9 @@ class ImageFolder:
             raise CaptumSiftError(f"image folder not found: {display_path(self.root)}")
         if channels not in (1, 3):
             raise CaptumSiftError(f"expected 1 or 3 channels, got {channels}")
-        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-            raise CaptumSiftError(f"expected size to be an int >= 1, got {size!r}")
-        self.size, self.channels = size, channels
+        from ._checks import check_int
+
+        self.size, self.channels = check_int(size, "size", low=1), channels
         # dangling links are kept: loading them fails, so they are listed among the skipped files
         self.files = sorted(
             p for p in self.root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and (p.is_file() or p.is_symlink())
@@ -325,9 +379,12 @@ class ImageFolder:
         from PIL import Image
 
         images, labels, read, skipped = [], [], [], []
-        for i in indices:
-            if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < len(self.files):
-                raise CaptumSiftError(f"expected image indices in [0, {len(self.files)}), got {i!r}")
+        from ._checks import as_int
+
+        for index in indices:
+            i = as_int(index)
+            if i is None or not 0 <= i < len(self.files):
+                raise CaptumSiftError(f"expected image indices in [0, {len(self.files)}), got {index!r}")
             path = self.files[i]
             try:
                 with Image.open(path) as im:

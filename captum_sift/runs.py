@@ -65,11 +65,16 @@ class RunConfig:
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> RunConfig:
         """The config of parsed ``captum-sift analyze`` / ``mask-eval`` arguments."""
+        from ._checks import check_int
+
         for name in ("limit", "batch_size", "save_every", "img_size"):
             value = getattr(args, name)
             if value is not None and value < 1:
                 raise CaptumSiftError(f"expected --{name.replace('_', '-')} >= 1, got {value}")
         parse_device(args.device)
+        mean, std = check_statistics(args.mean, "--mean"), check_statistics(args.std, "--std", positive=True)
+        if getattr(args, "seed", None) is not None:
+            check_int(args.seed, "--seed", 0, MAX_SEED)
         theta = ThetaSettings(gamma=args.gamma, weighted=not args.unweighted, keypoint_backend=args.backend)
         extra: dict[str, Any] = {}
         if args.command == "mask-eval":
@@ -94,11 +99,24 @@ class RunConfig:
         return cls(
             command=args.command, out=args.out, model=args.model, weights=args.weights, pretrained=args.pretrained,
             model_kwargs=parse_model_kwargs(args.model_kwargs or []), images=args.images, data=args.data,
-            mean=tuple(args.mean) if args.mean else None, std=tuple(args.std) if args.std else None,
+            mean=mean, std=std,
             class_map=read_class_map(args.class_map) if args.class_map else None,
             img_size=args.img_size, limit=args.limit, batch_size=args.batch_size, theta=theta, device=args.device,
             quiet=args.quiet, resume=args.resume, save_every=args.save_every, **extra,
         )  # fmt: skip
+
+
+#: The largest --seed: the random mode and pre-training derive generator seeds from seed x 1e10.
+MAX_SEED = 2**30 - 1
+
+
+def check_statistics(values: list[float] | None, name: str, positive: bool = False) -> tuple[float, ...] | None:
+    """``--mean`` / ``--std``: finite numbers (std > 0), one per channel or one for every channel."""
+    from ._checks import check_number
+
+    if values is None:
+        return None
+    return tuple(check_number(v, name, low=0 if positive else None, low_open=positive) for v in values)
 
 
 def read_class_map(path: Path) -> tuple[tuple[str, int], ...]:
@@ -158,6 +176,7 @@ class LoadedModel:
     name: str
     random_weights: bool
     img_size: int | None
+    files_sha256: str | None = None  # of an hf: folder's weight and config files
 
 
 RANDOM_WARNING = (
@@ -166,9 +185,30 @@ RANDOM_WARNING = (
 )
 
 
+#: Options that choose where and how a model is loaded, not what it is: never taken from --model-kwargs
+#: (trust_remote_code would run the folder's Python code; the others read other files or the network).
+LOADER_OPTIONS = frozenset({
+    "trust_remote_code", "local_files_only", "revision", "code_revision", "cache_dir", "token", "use_auth_token",
+    "force_download", "resume_download", "proxies", "subfolder", "mirror", "from_tf", "from_flax", "use_safetensors",
+    "weights_only", "device_map", "offload_folder", "state_dict", "config", "pretrained_model_name_or_path",
+    "output_loading_info", "return_unused_kwargs", "gguf_file", "variant", "key_mapping", "quantization_config",
+    "pretrained", "pretrained_cfg", "pretrained_cfg_overlay", "checkpoint_path", "weights", "progress",
+})  # fmt: skip
+
+
+def _check_model_kwargs(config: RunConfig) -> None:
+    loaders = sorted(k for k, _ in config.model_kwargs if k in LOADER_OPTIONS)
+    if loaders:
+        raise CaptumSiftError(
+            f"--model-kwargs takes constructor options, not loader options: {loaders} "
+            "(a folder's Python code is never run; weights come from --weights, --pretrained or the hf folder)"
+        )
+
+
 def _create(config: RunConfig, num_classes: int | None) -> tuple[nn.Module, Any, str]:
     """(network, Hugging Face image processor or None, name) for ``--model``."""
     spec, kwargs = config.model or "", dict(config.model_kwargs)
+    _check_model_kwargs(config)
     if num_classes is not None:
         kwargs.setdefault("num_classes", num_classes)
     with torch.random.fork_rng():  # the same random weights in every process and run
@@ -182,8 +222,14 @@ def _create(config: RunConfig, num_classes: int | None) -> tuple[nn.Module, Any,
             if config.img_size:
                 kwargs.setdefault("image_size", config.img_size)
             try:
-                model = torchvision.models.get_model(name, weights="DEFAULT" if config.pretrained else None, **kwargs)
-            except Exception as exc:  # unknown name, bad option, or weights that cannot be downloaded
+                weights = None
+                if config.pretrained:
+                    weights = torchvision.models.get_model_weights(name).DEFAULT
+                    _check_torch_hub_cache(weights.url, f"torchvision:{name}")
+                model = torchvision.models.get_model(name, weights=weights, **kwargs)
+            except CaptumSiftError:
+                raise
+            except Exception as exc:  # unknown name, bad option, or weights that cannot be read
                 raise CaptumSiftError(f"cannot create torchvision model {name!r}: {_one_line(exc)}") from exc
             return model, None, spec
         import timm
@@ -191,34 +237,185 @@ def _create(config: RunConfig, num_classes: int | None) -> tuple[nn.Module, Any,
         if config.img_size:
             kwargs.setdefault("img_size", config.img_size)
         try:
-            model = timm.create_model(spec, pretrained=config.pretrained, **kwargs)
+            if config.pretrained:
+                _check_timm_cache(spec)
+            with _offline():
+                model = timm.create_model(spec, pretrained=config.pretrained, **kwargs)
+        except CaptumSiftError:
+            raise
         except Exception as exc:
             raise CaptumSiftError(f"cannot create timm model {spec!r}: {_one_line(exc)}") from exc
         return model, None, spec
+
+
+def _not_cached(name: str, where: str) -> CaptumSiftError:
+    return CaptumSiftError(
+        f"--pretrained: the weights of {name} are not in the local cache ({where}); nothing is downloaded at run "
+        "time: fetch them once online (e.g. by creating the model in Python), or pass --weights FILE"
+    )
+
+
+def _check_torch_hub_cache(url: str, name: str) -> None:
+    """torch.hub's download cache holds the file of ``url`` (else one line, at once)."""
+    import torch.hub
+
+    path = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url.split("?")[0])
+    if not path.is_file():
+        raise _not_cached(name, str(path))
+
+
+def _check_timm_cache(name: str) -> None:
+    """timm's pretrained weights of ``name`` are cached (Hugging Face hub cache or torch.hub's), else one line."""
+    import timm.models
+
+    try:
+        cfg = timm.models.get_pretrained_cfg(name)
+    except Exception:  # an unknown name: timm.create_model says so
+        return
+    if cfg is None:
+        return
+    hub_id = getattr(cfg, "hf_hub_id", None)
+    if hub_id:
+        from huggingface_hub import try_to_load_from_cache
+
+        repo, _, revision = hub_id.partition("@")
+        names = ("model.safetensors", "open_clip_model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin")
+        for filename in (*names, getattr(cfg, "hf_hub_filename", None)):
+            if filename and isinstance(try_to_load_from_cache(repo, filename, revision=revision or None), str):
+                return
+        raise _not_cached(name, f"Hugging Face hub cache, repo {repo}")
+    url = getattr(cfg, "url", None)
+    if url:
+        _check_torch_hub_cache(url, name)
+        return
+    if getattr(cfg, "file", None) and not Path(cfg.file).is_file():
+        raise _not_cached(name, cfg.file)
+
+
+class _offline:
+    """The Hugging Face libraries in offline mode for the block (no network retries), restored after."""
+
+    def __enter__(self) -> None:
+        self.env = {k: os.environ.get(k) for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+        os.environ.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+        self.constants = None
+        try:
+            from huggingface_hub import constants
+
+            self.constants, self.old = constants, constants.HF_HUB_OFFLINE
+            constants.HF_HUB_OFFLINE = True
+        except ImportError:  # pragma: no cover - timm needs huggingface_hub
+            pass
+
+    def __exit__(self, *exc: object) -> None:
+        for key, value in self.env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        if self.constants is not None:
+            self.constants.HF_HUB_OFFLINE = self.old
+
+
+def _hf_folder(path: str) -> Path:
+    """The save_pretrained folder of ``hf:PATH`` (a folder path, or a repo id in the local cache)."""
+    folder = Path(path).expanduser()
+    if folder.is_dir():
+        return folder
+    looks_like_id = path.count("/") <= 1 and not path.startswith(("/", ".", "~")) and path.strip() == path != ""
+    if looks_like_id:
+        try:
+            from huggingface_hub import snapshot_download
+
+            with _offline():
+                return Path(snapshot_download(path, local_files_only=True))
+        except Exception:
+            pass
+        raise CaptumSiftError(
+            f"Hugging Face model folder not found: {path!r} is neither a folder nor a model in the local cache"
+        )
+    raise CaptumSiftError(f"Hugging Face model folder not found: {path}")
+
+
+#: Files of a save_pretrained folder that decide the model (the resume fingerprint hashes them).
+HF_MODEL_FILES = ("*.safetensors", "*.bin", "*.json", "*.index.json")
+
+
+def hf_fingerprint(folder: Path) -> str:
+    """sha256 over the names and bytes of the folder's weight and config files."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    files = sorted({p for pattern in HF_MODEL_FILES for p in folder.glob(pattern) if p.is_file()})
+    for path in files:
+        digest.update(path.name.encode() + b"\0")
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _create_hf(path: str, config: RunConfig) -> tuple[nn.Module, Any, str]:
     try:
         import transformers
     except ImportError as exc:
-        raise CaptumSiftError("--model hf:... needs transformers: pip install 'captum_sift[hf]'") from exc
+        raise CaptumSiftError(
+            "--model hf:... needs transformers: pip install transformers (from a clone of captum_sift: "
+            "pip install -c constraints.txt '.[hf]')"
+        ) from exc
     if config.pretrained:
         raise CaptumSiftError("--pretrained does not apply to hf: models: their weights are read from the folder")
-    options = {"local_files_only": True, **dict(config.model_kwargs)}
+    folder = _hf_folder(path)
     try:
-        hf_config = transformers.AutoConfig.from_pretrained(path, **options)
-        architectures = hf_config.architectures or []
-        auto = (
-            transformers.AutoModelForImageClassification
-            if any(a.endswith(("ForImageClassification", "ForImageClassificationWithTeacher")) for a in architectures)
-            else transformers.AutoModel
+        with _offline():
+            hf_config = transformers.AutoConfig.from_pretrained(folder, local_files_only=True, trust_remote_code=False)
+    except Exception as exc:
+        raise CaptumSiftError(f"cannot read the Hugging Face config in {path!r}: {_one_line(exc)}") from exc
+    if hf_config.model_type == "vit_mae":
+        raise CaptumSiftError(
+            f"{path!r} is a ViT-MAE encoder: it drops a random share of the patch tokens at every forward "
+            "(and shuffles the rest), so patches have no fixed place; MAE encoders are not supported - "
+            "analyse a ViT fine-tuned from it (ViTForImageClassification)"
         )
-        model = auto.from_pretrained(path, config=hf_config, local_files_only=True)
+    unknown = sorted(k for k, _ in config.model_kwargs if not hasattr(hf_config, k))
+    if unknown:
+        raise CaptumSiftError(f"--model-kwargs for hf: are fields of the folder's config; it has no {unknown}")
+    for key, value in config.model_kwargs:
+        setattr(hf_config, key, value)
+    architectures = hf_config.architectures or []
+    auto = (
+        transformers.AutoModelForImageClassification
+        if any(a.endswith(("ForImageClassification", "ForImageClassificationWithTeacher")) for a in architectures)
+        else transformers.AutoModel
+    )
+    logs = transformers.utils.logging
+    bars, verbosity = logs.is_progress_bar_enabled(), logs.get_verbosity()
+    logs.disable_progress_bar()  # stderr is for the one-line errors; what the logs said is checked below
+    logs.set_verbosity_error()
+    try:
+        with _offline():
+            model, info = auto.from_pretrained(folder, config=hf_config, local_files_only=True,
+                                               trust_remote_code=False, output_loading_info=True)  # fmt: skip
     except Exception as exc:
         raise CaptumSiftError(f"cannot load Hugging Face model {path!r} offline: {_one_line(exc)}") from exc
+    finally:
+        logs.set_verbosity(verbosity)
+        if bars:
+            logs.enable_progress_bar()
+    problems = {k: sorted(info.get(k) or []) for k in ("missing_keys", "unexpected_keys", "mismatched_keys")}
+    problems = {k: v for k, v in problems.items() if v}
+    if problems:
+        text = "; ".join(f"{k.replace('_', ' ')} ({len(v)}): {', '.join(map(str, v[:4]))}" for k, v in problems.items())
+        raise CaptumSiftError(
+            f"the weights in {path!r} do not fit its {type(model).__name__} (a part would run with random weights "
+            f"or be dropped): {text}"
+        )
     processor = None
-    if (Path(path) / "preprocessor_config.json").is_file():
-        processor = transformers.AutoImageProcessor.from_pretrained(path, local_files_only=True)
+    if (folder / "preprocessor_config.json").is_file():
+        try:
+            processor = transformers.AutoImageProcessor.from_pretrained(folder, local_files_only=True)
+        except Exception as exc:
+            raise CaptumSiftError(f"cannot read the image processor in {path!r}: {_one_line(exc)}") from exc
     return model, processor, f"hf:{path}"
 
 
@@ -230,6 +427,10 @@ def load_model(config: RunConfig) -> LoadedModel:
     """The model the config names, its adapter, and whether its weights are random."""
     from .data import create_default_architecture, default_model
 
+    if config.model is not None and config.model.startswith("hf:"):
+        files_sha256 = hf_fingerprint(_hf_folder(config.model[3:]))
+    else:
+        files_sha256 = None
     if config.model is None and config.weights is None and not config.model_kwargs:
         if config.pretrained:
             raise CaptumSiftError("--pretrained needs --model: the embedded default is already trained")
@@ -258,12 +459,17 @@ def load_model(config: RunConfig) -> LoadedModel:
         name += " (random weights, seed 0)"
     elif config.pretrained:
         name += " (pretrained)"
-    vit = as_vit(model.eval(), image_processor=processor, mean=config.mean, std=config.std)
+    try:
+        vit = as_vit(model.eval(), image_processor=processor, mean=config.mean, std=config.std)
+    except IndexError as exc:  # an empty list of blocks (e.g. --model-kwargs depth=0)
+        raise CaptumSiftError(f"expected a model with at least one attention block, got {name} with none") from exc
+    if vit.depth < 1:
+        raise CaptumSiftError(f"expected a model with at least one attention block, got {name} with none")
     img_size = vit.img_size
     size = getattr(processor, "crop_size", None) or getattr(processor, "size", None)
     if isinstance(size, dict) and size.get("height"):
         img_size = int(size["height"])
-    return LoadedModel(vit, name, random_weights, img_size)
+    return LoadedModel(vit, name, random_weights, img_size, files_sha256)
 
 
 @dataclass
@@ -299,14 +505,17 @@ def _data_source(full: bool) -> str:
 
 def load_data(config: RunConfig, loaded: LoadedModel) -> tuple[Any, str]:
     """The data source the config names (lazy for folders), and a description."""
-    from .data import DEFAULT_IMG_SIZE, ImageFolder, default_dataset
+    from .data import DEFAULT_IMG_SIZE, ImageFolder, check_memory, default_dataset
 
     channels = loaded.vit.in_chans
     size = config.img_size or loaded.img_size or 224
+    check_batch_memory(loaded.vit, size, min(config.batch_size, config.limit or config.batch_size), config.device)
     if config.images is not None:
         class_map = dict(config.class_map) if config.class_map is not None else None
         return ImageFolder(config.images, size, channels, class_map), f"image folder {config.images}"
     images, labels = default_dataset(full=config.data == "fashion-mnist-full")
+    images, labels = images[: config.limit], labels[: config.limit]  # before resizing: only what is used
+    check_memory(images.shape[0] * channels * size * size * 4 * 2, f"{images.shape[0]} images at {size} px")
     if channels == 3:
         images = images.expand(-1, 3, -1, -1)
     if size != DEFAULT_IMG_SIZE:
@@ -315,6 +524,20 @@ def load_data(config: RunConfig, loaded: LoadedModel) -> tuple[Any, str]:
     full = config.data == "fashion-mnist-full"
     name = "Fashion-MNIST test set (10,000)" if full else "embedded Fashion-MNIST (1,000)"
     return _InMemory(images.contiguous(), labels, _data_source(full)), name
+
+
+def check_batch_memory(vit: ViTAdapter, size: int, batch_size: int, device: str) -> None:
+    """Refuse, with the figure, a batch whose attention maps cannot fit in memory (before any work).
+
+    One block holds the attention scores and probabilities of every head,
+    B x heads x T^2 float32 values each (T tokens), plus the captured
+    probabilities of every block: (2 + depth) x B x heads x T^2 x 4 bytes.
+    """
+    from .data import check_memory
+
+    tokens = (size // vit.patch_size) ** 2 + vit.num_prefix_tokens
+    need = (2 + vit.depth) * batch_size * vit.num_heads * tokens**2 * 4 + batch_size * vit.in_chans * size**2 * 4 * 8
+    check_memory(need, f"a batch of {batch_size} images at {size} px ({tokens} tokens)", device)
 
 
 @dataclass
@@ -335,8 +558,12 @@ class Run:
         return self.rank == 0
 
     def finish(self) -> None:
-        """After a successful run: remove this rank's partial sums (kept after a failure, for --resume)."""
+        """After a successful run: remove this rank's partial sums (kept after a failure, for --resume);
+        rank 0 also removes those of an earlier run with another number of processes."""
         _partial_path(self).unlink(missing_ok=True)
+        if self.main:
+            for path in _partial_files(self.config):
+                path.unlink(missing_ok=True)
 
     def release(self) -> None:
         """Release the output folder's lock (after success or failure)."""
@@ -429,6 +656,14 @@ def setup(config: RunConfig) -> Run:
 
 
 # -- checkpoints and the batch loop ----------------------------------------------------
+def _partial_files(config: RunConfig) -> list[Path]:
+    """The partial-sum files of this command in --out, of any number of processes."""
+    import re
+
+    pattern = re.compile(rf"\.partial-{re.escape(config.command)}-rank\d+-of-\d+\.json")
+    return [p for p in config.out.glob(f".partial-{config.command}-rank*") if pattern.fullmatch(p.name)]
+
+
 def _partial_path(run: Run) -> Path:
     return run.config.out / f".partial-{run.config.command}-rank{run.rank}-of-{run.world}.json"
 
@@ -440,23 +675,41 @@ def _digest(state: dict[str, Any]) -> str:
 
 
 def _save_partial(run: Run, state: dict[str, Any]) -> None:
-    path = _partial_path(run)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"state": state, "sha256": _digest(state)}))
-    os.replace(tmp, path)  # atomic: an interrupted write never leaves half a checkpoint
+    write_text_atomic(_partial_path(run), json.dumps({"state": state, "sha256": _digest(state)}))
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to a temporary file beside ``path``, then rename it: an interrupted or failed write
+    (a full disk) never leaves half a file, and the temporary file is removed."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "w", newline="") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _load_partial(run: Run, settings: dict[str, Any], check: Callable[[dict[str, Any]], None]) -> dict[str, Any] | None:
     """The partial state of an interrupted run (``--resume``), fully checked; None when starting fresh."""
     path = _partial_path(run)
-    if not run.config.resume or not path.exists():
+    if not run.config.resume:
+        return None
+    others = sorted({int(p.name.rsplit("-of-", 1)[1][:-5]) for p in _partial_files(run.config)} - {run.world})
+    if others and not path.exists():
+        raise CaptumSiftError(
+            f"--resume: the partial sums in {run.config.out} were written by {others[0]} process(es), this run has "
+            f"{run.world}; resume with {others[0]} (torchrun --nproc_per_node {others[0]}) or run without --resume"
+        )
+    if not path.exists():
         return None
     advice = f"delete {path} or run without --resume to start fresh"
     try:
         document = json.loads(path.read_text())
         state = document["state"]
         damaged = document["sha256"] != _digest(state)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as exc:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, RecursionError,
+            OverflowError, ValueError) as exc:  # fmt: skip
         raise CaptumSiftError(f"--resume: {path} is damaged ({type(exc).__name__}); {advice}") from exc
     if damaged:
         raise CaptumSiftError(f"--resume: {path} does not match its checksum (damaged or edited); {advice}")
@@ -473,7 +726,7 @@ def _load_partial(run: Run, settings: dict[str, Any], check: Callable[[dict[str,
         raise CaptumSiftError(f"--resume: {path} has no list of skipped files; {advice}")
     try:
         check(state)
-    except (CaptumSiftError, KeyError, TypeError, ValueError) as exc:
+    except (CaptumSiftError, KeyError, TypeError, ValueError, OverflowError, RecursionError, IndexError) as exc:
         raise CaptumSiftError(f"--resume: {path} holds invalid partial results ({exc}); {advice}") from exc
     return state
 
@@ -485,6 +738,7 @@ def _settings(run: Run) -> dict[str, Any]:
     settings = {
         "model": run.loaded.name, "model_kwargs": [list(kv) for kv in c.model_kwargs],
         "weights_sha256": _sha256(c.weights) if c.weights else None, "random_weights": run.loaded.random_weights,
+        "model_files_sha256": run.loaded.files_sha256,
         "data": run.data_name, "data_fingerprint": run.source.fingerprint(), "images": len(run.source),
         "class_map": [list(kv) for kv in c.class_map] if c.class_map else None,
         "img_size": run.source.size, "limit": c.limit,
@@ -577,6 +831,7 @@ def run_analyze(config: RunConfig) -> None:
                         f"expected a report of layers and heads {expected} and at most {done_images} images, "
                         f"got {report.layers}, {report.num_heads} and {report.num_images}"
                     )
+                _check_sum_ranges(report)
             holder["total"] = report
 
         def step(images: torch.Tensor, _labels: torch.Tensor, read: list[int]) -> None:
@@ -597,12 +852,35 @@ def run_analyze(config: RunConfig) -> None:
         run.release()
 
 
+#: Every file analyze, mask-eval, compare and keypoints write into --out.
+OUTPUT_FILES = (
+    "report.json", "per_layer_head.csv", "index.html", "keypoints.png", "interrelation.png", "focus_index.png",
+    "stages.png", "heatmaps.png", "spurious.png", "spurious_positions.png", "mask_eval.csv", "mask_eval.png",
+    "masked_examples.png", "compare.csv", "compare.json", "deletion.png", "insertion.png", "sanity.png",
+    "overlays.png", "counts.csv", "summary.json",
+)  # fmt: skip
+
+
+def _check_sum_ranges(report: Any) -> None:
+    """Partial sums within what their images can give: θ in [0, 1] and the focus index in [0, log N] per image."""
+    import math
+
+    patches = report.grid_size[0] * report.grid_size[1]
+    for name, high in (("kk", 1.0), ("nk", 1.0), ("focus", math.log(max(patches, 2)))):
+        sums, counts = report.sums[name].double(), report.counts[name].double()
+        limit = counts * high * (1 + 1e-9) + 1e-9
+        if not bool(((sums >= -1e-9) & (sums <= limit)).all()):
+            raise CaptumSiftError(f"expected sums of {name!r} in [0, {high:.4g} x images], got up to {sums.max():.4g}")
+
+
 def _conclude(run: Run, images: int, done: str, skipped: list[list[str]], write: Callable[[list], None]) -> None:
     """After the reduction, on every rank: refuse an empty run, gather the skipped files, rank 0 writes."""
     if images == 0:  # the same on every rank after the reduction, so no rank is left waiting
         raise CaptumSiftError(f"no image could be {done} (all were unreadable or the selection is empty)")
     skipped = _gather_skipped(skipped)
     if run.main:
+        for name in OUTPUT_FILES:  # a previous run's outputs would stand beside these as if they belonged
+            (run.config.out / name).unlink(missing_ok=True)
         write(skipped)
     barrier()
     run.finish()
@@ -697,7 +975,7 @@ def _write_analysis(run: Run, report, settings: dict[str, Any], skipped: list[li
             if report.positions is not None else None
         ),
     }  # fmt: skip
-    (out / "report.json").write_text(json.dumps(nan_to_none(document), indent=1))
+    write_text_atomic(out / "report.json", json.dumps(nan_to_none(document), indent=1))
     report.save_csv(out / "per_layer_head.csv")
     _write_index(out, "captum-sift analyze", document, figures)
     print(f"analysed {report.num_images} images; {_stage_line(stage_info)}; wrote {out}/index.html")
@@ -738,15 +1016,19 @@ def _write_index(out: Path, title: str, document: dict[str, Any], figures: dict[
         f'<figure><img src="{name}" alt="{html.escape(c)}"><figcaption>{html.escape(c)}</figcaption></figure>'
         for name, c in figures.items()
     )
+    files = ", ".join(
+        f'<a href="{html.escape(name)}">{html.escape(name)}</a>'
+        for name in (n.strip() for n in document.get("data_files", "report.json").split(","))
+    )
     page = f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>{title}</title>
 <style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}} img{{max-width:100%}}
 table{{border-collapse:collapse}} th,td{{border:1px solid #ccc;padding:2px 8px;text-align:left}}</style></head>
 <body><h1>{title}</h1><p>{document.get("num_images", "")} images.</p>{summary}
 <table>{rows}</table>{figs}
-<p>Data: {html.escape(document.get("data_files", "report.json"))}.</p></body></html>
+<p>Data: {files}.</p></body></html>
 """
-    (out / "index.html").write_text(page)
+    write_text_atomic(out / "index.html", page)
 
 
 # -- mask-eval -----------------------------------------------------------------------
@@ -921,9 +1203,16 @@ def parse_fill(text: str) -> float | str:
     if text in ("mean", "blur", "drop"):
         return text
     try:
-        return float(text)
+        value = float(text)
     except ValueError as exc:
         raise CaptumSiftError(f"expected --fill to be a number, mean, blur or drop, got {text!r}") from exc
+    if not abs(value) <= MAX_FILL:  # NaN too; a float32 input would hold Inf
+        raise CaptumSiftError(f"expected --fill to be a finite number in [-{MAX_FILL:g}, {MAX_FILL:g}], got {text!r}")
+    return value
+
+
+#: The largest |--fill| (model space: normalised inputs are a few units; float32 overflows at 3.4e38).
+MAX_FILL = 1e6
 
 
 def _write_mask_eval(run: Run, table, settings: dict[str, Any], skipped: list[list[str]]) -> None:
@@ -948,7 +1237,7 @@ def _write_mask_eval(run: Run, table, settings: dict[str, Any], skipped: list[li
     document = {"settings": settings, "versions": _versions(), "num_images": table.total, "rows": table.rows(),
                 "skipped_files": skipped, "table": str(table), "warnings": _warnings(run),
                 "data_files": "report.json, mask_eval.csv"}  # fmt: skip
-    (out / "report.json").write_text(json.dumps(nan_to_none(document), indent=1))
+    write_text_atomic(out / "report.json", json.dumps(nan_to_none(document), indent=1))
     _write_index(out, "captum-sift mask-eval", document, figures)
     print(table)
     print(f"wrote {out}/mask_eval.csv, mask_eval.png, masked_examples.png, index.html")
@@ -982,6 +1271,7 @@ def pretrain_data(
 def run_pretrain(args: argparse.Namespace) -> None:
     from dataclasses import asdict
 
+    from .data import check_memory
     from .mae.masking import KeyShareSchedule
     from .mae.pretrain import PretrainConfig, cached_keypoint_counts, pretrain
 
@@ -995,20 +1285,36 @@ def run_pretrain(args: argparse.Namespace) -> None:
         schedule=asdict(KeyShareSchedule(every=args.schedule_every)), seed=args.seed, probe_every=args.probe_every,
         img_size=args.img_size, patch_size=args.patch_size,
     )  # fmt: skip
+    n_images = 1000 if args.data == "embedded" else min(args.limit, 60000) + 2000
+    tokens = (config.img_size // config.patch_size) ** 2 + 1
+    check_memory(  # the images in float32 (twice while resizing), and one batch's attention with its gradients
+        n_images * config.img_size**2 * 4 * 3
+        + config.batch_size * config.num_heads * tokens**2 * 4 * 3 * (config.depth + config.decoder_depth),
+        f"pre-training on {n_images} images at --img-size {config.img_size} with --batch-size {config.batch_size}",
+        device,
+    )
+    cache = args.cache_dir if args.cache_dir is not None else args.out
+    if cache.exists() and not cache.is_dir():
+        raise CaptumSiftError(f"--cache-dir {cache} exists and is not a folder")
     rank, _ = init_from_env(device)
     lock = on_every_rank(lambda: prepare_out(args.out, rank))
-    name, images, labels, probe_test = pretrain_data(args.data, args.img_size, args.limit)
-    cache = args.cache_dir if args.cache_dir is not None else args.out
-    counts = cached_keypoint_counts(images, args.patch_size, cache, name)
-    history = pretrain(config, images, counts, (images[:5000], labels[:5000]), probe_test, args.out,
-                       resume=args.resume, device=device, progress=not args.quiet)  # fmt: skip
-    if rank == 0:
-        key_share = float((counts > 0).float().mean())
-        (args.out / "config.json").write_text(json.dumps({**asdict(config), "data": name, "key_patch_share": key_share,
-                                                          "versions": _versions()}, indent=1))  # fmt: skip
-        for row in history:
-            print(f"epoch {row['epoch']:3d}  β {row['key_share']:.2f}  loss {row['loss']:.4f}  "
-                  f"probe accuracy {row['probe_accuracy']:.4f}")  # fmt: skip
-        print(f"wrote {args.out}/history.csv, checkpoint.pt, config.json")
-    barrier()
-    release_lock(lock)
+    try:
+        try:
+            cache.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise CaptumSiftError(f"cannot create the keypoint cache folder {cache}: {exc.strerror or exc}") from exc
+        name, images, labels, probe_test = pretrain_data(args.data, args.img_size, args.limit)
+        counts = cached_keypoint_counts(images, args.patch_size, cache, name)
+        history = pretrain(config, images, counts, (images[:5000], labels[:5000]), probe_test, args.out,
+                           resume=args.resume, device=device, progress=not args.quiet)  # fmt: skip
+        if rank == 0:
+            key_share = float((counts > 0).float().mean())
+            document = {**asdict(config), "data": name, "key_patch_share": key_share, "versions": _versions()}
+            write_text_atomic(args.out / "config.json", json.dumps(document, indent=1))
+            for row in history:
+                print(f"epoch {row['epoch']:3d}  β {row['key_share']:.2f}  loss {row['loss']:.4f}  "
+                      f"probe accuracy {row['probe_accuracy']:.4f}")  # fmt: skip
+            print(f"wrote {args.out}/history.csv, checkpoint.pt, config.json")
+        barrier()
+    finally:
+        release_lock(lock)

@@ -28,6 +28,10 @@ from .model import MaskedAutoencoder
 __all__ = ["PretrainConfig", "cached_keypoint_counts", "linear_probe", "pretrain"]
 
 
+#: The largest seed: step generators are seeded with (seed x 100003 + epoch) x 100003 + step < 2**64.
+MAX_SEED = 2**30 - 1
+
+
 @dataclass
 class PretrainConfig:
     """Hyper-parameters of :func:`pretrain` (the defaults fit a 2-core CPU)."""
@@ -65,6 +69,8 @@ class PretrainConfig:
                 raise CaptumSiftError(f"expected {name} to be a finite number > 0, got {value!r}")
         if not (isinstance(self.weight_decay, (int, float)) and math.isfinite(self.weight_decay)):
             raise CaptumSiftError(f"expected a finite weight_decay, got {self.weight_decay!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed <= MAX_SEED:
+            raise CaptumSiftError(f"expected seed to be an int in [0, {MAX_SEED}], got {self.seed!r}")
         if not 0 < self.mask_ratio < 1:
             raise CaptumSiftError(f"expected mask_ratio in (0, 1), got {self.mask_ratio!r}")
         if self.img_size % self.patch_size:
@@ -107,9 +113,16 @@ def cached_keypoint_counts(
             except Exception as exc:
                 raise CaptumSiftError(f"keypoint cache {path} is damaged ({type(exc).__name__}); delete it") from exc
             grid = (images.shape[-2] // patch_size) * (images.shape[-1] // patch_size)
-            if not isinstance(cached, torch.Tensor) or tuple(cached.shape) != (images.shape[0], grid):
+            if (
+                not isinstance(cached, torch.Tensor)
+                or tuple(cached.shape) != (images.shape[0], grid)
+                or cached.is_floating_point()
+                or cached.is_complex()
+                or cached.dtype == torch.bool
+                or (cached.numel() and int(cached.min()) < 0)
+            ):
                 raise CaptumSiftError(
-                    f"keypoint cache {path} does not hold ({images.shape[0]}, {grid}) counts; delete it"
+                    f"keypoint cache {path} does not hold ({images.shape[0]}, {grid}) integer counts >= 0; delete it"
                 )
             return cached
     counts = count_keypoints(images, patch_size, **detector).flatten(1)  # it works in chunks itself
@@ -208,7 +221,7 @@ def pretrain(
         advice = f"delete {ckpt} or run without --resume"
         try:
             state = torch.load(ckpt, map_location="cpu", weights_only=True)
-            old_config, old_digest = state["config"], state.get("data_sha256")
+            old_config, old_digest = dict(state["config"]), state.get("data_sha256")
         except Exception as exc:
             reason = " ".join(str(exc).split())[:200] or type(exc).__name__
             raise CaptumSiftError(f"--resume: cannot read {ckpt} ({reason}); {advice}") from exc
@@ -250,6 +263,11 @@ def pretrain(
             mine = slice(rank * local, (rank + 1) * local)  # this process's share of the global batch
             x = ((images[batch[mine]] - mean) / std).to(device)
             loss, _, _ = model(x, counts[batch[mine]].to(device), beta, noise=noise[:, mine])
+            if not math.isfinite(float(loss.detach())):
+                raise CaptumSiftError(
+                    f"the loss became {float(loss.detach())} at epoch {epoch + 1}, step {step + 1} "
+                    f"(--lr {config.lr:g} is too large?); nothing of this epoch was saved"
+                )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -271,15 +289,24 @@ def pretrain(
             state = {"model": mae.state_dict(), "optimizer": optimizer.state_dict(), "history": history,
                      "epoch": epoch + 1, "config": json.loads(json.dumps(asdict(config))),
                      "data_sha256": data_digest}  # fmt: skip
-            torch.save(state, out_dir / "checkpoint.tmp")
-            os.replace(out_dir / "checkpoint.tmp", ckpt)
+            tmp = out_dir / "checkpoint.tmp"
+            try:
+                torch.save(state, tmp)
+                os.replace(tmp, ckpt)
+            finally:
+                tmp.unlink(missing_ok=True)
         if distributed:
             dist.barrier()
     return history
 
 
 def _write_history(path: Path, history: list[dict[str, float]]) -> None:
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["epoch", "key_share", "loss", "probe_accuracy"])
-        writer.writeheader()
-        writer.writerows(history)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=["epoch", "key_share", "loss", "probe_accuracy"])
+            writer.writeheader()
+            writer.writerows(history)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
