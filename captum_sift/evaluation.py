@@ -246,20 +246,6 @@ def random_selection(
     return select_patches(random_scores(indices, num_patches, seed).to(device), ratio, "top")
 
 
-def check_head(vit: ViTAdapter) -> None:
-    """Raise unless the model has a classification head with at least one class (its forward gives logits)."""
-    vit.check_classifier()
-    model = vit.model
-    classes = getattr(model, "num_classes", None) if vit.family == "timm" else None
-    if vit.family == "hf":
-        classes = getattr(getattr(model, "config", None), "num_labels", None)
-    if classes is not None and as_int(classes) == 0:
-        raise CaptumSiftError(
-            f"expected a classifier, got {type(model).__name__} without a classification head (0 classes: its "
-            "forward returns features, not logits); build it with num_classes > 0"
-        )
-
-
 def read_logits(output: Any, batch: int, what: str = "the images") -> torch.Tensor:
     """The logits (B, classes) of a model's output, checked: a tensor, or an output object's ``.logits``.
 
@@ -311,7 +297,7 @@ def evaluate_batch(
     from .analysis import to_model_and_pixels
     from .masking import scores_and_counts
 
-    check_head(vit)
+    vit.check_classifier()
     if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[0] == 0:
         raise CaptumSiftError(f"expected a batch of at least one image (B, C, H, W), got {shape_of(images)}")
     check_labels(labels)  # the dtype here, before any work; the range once the model's outputs are known
@@ -349,26 +335,32 @@ def evaluate_batch(
 
 
 def masked_logits(
-    vit: ViTAdapter, model_input: torch.Tensor, selected: torch.Tensor, fill: float | str | torch.Tensor
+    vit: ViTAdapter,
+    model_input: torch.Tensor,
+    selected: torch.Tensor,
+    fill: float | str | torch.Tensor,
+    *,
+    what: str | None = None,
 ) -> torch.Tensor:
     """Logits of the model on ``model_input`` with the ``selected`` patches filled or (``fill="drop"``) dropped.
 
     Dropping runs the images with the same number of selected patches together
     (the spurious mode may select fewer in some images). The logits are
-    checked (:func:`read_logits`): NaN or Inf raise, never count as a prediction.
+    checked (:func:`read_logits`): NaN or Inf raise, never count as a prediction; ``what`` names
+    the masked images in that error (default: the fill or the number of dropped tokens).
     """
     from .masking import _drop_tokens
 
     if not (isinstance(fill, str) and fill == "drop"):
         output = vit.logits(mask_images(model_input, selected, vit.patch_size, fill))
-        return read_logits(output, model_input.shape[0], f"the masked images (fill={fill!r})")
+        return read_logits(output, model_input.shape[0], what or f"the masked images (fill={fill!r})")
     per_image = selected.sum(dim=1)
     if per_image.numel() and bool((per_image == per_image[0]).all()):
-        return _drop_tokens(vit, model_input, selected)  # one group: the caller's tensor (and graph) as it is
+        return _drop_tokens(vit, model_input, selected, what)  # one group: the caller's tensor (and graph) as it is
     parts = []
     for count in per_image.unique().tolist():
         rows = torch.nonzero(per_image == count).flatten()
-        parts.append((rows, _drop_tokens(vit, model_input[rows], selected[rows])))
+        parts.append((rows, _drop_tokens(vit, model_input[rows], selected[rows], what)))
     logits = parts[0][1].new_empty(model_input.shape[0], parts[0][1].shape[1])
     for rows, part in parts:
         logits[rows] = part
@@ -450,7 +442,7 @@ def evaluate_masking(
     vit = as_vit(model, mean=mean, std=std)
     theta_settings = ThetaSettings.resolve(settings, **options)
     theta_settings.check_for(vit.depth)
-    check_head(vit)  # before any work
+    vit.check_classifier()  # before any work
     if isinstance(fill, str) and fill == "drop":
         check_droppable(vit)
     table = MaskingTable(

@@ -25,7 +25,7 @@ from torch import nn
 
 from ._checks import all_finite, check_int, shape_of
 from .errors import CaptumSiftError
-from .evaluation import _Z95, masked_logits
+from .evaluation import _Z95, masked_logits, read_logits
 from .vit import ViTAdapter, as_vit, eval_mode
 
 __all__ = [
@@ -162,7 +162,10 @@ def _gradcam(vit: ViTAdapter, forward: nn.Module, images: torch.Tensor, targets:
         from pytorch_grad_cam import GradCAM
         from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
     except ImportError as exc:
-        raise CaptumSiftError("method 'gradcam' needs pytorch-grad-cam: pip install 'captum_sift[gradcam]'") from exc
+        raise CaptumSiftError(
+            "method 'gradcam' needs pytorch-grad-cam: pip install grad-cam "
+            "(from a clone of captum_sift: pip install -c constraints.txt '.[gradcam]')"
+        ) from exc
     from .patches import patch_scores_to_pixels
 
     norms = [m for m in vit.blocks[-1].modules() if isinstance(m, nn.LayerNorm)]
@@ -250,7 +253,10 @@ def deletion_insertion_curves(
         for k in points:
             top = torch.zeros(batch, n, dtype=torch.bool, device=images.device)
             top.scatter_(1, order[:, :k].to(images.device), True)
-            masked, revealed = f"with the top {k} of {n} patches masked", f"with the top {k} of {n} patches revealed"
+            masked, revealed = (
+                f"the images with the top {k} of {n} patches masked",
+                f"the images with the top {k} of {n} patches revealed",
+            )
             deletion.append(_prob(vit, images, top, fill, targets, masked + " (deletion)"))
             insertion.append(_prob(vit, images, ~top, fill, targets, revealed + " (insertion)"))
     return points, torch.stack(deletion, 1), torch.stack(insertion, 1)
@@ -268,15 +274,6 @@ def _check_classes(values: object, batch: int, name: str, high: int | None = Non
     return values
 
 
-def _check_logits(logits: torch.Tensor, what: str) -> torch.Tensor:
-    """The model's logits, refused when any is NaN or Inf (a NaN weight, an overflow): ``what`` names the step."""
-    if not all_finite(logits):
-        bad = int((~torch.isfinite(logits)).sum())
-        raise CaptumSiftError(f"non-finite logits from the model {what}: {bad} of {logits.numel()} values are NaN "
-                              "or Inf; check its weights and the input")  # fmt: skip
-    return logits
-
-
 def _prob(
     vit: ViTAdapter, images: torch.Tensor, selected: torch.Tensor, fill: float | str, targets: torch.Tensor, what: str
 ) -> torch.Tensor:
@@ -284,7 +281,7 @@ def _prob(
     if isinstance(fill, str) and fill == "drop" and bool(selected.all()):
         selected = selected.clone()
         selected[:, 0] = False  # dropping every token leaves nothing to classify: keep one
-    logits = _check_logits(masked_logits(vit, images, selected, fill), what)
+    logits = masked_logits(vit, images, selected, fill, what=what)
     if targets.numel() and int(targets.max()) >= logits.shape[1]:
         raise CaptumSiftError(f"expected targets in [0, {logits.shape[1]}) (the model's classes), "
                               f"got {int(targets.max())}")  # fmt: skip
@@ -495,7 +492,7 @@ def compare(
         true_patch = _check_classes(true_patch, x.shape[0], "true_patch", high=n_patches)
     table = ComparisonTable()
     with torch.no_grad(), eval_mode(vit.model):  # NaN weights stop here, before any method runs
-        classes = _check_logits(vit.logits(x[:1]), "on the unmasked images").shape[1]
+        classes = read_logits(vit.logits(x[:1]), 1, "the unmasked images").shape[1]
     _check_classes(labels, x.shape[0], "labels", high=classes)
     bar = tqdm(methods, desc="compare", unit="method", disable=None if progress is None else not progress)
     for method in bar:
@@ -503,7 +500,7 @@ def compare(
         for lo in range(0, x.shape[0], batch_size):
             xb, yb = x[lo : lo + batch_size], labels[lo : lo + batch_size].to(x.device)
             logits, forward = _timed(_forward, vit, xb)
-            _check_logits(logits, f"on the unmasked images {lo}..{lo + xb.shape[0] - 1}")
+            read_logits(logits, xb.shape[0], f"the unmasked images {lo}..{lo + xb.shape[0] - 1}")
             for _ in range(max(timing_rounds, 1)):
                 attributions, seconds = _timed(explain, method, vit, xb, yb, ig_steps=ig_steps, seed=lo)
                 if timing_rounds:
@@ -580,7 +577,10 @@ def _quantus(
     try:
         import quantus
     except ImportError as exc:
-        raise CaptumSiftError("Quantus metrics need quantus: pip install 'captum_sift[metrics]'") from exc
+        raise CaptumSiftError(
+            "Quantus metrics need quantus: pip install quantus (from a clone of captum_sift: "
+            "pip install -c constraints.txt '.[metrics]')"
+        ) from exc
     wrapped = _Logits(vit).eval()
     n = math.prod(vit.grid(x))
     xs, ys, a = x.detach().cpu().numpy(), y.cpu().numpy(), attributions.detach().cpu().numpy()

@@ -18,7 +18,6 @@ from .analysis import _analyze, to_model_and_pixels
 from .errors import CaptumSiftError
 from .evaluation import (
     MaskingTable,
-    check_head,
     check_image_ids,
     check_seed,
     evaluate_masking,
@@ -119,7 +118,7 @@ def drop_tokens(model: nn.Module | ViTAdapter, images: torch.Tensor, selected: t
     """
     vit = as_vit(model)
     to_model_and_pixels(vit, images, "model", need_pixels=True)  # 0..255 or un-normalised input is refused
-    check_head(vit)
+    vit.check_classifier()
     return _drop_tokens(vit, images, selected)
 
 
@@ -148,8 +147,13 @@ def _pools_class_token(vit: ViTAdapter) -> bool:
     return not (vit.family == "hf" and str(getattr(vit.model.config, "model_type", "")).startswith("dinov2"))
 
 
-def _drop_tokens(vit: ViTAdapter, images: torch.Tensor, selected: torch.Tensor) -> torch.Tensor:
-    """:func:`drop_tokens` on a checked adapter and model input (:func:`masked_logits` calls it per group)."""
+def _drop_tokens(
+    vit: ViTAdapter, images: torch.Tensor, selected: torch.Tensor, what: str | None = None
+) -> torch.Tensor:
+    """:func:`drop_tokens` on a checked adapter and model input (:func:`masked_logits` calls it per group).
+
+    ``what`` names the images in the non-finite-logits error (default: how many tokens were dropped).
+    """
     check_droppable(vit)  # a walk over the module names: cheap next to the forward
     grid = vit.grid(images)
     selected = check_selected(selected)
@@ -172,7 +176,7 @@ def _drop_tokens(vit: ViTAdapter, images: torch.Tensor, selected: torch.Tensor) 
     keep = torch.sort((~selected).to(torch.uint8), dim=1, descending=True, stable=True).indices[:, : n - dropped]
     with vit.dropping_tokens(keep):
         output = vit.logits(images)
-    return read_logits(output, images.shape[0], f"the images with {dropped} of {n} patch tokens dropped")
+    return read_logits(output, images.shape[0], what or f"the images with {dropped} of {n} patch tokens dropped")
 
 
 class MaskAsPrompt(nn.Module):
@@ -239,7 +243,7 @@ class MaskAsPrompt(nn.Module):
     ) -> None:
         super().__init__()
         vit = as_vit(model, mean=mean, std=std)
-        check_head(vit)
+        vit.check_classifier()
         (ratio,), _ = check_plan([ratio], [mode], "mode")
         check_image_space(image_space)
         check_fill(fill)

@@ -1036,7 +1036,8 @@ table{{border-collapse:collapse}} th,td{{border:1px solid #ccc;padding:2px 8px;t
 def run_compare(config: RunConfig) -> None:
     """Attribution methods side by side (:func:`captum_sift.faithfulness.compare`), gathered over ranks."""
     from .analysis import to_model_and_pixels
-    from .faithfulness import ComparisonTable, _check_logits, compare
+    from .evaluation import read_logits
+    from .faithfulness import ComparisonTable, compare
 
     fill = parse_fill(config.fill)
     run = setup(config)
@@ -1050,7 +1051,9 @@ def run_compare(config: RunConfig) -> None:
         def step(images: torch.Tensor, _labels: torch.Tensor, read: list[int]) -> None:
             with torch.no_grad(), eval_mode(run.vit.model):  # explain what the model predicts
                 logits = run.vit.logits(to_model_and_pixels(run.vit, images, "pixel")[0])
-            targets = _check_logits(logits, f"on the batch from image {read[0]} (its predicted classes)").argmax(dim=1)
+            targets = read_logits(
+                logits, logits.shape[0], f"the batch from image {read[0]} (its predicted classes)"
+            ).argmax(dim=1)
             part = compare(run.vit, images, targets, config.methods, image_space="pixel", steps=config.steps,
                            fill=fill, quantus_metrics=config.quantus, ig_steps=config.ig_steps,
                            batch_size=len(images), progress=False)  # fmt: skip
@@ -1087,8 +1090,8 @@ def _write_compare(run: Run, table: Any, settings: dict[str, Any], skipped: list
     import matplotlib.pyplot as plt
 
     from .analysis import to_model_and_pixels
-    from .evaluation import write_rows_csv
-    from .faithfulness import _check_logits, explain, patch_attribution
+    from .evaluation import read_logits, write_rows_csv
+    from .faithfulness import explain, patch_attribution
 
     out = run.config.out
     rows = table.rows()
@@ -1120,7 +1123,7 @@ def _write_compare(run: Run, table: Any, settings: dict[str, Any], skipped: list
     if examples.shape[0]:
         x, _ = to_model_and_pixels(run.vit, examples, "pixel")
         with torch.no_grad(), eval_mode(run.vit.model):
-            targets = _check_logits(run.vit.logits(x), "on the overlay images").argmax(dim=1)
+            targets = read_logits(run.vit.logits(x), x.shape[0], "the overlay images").argmax(dim=1)
         methods, grid, (h, w) = list(table.values), run.vit.grid(x), examples.shape[-2:]
         fig, axes = plt.subplots(len(methods), len(x), figsize=(2.2 * len(x), 2.2 * len(methods)), squeeze=False)
         for r, method in enumerate(methods):

@@ -236,10 +236,21 @@ class ViTAdapter:
         return mean, std
 
     def check_classifier(self) -> None:
-        """Raise unless the model has a classification head (what :meth:`logits` needs)."""
+        """Raise unless the model has a classification head with at least one class (what :meth:`logits` needs)."""
         if self.forward_logits is None:
             raise CaptumSiftError(
                 f"expected a classifier (a model with a classification head), got {type(self.model).__name__}"
+            )
+        if self.family == "timm":
+            classes = getattr(self.model, "num_classes", None)
+        elif self.family == "hf":
+            classes = getattr(getattr(self.model, "config", None), "num_labels", None)
+        else:
+            classes = None
+        if classes is not None and as_int(classes) == 0:
+            raise CaptumSiftError(
+                f"expected a classifier, got {type(self.model).__name__} without a classification head (0 classes: "
+                "its forward returns features, not logits); build it with num_classes > 0"
             )
 
     def logits(self, images: torch.Tensor) -> torch.Tensor:

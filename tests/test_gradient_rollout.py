@@ -176,3 +176,17 @@ def test_noise_tunnel_expands_inputs_and_targets_together(build):
     pixels = PIXELS.clamp(0.1, 0.9)
     got = NoiseTunnel(explainer).attribute(pixels, nt_type="smoothgrad", nt_samples=2, stdevs=0.0, target=[0, 1, 3])
     torch.testing.assert_close(got, explainer.attribute(pixels, target=[0, 1, 3]))
+
+
+def test_a_timm_or_hf_model_with_zero_classes_is_no_classifier():
+    transformers = pytest.importorskip("transformers")
+    headless = [
+        timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, depth=1, num_classes=0),
+        transformers.ViTForImageClassification(
+            transformers.ViTConfig(image_size=32, patch_size=16, num_hidden_layers=1, hidden_size=32,
+                                   num_attention_heads=2, intermediate_size=64, num_labels=0)
+        ),
+    ]  # fmt: skip
+    for model in headless:
+        with pytest.raises(CaptumSiftError, match="without a classification head"):
+            GradientRollout(model)

@@ -16,8 +16,8 @@ def _import_cv2() -> Any:
         import cv2
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise CaptumSiftError(
-            "backend='opencv' needs OpenCV, which is not installed; install the extra: "
-            "pip install 'captum_sift[opencv]' (opencv-python-headless)"
+            "backend='opencv' needs OpenCV, which is not installed: pip install opencv-python-headless "
+            "(from a clone of captum_sift: pip install -c constraints.txt '.[opencv]')"
         ) from exc
     return cv2
 
