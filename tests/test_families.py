@@ -472,7 +472,7 @@ def test_cli_random_weights_warn_everywhere(tmp_path, image_folder, capsys):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--model", "hf:/no/such/folder"], "cannot load Hugging Face model '/no/such/folder' offline"),
+        (["--model", "hf:/no/such/folder"], "Hugging Face model folder not found: /no/such/folder"),
         (["--model", "torchvision:no_such_net"], "cannot create torchvision model 'no_such_net'"),
         (["--model", "vit_tiny_patch16_224", "--model-kwargs", "depth"], "expected --model-kwargs as key=value"),
         (["--model", "vit_tiny_patch16_224", "--model-kwargs", "a=1", "a=2"], "gives 'a' twice"),
@@ -496,7 +496,9 @@ def test_cli_pretrained_offline_fails_with_one_line(tmp_path):
          "--pretrained", "--quiet"], capture_output=True, text=True, env=env, timeout=300,
     )  # fmt: skip
     assert result.returncode == 2
-    assert result.stderr.startswith("captum-sift: error: cannot create timm model 'vit_tiny_patch16_224'")
+    assert result.stderr.startswith(
+        "captum-sift: error: --pretrained: the weights of vit_tiny_patch16_224 are not in the local cache"
+    )
     assert result.stderr.count("\n") == 1
 
 

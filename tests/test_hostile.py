@@ -399,11 +399,13 @@ def test_folder_classes_that_differ_from_the_model_outputs(tmp_path, image_folde
 # masking: the mask-eval command checks every logits tensor it reads, and its figure shows the fill
 # (issues 23.7, 25.1)
 # ================================================================================================
-def test_mask_eval_refuses_non_finite_masked_logits(tmp_path, capsys):
+def test_mask_eval_refuses_a_fill_that_overflows(tmp_path, capsys):
+    """--fill 1e30 made every masked logit NaN; it is refused before any work (the logits check itself:
+    tests/test_masking.py::test_non_finite_masked_logits_are_refused)."""
     out = tmp_path / "m"
     args = ["mask-eval", "--out", str(out), "--limit", "4", "--fill", "1e30", "--ratios", "0.3", "--modes", "random"]
     assert main([*args, "--quiet"]) == 2
-    _one_line_error(capsys, "mode 'random', ratio 0.3: non-finite logits from the model on the masked images")
+    _one_line_error(capsys, "expected --fill to be a finite number in [-1e+06, 1e+06], got '1e30'")
     assert not (out / "mask_eval.csv").exists()
 
 

@@ -55,5 +55,5 @@ def test_opencv_backend_without_opencv_names_the_extra(monkeypatch):
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", no_cv2)
-    with pytest.raises(CaptumSiftError, match=r"captum_sift\[opencv\]"):
+    with pytest.raises(CaptumSiftError, match=r"pip install opencv-python-headless .*\.\[opencv\]"):
         count_keypoints(torch.zeros(1, 1, 32, 32), 16, backend="opencv")
