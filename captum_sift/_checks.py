@@ -166,3 +166,15 @@ def check_patch_size(patch_size: object, height: int, width: int) -> int:
     if height % patch_size or width % patch_size:
         raise CaptumSiftError(f"expected H and W to be multiples of patch_size={patch_size}, got H={height}, W={width}")
     return patch_size
+
+
+def check_classes(values: object, batch: int, name: str, high: int | None = None) -> torch.Tensor:
+    """An integer tensor (B,) with values in [0, high) (high None: only >= 0; the model's classes are checked later)."""
+    if not isinstance(values, torch.Tensor) or tuple(values.shape) != (batch,):
+        raise CaptumSiftError(f"expected {name} of shape ({batch},), got {shape_of(values)}")
+    if values.is_floating_point() or values.is_complex() or values.dtype == torch.bool:
+        raise CaptumSiftError(f"expected integer {name}, got dtype {values.dtype}")
+    if batch and (int(values.min()) < 0 or (high is not None and int(values.max()) >= high)):
+        bound = f"in [0, {high})" if high is not None else ">= 0"
+        raise CaptumSiftError(f"expected {name} {bound}, got values in [{int(values.min())}, {int(values.max())}]")
+    return values

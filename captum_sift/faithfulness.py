@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._checks import all_finite, check_int, shape_of
+from ._checks import all_finite, check_classes, check_int, shape_of
 from .errors import CaptumSiftError
 from .evaluation import _Z95, masked_logits, read_logits
 from .vit import ViTAdapter, as_vit, eval_mode
@@ -245,7 +245,7 @@ def deletion_insertion_curves(
     if scores.is_complex() or not all_finite(scores.detach().double()):
         bad = int((~torch.isfinite(scores)).sum()) if not scores.is_complex() else scores.numel()
         raise CaptumSiftError(f"expected finite real scores, got {bad} NaN, Inf or complex values of {scores.numel()}")
-    targets = _check_classes(targets, batch, "targets")
+    targets = check_classes(targets, batch, "targets")
     order = torch.sort(scores.detach(), dim=1, descending=True, stable=True).indices
     points = sorted({round(n * i / steps) for i in range(steps + 1)})
     deletion, insertion = [], []
@@ -260,18 +260,6 @@ def deletion_insertion_curves(
             deletion.append(_prob(vit, images, top, fill, targets, masked + " (deletion)"))
             insertion.append(_prob(vit, images, ~top, fill, targets, revealed + " (insertion)"))
     return points, torch.stack(deletion, 1), torch.stack(insertion, 1)
-
-
-def _check_classes(values: object, batch: int, name: str, high: int | None = None) -> torch.Tensor:
-    """An integer tensor (B,) with values in [0, high) (high None: only >= 0; the model's classes are checked later)."""
-    if not isinstance(values, torch.Tensor) or tuple(values.shape) != (batch,):
-        raise CaptumSiftError(f"expected {name} of shape ({batch},), got {shape_of(values)}")
-    if values.is_floating_point() or values.is_complex() or values.dtype == torch.bool:
-        raise CaptumSiftError(f"expected integer {name}, got dtype {values.dtype}")
-    if batch and (int(values.min()) < 0 or (high is not None and int(values.max()) >= high)):
-        bound = f"in [0, {high})" if high is not None else ">= 0"
-        raise CaptumSiftError(f"expected {name} {bound}, got values in [{int(values.min())}, {int(values.max())}]")
-    return values
 
 
 def _prob(
@@ -485,15 +473,15 @@ def compare(
     timing_rounds = check_int(timing_rounds, "timing_rounds", low=0)
     if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[0] == 0:
         raise CaptumSiftError(f"expected images of shape (B, C, H, W) with B >= 1, got {shape_of(images)}")
-    labels = _check_classes(labels, images.shape[0], "labels")
+    labels = check_classes(labels, images.shape[0], "labels")
     x, _ = to_model_and_pixels(vit, images, image_space, need_pixels=image_space == "model")
     n_patches = math.prod(vit.grid(x))
     if true_patch is not None:
-        true_patch = _check_classes(true_patch, x.shape[0], "true_patch", high=n_patches)
+        true_patch = check_classes(true_patch, x.shape[0], "true_patch", high=n_patches)
     table = ComparisonTable()
     with torch.no_grad(), eval_mode(vit.model):  # NaN weights stop here, before any method runs
         classes = read_logits(vit.logits(x[:1]), 1, "the unmasked images").shape[1]
-    _check_classes(labels, x.shape[0], "labels", high=classes)
+    check_classes(labels, x.shape[0], "labels", high=classes)
     bar = tqdm(methods, desc="compare", unit="method", disable=None if progress is None else not progress)
     for method in bar:
         explain(method, vit, x[:1], labels[:1].to(x.device), ig_steps=ig_steps)  # set-up is no per-image cost

@@ -23,7 +23,7 @@ import torch
 from captum.log import log_usage
 from torch import nn
 
-from .._checks import as_int
+from .._checks import as_int, check_classes
 from ..errors import CaptumSiftError
 from ..vit import ViTAdapter, eval_mode
 from .attention_baselines import _PatchAttribution
@@ -32,30 +32,19 @@ __all__ = ["GradientRollout"]
 
 
 def _targets(target: Any, logits: torch.Tensor) -> torch.Tensor:
-    """Captum's target forms -> a (B,) long tensor of classes; None: each image's predicted class."""
+    """Captum's target forms (an int, a list of ints, a (B,) integer tensor) -> (B,) classes; None: the predictions."""
     batch, classes = logits.shape
     if target is None:
         return logits.argmax(dim=1)
     single = as_int(target)
     if single is not None:
-        values = torch.full((batch,), single, dtype=torch.long, device=logits.device)
-    else:
-        if isinstance(target, (list, tuple)):
-            items = [as_int(t) for t in target]
-            if any(t is None for t in items):
-                raise CaptumSiftError(f"expected target to be class indices (ints), got {target!r}")
-            values = torch.tensor(items, dtype=torch.long, device=logits.device)
-        elif isinstance(target, torch.Tensor) and not target.is_floating_point() and target.dtype != torch.bool:
-            values = target.to(logits.device, torch.long).flatten()
-        else:
-            raise CaptumSiftError(
-                f"expected target to be an int, a list of ints or a (B,) integer tensor, got {target!r}"
-            )
-        if values.numel() != batch:
-            raise CaptumSiftError(f"expected one target per image ({batch}), got {values.numel()}")
-    if values.numel() and (int(values.min()) < 0 or int(values.max()) >= classes):
-        raise CaptumSiftError(f"expected target classes in [0, {classes}), got {values.tolist()}")
-    return values
+        target = torch.full((batch,), single, dtype=torch.long)
+    elif isinstance(target, (list, tuple)):
+        items = [as_int(t) for t in target]
+        if any(t is None for t in items):
+            raise CaptumSiftError(f"expected target to be class indices (ints), got {target!r}")
+        target = torch.tensor(items, dtype=torch.long)
+    return check_classes(target, batch, "target", high=classes).to(logits.device, torch.long)
 
 
 class GradientRollout(_PatchAttribution):
