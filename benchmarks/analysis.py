@@ -63,7 +63,7 @@ def family_models(quick: bool) -> dict[str, torch.nn.Module]:
 
 def family_ratios(quick: bool, batch: int, repeats: int) -> None:
     """analyze / the family's own default forward (fused or sdpa attention), per family."""
-    from captum_sift.vit import as_vit
+    from captum_sift.vit.adapter import as_vit
 
     for family, model in family_models(quick).items():
         vit = as_vit(model)

@@ -3,16 +3,16 @@
 The public names; see docs/api.md.
 """
 
-from .analysis import analyze
 from .attr import SIFTInterrelation
 from .errors import CaptumSiftError
-from .faithfulness import compare as evaluate
+from .faithfulness.compare import compare as evaluate
 from .keypoints import KeypointCounter, count_keypoints, detect_keypoints, keypoints_to_counts
-from .masking import MaskAsPrompt
-from .report import InterrelationReport
-from .settings import ThetaSettings
-from .stages import Stages, find_stages
-from .vit import ViTAdapter, as_vit
+from .masking.prompt import MaskAsPrompt
+from .theta.analysis import analyze
+from .theta.report import InterrelationReport
+from .theta.settings import ThetaSettings
+from .theta.stages import Stages, find_stages
+from .vit.adapter import ViTAdapter, as_vit
 
 __version__ = "0.1.0"
 

@@ -178,3 +178,10 @@ def check_classes(values: object, batch: int, name: str, high: int | None = None
         bound = f"in [0, {high})" if high is not None else ">= 0"
         raise CaptumSiftError(f"expected {name} {bound}, got values in [{int(values.min())}, {int(values.max())}]")
     return values
+
+
+def check_2d(value: object, name: str) -> torch.Tensor:
+    """A (B, N) tensor, else an error naming ``name`` and the shape given."""
+    if not isinstance(value, torch.Tensor) or value.dim() != 2:
+        raise CaptumSiftError(f"expected {name} of shape (B, N), got {shape_of(value)}")
+    return value

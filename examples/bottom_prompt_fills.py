@@ -15,8 +15,8 @@ import argparse
 import json
 import time
 
-from captum_sift.data import default_dataset, default_model
-from captum_sift.evaluation import evaluate_masking
+from captum_sift.data.datasets import default_dataset, default_model
+from captum_sift.masking.evaluate import evaluate_masking
 
 FILLS = (0.0, "mean", "blur", "drop")
 MODES = ("top", "bottom", "random", "spurious")

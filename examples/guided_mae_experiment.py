@@ -25,9 +25,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
+from captum_sift.cli.runs import pretrain_data  # noqa: E402
 from captum_sift.mae.masking import KeyShareSchedule  # noqa: E402
 from captum_sift.mae.pretrain import PretrainConfig, cached_keypoint_counts, pretrain  # noqa: E402
-from captum_sift.runs import pretrain_data  # noqa: E402
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])

@@ -2,7 +2,7 @@
 
 A small ViT (the embedded default's architecture) is trained on
 Fashion-MNIST images that carry a marker whose texture *is* the label
-(``captum_sift.shortcut``); it is then tested on images whose marker is
+(``captum_sift.data.shortcut``); it is then tested on images whose marker is
 unrelated to the label. For every attribution method this prints how often
 the marker patch is the method's top-1 / top-5 patch, and the decorrelated
 accuracy after masking the method's top-k or bottom-k patches, next to the
@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from captum_sift.data import (
+from captum_sift.data.datasets import (
     FASHION_MNIST_MEAN,
     FASHION_MNIST_STD,
     create_default_architecture,
@@ -34,12 +34,12 @@ from captum_sift.data import (
     fashion_mnist_to_model_size,
     load_fashion_mnist,
 )
-from captum_sift.faithfulness import explain, patch_attribution
-from captum_sift.masking import scores_and_counts
-from captum_sift.patches import mask_images, select_patches
-from captum_sift.settings import ThetaSettings
-from captum_sift.shortcut import plant_markers
-from captum_sift.vit import as_vit
+from captum_sift.data.shortcut import plant_markers
+from captum_sift.faithfulness.compare import explain, patch_attribution
+from captum_sift.masking.apply import mask_images, select_patches
+from captum_sift.masking.prompt import scores_and_counts
+from captum_sift.theta.settings import ThetaSettings
+from captum_sift.vit.adapter import as_vit
 
 METHODS = ("theta", "rollout", "raw_attention", "saliency", "integrated_gradients", "gradcam", "random")
 

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from captum_sift import count_keypoints
-from captum_sift.data import (
+from captum_sift.data.datasets import (
     _DEFAULT_ARCH,
     DEFAULT_PATCH_SIZE,
     FASHION_MNIST_MEAN,

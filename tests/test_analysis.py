@@ -8,10 +8,10 @@ import torch
 from test_functional import loop_classes, loop_focus, loop_theta
 
 from captum_sift import CaptumSiftError, analyze, count_keypoints, find_stages
-from captum_sift.attention import iter_attention
-from captum_sift.data import sample_images
-from captum_sift.report import InterrelationReport
-from captum_sift.stages import split_stages, split_theta_kk
+from captum_sift.data.datasets import sample_images
+from captum_sift.theta.report import InterrelationReport
+from captum_sift.theta.stages import split_stages, split_theta_kk
+from captum_sift.vit.capture import iter_attention
 
 
 @pytest.fixture(scope="module")
@@ -68,8 +68,8 @@ def test_model_space_check_equals_the_pixels_it_reads_off(model):
     one) gives, clips a perturbation's overshoot, and only warns about a narrow batch."""
     import warnings
 
-    from captum_sift.analysis import check_model_space
-    from captum_sift.vit import as_vit
+    from captum_sift.vit.adapter import as_vit
+    from captum_sift.vit.inputs import check_model_space
 
     vit = as_vit(model)
     mean, std = vit.stats(torch.zeros(1, 3, 1, 1))

@@ -5,7 +5,7 @@ import timm
 import torch
 
 from captum_sift import CaptumSiftError
-from captum_sift.attention import iter_attention
+from captum_sift.vit.capture import iter_attention
 
 MODELS = [
     # name, kwargs, prefix tokens

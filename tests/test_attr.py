@@ -8,7 +8,7 @@ from captum.metrics import infidelity, sensitivity_max
 
 from captum_sift import CaptumSiftError, analyze, count_keypoints
 from captum_sift.attr import SIFTInterrelation
-from captum_sift.data import sample_images
+from captum_sift.data.datasets import sample_images
 
 
 @pytest.fixture(scope="module")
@@ -67,9 +67,9 @@ def test_layer_choices(model, pixels, counts):
 @pytest.mark.parametrize("layers", [None, [3, 0, 1], "retrieval", "capture", "coach"])
 def test_attribution_without_a_report_equals_the_report_path(model, pixels, counts, layers):
     """attribute() builds no report unless asked: the same scores, bit for bit, as from the report."""
-    from captum_sift.analysis import patch_scores_from_report
-    from captum_sift.masking import scores_and_counts
-    from captum_sift.settings import ThetaSettings
+    from captum_sift.masking.prompt import scores_and_counts
+    from captum_sift.theta.analysis import patch_scores_from_report
+    from captum_sift.theta.settings import ThetaSettings
 
     explainer = SIFTInterrelation(model, image_space="pixel", layers=layers, output="rank")
     if layers == "coach":  # an image of this random model peaks at the last layer: it has no Coach stage

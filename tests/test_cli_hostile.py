@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from captum_sift import CaptumSiftError
-from captum_sift.cli import main
+from captum_sift.cli.main import main
 
 TINY = ["--model", "vit_tiny_patch16_224", "--img-size", "32", "--batch-size", "1", "--quiet", "--model-kwargs",
         "depth=1"]  # fmt: skip
@@ -43,7 +43,7 @@ def _hf_folder(path, *, layers=3, seed=0, classifier=True, mae=False):
 
 # -- 25.2: hf folders ----------------------------------------------------------------------------
 def test_resume_refuses_an_hf_folder_whose_weights_changed(tmp_path, monkeypatch, capsys):
-    from captum_sift import runs
+    from captum_sift.cli import runs
 
     folder = _hf_folder(tmp_path / "hf")
     out = tmp_path / "out"
@@ -232,7 +232,7 @@ def test_pretrain_with_a_huge_learning_rate_stops_on_the_first_non_finite_loss(t
 # -- 25.11: sizes ---------------------------------------------------------------------------------------
 @pytest.fixture
 def eight_gib(monkeypatch):
-    from captum_sift import data
+    from captum_sift.data import datasets as data
 
     monkeypatch.setattr(data, "available_memory", lambda device="cpu": 8 * 2**30)
 
@@ -256,13 +256,13 @@ def test_sizes_that_cannot_fit_are_refused_with_the_figure(tmp_path, capsys, eig
 
 def test_sample_images_refuses_a_size_that_cannot_fit(eight_gib):
     with pytest.raises(CaptumSiftError, match=r"needs about 1.68e\+03 GiB of memory, 8 GiB is free"):
-        from captum_sift.data import sample_images
+        from captum_sift.data.datasets import sample_images
 
         sample_images(size=100000)
 
 
 def test_limit_applies_before_the_embedded_data_is_resized(tmp_path):
-    from captum_sift.runs import RunConfig, load_data, load_model
+    from captum_sift.cli.runs import RunConfig, load_data, load_model
 
     config = RunConfig(command="analyze", out=tmp_path, limit=3, img_size=64)
     source, _ = load_data(config, load_model(config))
@@ -306,13 +306,13 @@ def test_pretrain_cache_dir_that_is_a_file(tmp_path, capsys):
 
 # -- 25.13: damaged partial-sum, checkpoint and keypoint-cache files ---------------------------------------
 def _partial(out, state):
-    from captum_sift.runs import _digest
+    from captum_sift.cli.runs import _digest
 
     (out / ".partial-analyze-rank0-of-1.json").write_text(json.dumps({"state": state, "sha256": _digest(state)}))
 
 
 def test_damaged_partial_files_are_one_line(tmp_path, capsys, monkeypatch):
-    from captum_sift import runs
+    from captum_sift.cli import runs
 
     out = tmp_path / "out"
     args = ["analyze", "--out", str(out), *TINY, "--limit", "2", "--save-every", "1"]
@@ -349,7 +349,7 @@ def test_damaged_keypoint_cache_is_refused(tmp_path):
 
 # -- 25.16: numpy numbers and float Fashion-MNIST ------------------------------------------------------------
 def test_numpy_numbers_and_float_images_in_data(image_folder):
-    from captum_sift.data import ImageFolder, fashion_mnist_to_model_size, sample_images
+    from captum_sift.data.datasets import ImageFolder, fashion_mnist_to_model_size, sample_images
 
     folder = ImageFolder(image_folder, np.int64(32))
     images, labels, read, _ = folder.load([np.int64(0)])

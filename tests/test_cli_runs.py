@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from conftest import failure_of
 
-from captum_sift.cli import main
+from captum_sift.cli.main import main
 
 TINY = ["--model", "vit_tiny_patch16_224", "--img-size", "64", "--batch-size", "2", "--quiet"]
 
@@ -70,7 +70,7 @@ def test_checkpoint_that_does_not_fit(tmp_path, capsys):
 
 
 def test_resume_ends_with_the_numbers_of_an_uninterrupted_run(tmp_path, image_folder, monkeypatch, capsys):
-    from captum_sift.data import ImageFolder
+    from captum_sift.data.datasets import ImageFolder
 
     whole = tmp_path / "whole"
     args = ["--images", str(image_folder), *TINY, "--batch-size", "1", "--checkpoint-every", "1"]
@@ -120,7 +120,7 @@ def _assert_same_document(a, b, path=()):
 
 def test_torchrun_two_processes_give_the_numbers_of_one(tmp_path, image_folder):
     from captum_sift import InterrelationReport, find_stages
-    from captum_sift.report import nan_to_none
+    from captum_sift.theta.report import nan_to_none
 
     one, two = tmp_path / "one", tmp_path / "two"
     common = ["--images", str(image_folder), *TINY]

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from captum_sift import CaptumSiftError, count_keypoints
-from captum_sift.data import (
+from captum_sift.data.datasets import (
     _MANIFEST,
     DEFAULT_PATCH_SIZE,
     FASHION_MNIST_ROOT,
@@ -40,7 +40,7 @@ def test_key_patch_share_is_between_15_and_85_percent():
 
 
 def test_sha256_is_checked(tmp_path, monkeypatch):
-    import captum_sift.data as data
+    import captum_sift.data.datasets as data
 
     fake = tmp_path / "_data"
     shutil.copytree(data._PACKAGE_DATA, fake)

@@ -175,7 +175,7 @@ def test_every_signature_on_the_api_page_is_the_code_s():
 def test_the_api_page_names_every_command():
     import argparse
 
-    from captum_sift.cli import _parser
+    from captum_sift.cli.main import _parser
 
     commands = next(a for a in _parser()._actions if isinstance(a, argparse._SubParsersAction)).choices
     section = (ROOT / "docs" / "api.md").read_text().split("## Command line", 1)[1]

@@ -9,8 +9,9 @@ import torchvision
 from conftest import failure_of
 
 from captum_sift import CaptumSiftError
-from captum_sift.data import default_dataset, default_model
-from captum_sift.faithfulness import (
+from captum_sift.attr.patches import patch_scores_to_pixels
+from captum_sift.data.datasets import default_dataset, default_model
+from captum_sift.faithfulness.compare import (
     METHODS,
     compare,
     deletion_insertion,
@@ -18,8 +19,7 @@ from captum_sift.faithfulness import (
     explain,
     patch_attribution,
 )
-from captum_sift.patches import patch_scores_to_pixels
-from captum_sift.vit import as_vit
+from captum_sift.vit.adapter import as_vit
 
 quantus = pytest.importorskip("quantus")
 MEAN, STD = 0.2860, 0.3530  # the embedded model's statistics
@@ -88,7 +88,7 @@ def test_explain_works_on_torchvision_and_hf(method):
     hf = transformers.ViTForImageClassification(transformers.ViTConfig(
         hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32, image_size=32,
         patch_size=16, num_labels=3)).eval()  # fmt: skip
-    from captum_sift.data import sample_images
+    from captum_sift.data.datasets import sample_images
 
     pixels = sample_images(["astronaut", "coffee"], size=32)
     for model in (tv, hf):
@@ -114,7 +114,7 @@ def test_comparison_tables_merge_and_round_trip(embedded):
     parts = compare(model, x[:2], y[:2], methods=("rollout", "random"), steps=4, quantus_metrics=False).merge(
         compare(model, x[2:], y[2:], methods=("rollout", "random"), steps=4, quantus_metrics=False)
     )
-    from captum_sift.faithfulness import ComparisonTable
+    from captum_sift.faithfulness.compare import ComparisonTable
 
     back = ComparisonTable.from_dict(parts.to_dict())
     for table in (parts, back):
@@ -129,7 +129,7 @@ def test_comparison_tables_merge_and_round_trip(embedded):
 
 
 def test_shortcut_markers_are_where_they_say():
-    from captum_sift.shortcut import marker_textures, plant_markers
+    from captum_sift.data.shortcut import marker_textures, plant_markers
 
     textures = marker_textures(12)
     assert textures.shape == (10, 12, 12) and len({t.flatten().tolist().__str__() for t in textures}) == 10
@@ -151,7 +151,7 @@ def test_shortcut_markers_are_where_they_say():
 
 
 def test_cli_compare_quick(tmp_path, capsys):
-    from captum_sift.cli import main
+    from captum_sift.cli.main import main
 
     out = tmp_path / "cmp"
     assert main(["compare", "--out", str(out), "--quick", "--limit", "4", "--quiet", "--methods",
@@ -172,7 +172,7 @@ def test_cli_compare_under_torchrun_equals_one_process(tmp_path, image_folder):
     import subprocess
     import sys
 
-    from captum_sift.cli import main
+    from captum_sift.cli.main import main
 
     common = ["--images", str(image_folder), "--model", "vit_tiny_patch16_224", "--img-size", "32",
               "--model-kwargs", "depth=2", "--batch-size", "2", "--quick", "--quiet", "--no-quantus",
@@ -208,7 +208,7 @@ def _tiny_timm(seed: int = 0, num_classes: int = 3):
 
 
 def _tiny_batch(n: int = 6):
-    from captum_sift.data import sample_images
+    from captum_sift.data.datasets import sample_images
 
     pixels = sample_images(["astronaut", "coffee", "chelsea"], size=32)
     pixels = torch.cat([pixels, pixels.flip(-1)])[:n]
@@ -265,7 +265,7 @@ def test_cost_pairs_each_method_with_the_forwards_of_its_batch(monkeypatch):
 
 
 def test_cost_is_the_median_over_rounds_of_paired_ratios():
-    from captum_sift.faithfulness import ComparisonTable
+    from captum_sift.faithfulness.compare import ComparisonTable
 
     table = ComparisonTable()
     for seconds, forward in ((0.2, 0.1), (9.0, 0.1), (0.3, 0.1)):  # one slow round (9 s) is an outlier
@@ -356,7 +356,7 @@ def test_deletion_insertion_and_compare_refuse_bad_input(embedded):
 def test_cli_compare_writes_what_it_says(tmp_path, capsys, image_folder):
     import json
 
-    from captum_sift.cli import main
+    from captum_sift.cli.main import main
 
     out = tmp_path / "cmp"
     args = ["compare", "--out", str(out), "--images", str(image_folder), "--model", "vit_tiny_patch16_224",
@@ -380,7 +380,7 @@ def test_cli_compare_writes_what_it_says(tmp_path, capsys, image_folder):
 
 
 def test_cli_compare_refuses_nan_weights(tmp_path, capsys, image_folder):
-    from captum_sift.cli import main
+    from captum_sift.cli.main import main
 
     timm = pytest.importorskip("timm")
     torch.manual_seed(0)

@@ -15,11 +15,12 @@ import torch
 import torchvision
 
 from captum_sift import CaptumSiftError, SIFTInterrelation, ThetaSettings, analyze, count_keypoints
-from captum_sift.attention import iter_attention
-from captum_sift.cli import main
-from captum_sift.evaluation import evaluate_masking
-from captum_sift.masking import drop_tokens, patch_scores, select_patches
-from captum_sift.vit import ViTAdapter, as_vit
+from captum_sift.cli.main import main
+from captum_sift.masking import select_patches
+from captum_sift.masking.evaluate import evaluate_masking
+from captum_sift.masking.prompt import drop_tokens, patch_scores
+from captum_sift.vit.adapter import ViTAdapter, as_vit
+from captum_sift.vit.capture import iter_attention
 
 transformers = pytest.importorskip("transformers")
 
@@ -356,7 +357,7 @@ def test_wrong_normalisation_is_caught(families, pixels):
     """What no normalised image gives is refused; a narrow batch (raw pixels? a dark photo?) warns, naming the
     statistics, for every entry point and family."""
     from captum_sift.attr import AttentionRollout, RawAttention
-    from captum_sift.data import sample_images
+    from captum_sift.data.datasets import sample_images
     from captum_sift.masking import MaskAsPrompt
 
     imagenet_mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
@@ -394,7 +395,7 @@ def test_wrong_normalisation_is_caught(families, pixels):
 
 
 def test_default_model_with_pixel_data_is_caught():
-    from captum_sift.data import default_dataset, default_model
+    from captum_sift.data.datasets import default_dataset, default_model
 
     images, labels = default_dataset()
     with pytest.warns(UserWarning, match=r"image_space='pixel'.*mean=\[0\.286\], std=\[0\.353\]|mean=\[0\.28"):
@@ -449,7 +450,7 @@ def test_import_needs_no_docstrings():
     import subprocess
     import sys
 
-    code = "import captum_sift, captum_sift.cli, captum_sift.stages as s; assert s.RULE; print('ok')"
+    code = "import captum_sift, captum_sift.cli.main, captum_sift.theta.stages as s; assert s.RULE; print('ok')"
     result = subprocess.run([sys.executable, "-OO", "-c", code], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-2000:]
     result = subprocess.run([sys.executable, "-OO", "-m", "captum_sift", "--help"], capture_output=True, text=True,
@@ -520,7 +521,7 @@ def _explainers():
 
 @pytest.fixture(scope="module")
 def photos():
-    from captum_sift.data import sample_images
+    from captum_sift.data.datasets import sample_images
 
     return sample_images(["astronaut", "chelsea"], size=SIZE)
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from captum_sift import CaptumSiftError
-from captum_sift.functional import focus_index, interrelation, patch_block, patch_theta
+from captum_sift.theta.functional import focus_index, interrelation, patch_block, patch_theta
 
 
 def loop_theta(attn, counts, gamma=1.0, weighted=True, include_self=True, min_keypoints=1):

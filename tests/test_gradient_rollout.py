@@ -11,7 +11,7 @@ import torchvision
 
 from captum_sift import CaptumSiftError
 from captum_sift.attr import GradientRollout
-from captum_sift.vit import as_vit
+from captum_sift.vit.adapter import as_vit
 
 CLASSES = 4
 

@@ -7,18 +7,17 @@ import timm
 import torch
 
 from captum_sift import CaptumSiftError, analyze, count_keypoints
-from captum_sift.data import sample_images
+from captum_sift.data.datasets import sample_images
 from captum_sift.masking import (
-    drop_tokens,
     evaluate_masking,
     mask_images,
     mcnemar_exact,
     num_masked,
-    patch_scores,
     random_scores,
     select_patches,
     wilson_interval,
 )
+from captum_sift.masking.prompt import drop_tokens, patch_scores
 
 
 @pytest.fixture(scope="module")

@@ -11,10 +11,10 @@ import torch
 from conftest import failure_of
 
 from captum_sift import CaptumSiftError
-from captum_sift.cli import main
+from captum_sift.cli.main import main
+from captum_sift.cli.runs import pretrain_data
 from captum_sift.mae.masking import KeyShareSchedule
 from captum_sift.mae.pretrain import PretrainConfig, cached_keypoint_counts, pretrain
-from captum_sift.runs import pretrain_data
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = ["--img-size", "32", "--patch-size", "8", "--batch-size", "100", "--schedule-every", "1", "--quiet"]

@@ -7,10 +7,10 @@ import timm
 import torch
 
 from captum_sift import CaptumSiftError, InterrelationReport, MaskAsPrompt, SIFTInterrelation, analyze
-from captum_sift.cli import main
-from captum_sift.data import default_dataset, default_model, sample_images
-from captum_sift.evaluation import evaluate_masking
-from captum_sift.patches import select_patches, spurious_patches
+from captum_sift.cli.main import main
+from captum_sift.data.datasets import default_dataset, default_model, sample_images
+from captum_sift.masking.apply import select_patches, spurious_patches
+from captum_sift.masking.evaluate import evaluate_masking
 
 TINY = ["--model", "vit_tiny_patch16_224", "--img-size", "64", "--batch-size", "2", "--quiet"]
 
@@ -101,7 +101,7 @@ def test_report_positions_merge_and_save(tmp_path):
     x = sample_images(["astronaut", "coffee", "chelsea"], size=64)
     whole = analyze(model, x, image_space="pixel")
     parts = analyze(model, x[:1], image_space="pixel").merge(analyze(model, x[1:], image_space="pixel"))
-    from captum_sift.analysis import patch_scores_from_report
+    from captum_sift.theta.analysis import patch_scores_from_report
 
     flags = spurious_patches(patch_scores_from_report(whole), whole.keypoint_counts)
     assert torch.equal(whole.positions["spurious"], flags.long().sum(0))
@@ -143,7 +143,7 @@ def _map(tmp_path):
 def test_random_mask_as_prompt_equals_evaluate_masking_in_a_dataloader_loop(embedded):
     from torch.utils.data import DataLoader, TensorDataset
 
-    from captum_sift.evaluation import random_selection
+    from captum_sift.masking.evaluate import random_selection
 
     model, images, labels = embedded
     table = evaluate_masking(model, images, labels, ratios=(0.2,), modes=("random",), image_space="pixel",
@@ -202,7 +202,8 @@ def tiny():
 def test_saliency_through_mask_as_prompt_is_the_autograd_gradient(tiny, image_space):
     from captum.attr import Saliency
 
-    from captum_sift.patches import mask_images, patch_scores_to_pixels
+    from captum_sift.attr.patches import patch_scores_to_pixels
+    from captum_sift.masking.apply import mask_images
 
     model, pixels = tiny
     x = pixels if image_space == "pixel" else (pixels - 0.5) / 0.5

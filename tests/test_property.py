@@ -21,11 +21,12 @@ from hypothesis import strategies as st
 
 from captum_sift import CaptumSiftError, InterrelationReport, SIFTInterrelation, ThetaSettings, analyze, count_keypoints
 from captum_sift.attr import AttentionRollout, RawAttention
-from captum_sift.evaluation import evaluate_masking
-from captum_sift.faithfulness import deletion_insertion
+from captum_sift.attr.patches import patch_feature_mask, patch_scores_to_pixels
+from captum_sift.faithfulness.compare import deletion_insertion
 from captum_sift.mae import KeyShareSchedule, guided_masking
-from captum_sift.patches import mask_images, num_masked, patch_feature_mask, patch_scores_to_pixels, select_patches
-from captum_sift.vit import as_vit
+from captum_sift.masking.apply import mask_images, num_masked, select_patches
+from captum_sift.masking.evaluate import evaluate_masking
+from captum_sift.vit.adapter import as_vit
 
 CHECK = settings(
     max_examples=40, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow], database=None

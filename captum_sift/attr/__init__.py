@@ -1,8 +1,8 @@
 """Captum Attribution classes and the patch-grid helpers they use."""
 
-from ..patches import patch_feature_mask, patch_scores_to_pixels
 from .attention_baselines import AttentionRollout, RawAttention
 from .gradient_rollout import GradientRollout
+from .patches import patch_feature_mask, patch_scores_to_pixels
 from .sift_interrelation import SIFTInterrelation
 
 __all__ = [

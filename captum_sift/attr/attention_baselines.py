@@ -1,7 +1,7 @@
 """Attention-based baselines as Captum attributions: attention rollout and raw attention.
 
 Both read the post-softmax attention the same way θ does (any model family,
-:func:`~captum_sift.attention.iter_attention`, one layer alive at a time) and
+:func:`~captum_sift.vit.capture.iter_attention`, one layer alive at a time) and
 return a per-patch score spread over the patch's pixels, exactly
 ``inputs.shape``, like :class:`~captum_sift.attr.SIFTInterrelation`. They do
 not depend on the class: ``target`` is accepted and ignored.
@@ -18,10 +18,10 @@ from captum.log import log_usage
 from torch import nn
 
 from .._checks import as_int, as_scalar, check_image_space, shape_of
-from ..analysis import to_model_and_pixels
 from ..errors import CaptumSiftError
-from ..patches import patch_feature_mask, patch_scores_to_pixels
-from ..vit import ViTAdapter, as_vit
+from ..vit.adapter import ViTAdapter, as_vit
+from ..vit.inputs import to_model_and_pixels
+from .patches import patch_feature_mask, patch_scores_to_pixels
 
 __all__ = ["AttentionRollout", "RawAttention", "fuse_heads", "rollout_step"]
 

@@ -25,7 +25,7 @@ from torch import nn
 
 from .._checks import as_int, check_classes
 from ..errors import CaptumSiftError
-from ..vit import ViTAdapter, eval_mode
+from ..vit.adapter import ViTAdapter, eval_mode
 from .attention_baselines import _PatchAttribution
 
 __all__ = ["GradientRollout"]

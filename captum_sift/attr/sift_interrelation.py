@@ -9,12 +9,12 @@ import torch
 from captum.log import log_usage
 from torch import nn
 
-from ..analysis import _analyze, patch_scores_from_report
 from ..errors import CaptumSiftError
-from ..patches import patch_feature_mask, patch_scores_to_pixels
-from ..settings import LayerChoice, ThetaSettings
-from ..vit import ViTAdapter
+from ..theta.analysis import _analyze, patch_scores_from_report
+from ..theta.settings import LayerChoice, ThetaSettings
+from ..vit.adapter import ViTAdapter
 from .attention_baselines import _PatchAttribution
+from .patches import patch_feature_mask, patch_scores_to_pixels
 
 __all__ = ["SIFTInterrelation", "patch_feature_mask", "patch_scores_to_pixels"]
 
@@ -81,13 +81,13 @@ class SIFTInterrelation(_PatchAttribution):
 
     Args:
         model: a timm, torchvision or Hugging Face ViT, or a
-            :class:`~captum_sift.vit.ViTAdapter`; its logits are Captum's
+            :class:`~captum_sift.vit.adapter.ViTAdapter`; its logits are Captum's
             ``forward_func``.
         settings: a :class:`~captum_sift.ThetaSettings`; its fields may also
             be given as keyword options: ``layers`` — None (all layers,
             default), layer indices, or a stage name ``"retrieval"`` /
             ``"capture"`` / ``"coach"`` (found per image; see
-            :func:`~captum_sift.analysis.patch_scores_from_report`) —,
+            :func:`~captum_sift.theta.analysis.patch_scores_from_report`) —,
             ``gamma``, ``weighted``, ``include_self``, ``min_keypoints``,
             ``keypoint_backend``.
         image_space: ``"model"`` (inputs normalised as the model expects,
@@ -171,7 +171,7 @@ class SIFTInterrelation(_PatchAttribution):
             keypoint_counts: t_j per patch, (B, N) or (B, Gh, Gw); counted on
                 the images when None (on perturbed images too: values a
                 perturbation pushed slightly out of [0, 1] are clipped for
-                the count, see :func:`~captum_sift.analysis.check_model_space`).
+                the count, see :func:`~captum_sift.vit.check_model_space`).
             target: ignored (θ does not depend on the class).
             repeat_counts: ``keypoint_counts`` are of B' images and the
                 inputs are each of them repeated k = B / B' times in a row
@@ -204,8 +204,8 @@ class SIFTInterrelation(_PatchAttribution):
         ``sensitivity_max``: θ then measures the attention on the perturbed
         images against the clean images' keypoints.
         """
-        from ..analysis import to_model_and_pixels
         from ..keypoints import count_keypoints
+        from ..vit.inputs import to_model_and_pixels
 
         images, _ = self._images(inputs)
         self.vit.grid(images)

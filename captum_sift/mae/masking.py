@@ -8,8 +8,8 @@ import torch
 
 from .._checks import check_int, check_min_keypoints, check_number, shape_of
 from ..errors import CaptumSiftError
-from ..functional import _check_counts
-from ..patches import check_generator, num_masked
+from ..masking.apply import check_generator, num_masked
+from ..theta.functional import _check_counts
 
 __all__ = ["KeyShareSchedule", "guided_masking", "mask_counts", "random_masking"]
 

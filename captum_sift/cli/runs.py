@@ -21,12 +21,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import __version__
-from ._dist import all_gather_objects, barrier, init_from_env
-from .errors import CaptumSiftError
-from .report import nan_to_none
-from .settings import ThetaSettings
-from .vit import ViTAdapter, as_vit, eval_mode
+from .. import __version__
+from .._dist import all_gather_objects, barrier, init_from_env
+from .._io import write_text_atomic
+from ..errors import CaptumSiftError
+from ..theta.report import nan_to_none
+from ..theta.settings import ThetaSettings
+from ..vit.adapter import ViTAdapter, as_vit, eval_mode
 
 
 # -- settings ------------------------------------------------------------------------
@@ -65,7 +66,7 @@ class RunConfig:
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> RunConfig:
         """The config of parsed ``captum-sift analyze`` / ``mask-eval`` arguments."""
-        from ._checks import check_int
+        from .._checks import check_int
 
         for name in ("limit", "batch_size", "save_every", "img_size"):
             value = getattr(args, name)
@@ -78,14 +79,14 @@ class RunConfig:
         theta = ThetaSettings(gamma=args.gamma, weighted=not args.unweighted, keypoint_backend=args.backend)
         extra: dict[str, Any] = {}
         if args.command == "mask-eval":
-            from .masking import check_plan
+            from ..masking.apply import check_plan
 
             modes = [m.strip() for m in args.modes.split(",") if m.strip()]
             ratios, modes = check_plan(args.ratios, modes, "--modes")
             parse_fill(args.fill)
             extra = {"ratios": tuple(ratios), "modes": tuple(modes), "fill": args.fill, "seed": args.seed}
         elif args.command == "compare":
-            from .faithfulness import METHODS
+            from ..faithfulness.compare import METHODS
 
             methods = [m.strip() for m in args.methods.split(",") if m.strip()]
             if not methods or any(m not in METHODS for m in methods) or len(set(methods)) != len(methods):
@@ -112,7 +113,7 @@ MAX_SEED = 2**30 - 1
 
 def check_statistics(values: list[float] | None, name: str, positive: bool = False) -> tuple[float, ...] | None:
     """``--mean`` / ``--std``: finite numbers (std > 0), one per channel or one for every channel."""
-    from ._checks import check_number
+    from .._checks import check_number
 
     if values is None:
         return None
@@ -425,7 +426,7 @@ def _one_line(exc: BaseException) -> str:
 
 def load_model(config: RunConfig) -> LoadedModel:
     """The model the config names, its adapter, and whether its weights are random."""
-    from .data import create_default_architecture, default_model
+    from ..data.datasets import create_default_architecture, default_model
 
     if config.model is not None and config.model.startswith("hf:"):
         files_sha256 = hf_fingerprint(_hf_folder(config.model[3:]))
@@ -495,7 +496,7 @@ class _InMemory:
 
 def _data_source(full: bool) -> str:
     """What the built-in data is made from: the shipped file's sha256, or the idx files' sizes and times."""
-    from .data import FASHION_MNIST_ROOT, _checked_file, _sha256
+    from ..data.datasets import FASHION_MNIST_ROOT, _checked_file, _sha256
 
     if not full:
         return "sha256:" + _sha256(_checked_file("subset"))
@@ -505,7 +506,7 @@ def _data_source(full: bool) -> str:
 
 def load_data(config: RunConfig, loaded: LoadedModel) -> tuple[Any, str]:
     """The data source the config names (lazy for folders), and a description."""
-    from .data import DEFAULT_IMG_SIZE, ImageFolder, check_memory, default_dataset
+    from ..data.datasets import DEFAULT_IMG_SIZE, ImageFolder, check_memory, default_dataset
 
     channels = loaded.vit.in_chans
     size = config.img_size or loaded.img_size or 224
@@ -533,7 +534,7 @@ def check_batch_memory(vit: ViTAdapter, size: int, batch_size: int, device: str)
     B x heads x T^2 float32 values each (T tokens), plus the captured
     probabilities of every block: (2 + depth) x B x heads x T^2 x 4 bytes.
     """
-    from .data import check_memory
+    from ..data.datasets import check_memory
 
     tokens = (size // vit.patch_size) ** 2 + vit.num_prefix_tokens
     need = (2 + vit.depth) * batch_size * vit.num_heads * tokens**2 * 4 + batch_size * vit.in_chans * size**2 * 4 * 8
@@ -678,18 +679,6 @@ def _save_partial(run: Run, state: dict[str, Any]) -> None:
     write_text_atomic(_partial_path(run), json.dumps({"state": state, "sha256": _digest(state)}))
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary file beside ``path``, then rename it: an interrupted or failed write
-    (a full disk) never leaves half a file, and the temporary file is removed."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def _load_partial(run: Run, settings: dict[str, Any], check: Callable[[dict[str, Any]], None]) -> dict[str, Any] | None:
     """The partial state of an interrupted run (``--resume``), fully checked; None when starting fresh."""
     path = _partial_path(run)
@@ -732,7 +721,7 @@ def _load_partial(run: Run, settings: dict[str, Any], check: Callable[[dict[str,
 
 
 def _settings(run: Run) -> dict[str, Any]:
-    from .data import _sha256
+    from ..data.datasets import _sha256
 
     c = run.config
     settings = {
@@ -813,8 +802,8 @@ def _gather_skipped(skipped: list[list[str]]) -> list[list[str]]:
 
 # -- analyze -------------------------------------------------------------------------
 def run_analyze(config: RunConfig) -> None:
-    from .analysis import analyze
-    from .report import InterrelationReport
+    from ..theta.analysis import analyze
+    from ..theta.report import InterrelationReport
 
     run = setup(config)
     try:
@@ -888,7 +877,7 @@ def _conclude(run: Run, images: int, done: str, skipped: list[list[str]], write:
 
 def _empty_report(run: Run):
     """A report of no image with this run's layers, heads and grid (zero sums and counts)."""
-    from .report import STORED, InterrelationReport
+    from ..theta.report import STORED, InterrelationReport
 
     shape = (run.vit.depth, run.vit.num_heads)
     side = run.source.size // run.vit.patch_size
@@ -914,11 +903,11 @@ def _first_images(run: Run, n: int = 8) -> torch.Tensor:
 def _write_analysis(run: Run, report, settings: dict[str, Any], skipped: list[list[str]]) -> None:
     import matplotlib.pyplot as plt
 
-    from . import viz
-    from .analysis import analyze
-    from .keypoints import detect_keypoints
-    from .report import QUANTITIES
-    from .stages import find_stages
+    from ..keypoints import detect_keypoints
+    from ..theta.analysis import analyze
+    from ..theta.report import QUANTITIES
+    from ..theta.stages import find_stages
+    from ..viz import figures as viz
 
     out = run.config.out
     patch = run.vit.patch_size
@@ -949,7 +938,7 @@ def _write_analysis(run: Run, report, settings: dict[str, Any], skipped: list[li
             )
             figures["heatmaps.png"] = "attention of one query patch at a layer of each stage (Fig. 7b)"
     if sample is not None:
-        from .analysis import patch_scores_from_report
+        from ..theta.analysis import patch_scores_from_report
 
         scores = patch_scores_from_report(sample).cpu()
         fig = viz.plot_spurious(examples, scores, sample.keypoint_counts, patch,
@@ -1034,10 +1023,10 @@ table{{border-collapse:collapse}} th,td{{border:1px solid #ccc;padding:2px 8px;t
 # -- mask-eval -----------------------------------------------------------------------
 # -- compare -------------------------------------------------------------------------
 def run_compare(config: RunConfig) -> None:
-    """Attribution methods side by side (:func:`captum_sift.faithfulness.compare`), gathered over ranks."""
-    from .analysis import to_model_and_pixels
-    from .evaluation import read_logits
-    from .faithfulness import ComparisonTable, compare
+    """Attribution methods side by side (:func:`captum_sift.faithfulness.compare.compare`), gathered over ranks."""
+    from ..faithfulness.compare import ComparisonTable, compare
+    from ..masking.evaluate import read_logits
+    from ..vit.inputs import to_model_and_pixels
 
     fill = parse_fill(config.fill)
     run = setup(config)
@@ -1073,7 +1062,7 @@ def run_compare(config: RunConfig) -> None:
 
 def _gather_tables(table: Any) -> Any:
     """Every rank's comparison table merged (every rank gets the whole)."""
-    from .faithfulness import ComparisonTable
+    from ..faithfulness.compare import ComparisonTable
 
     parts = all_gather_objects(table.to_dict())
     if len(parts) == 1:
@@ -1089,9 +1078,9 @@ def _gather_tables(table: Any) -> Any:
 def _write_compare(run: Run, table: Any, settings: dict[str, Any], skipped: list[list[str]]) -> None:
     import matplotlib.pyplot as plt
 
-    from .analysis import to_model_and_pixels
-    from .evaluation import read_logits, write_rows_csv
-    from .faithfulness import explain, patch_attribution
+    from ..faithfulness.compare import explain, patch_attribution
+    from ..masking.evaluate import read_logits, write_rows_csv
+    from ..vit.inputs import to_model_and_pixels
 
     out = run.config.out
     rows = table.rows()
@@ -1154,7 +1143,7 @@ def _write_compare(run: Run, table: Any, settings: dict[str, Any], skipped: list
 
 
 def run_mask_eval(config: RunConfig) -> None:
-    from .evaluation import MaskingTable, evaluate_batch
+    from ..masking.evaluate import MaskingTable, evaluate_batch
 
     fill = parse_fill(config.fill)
     run = setup(config)
@@ -1180,11 +1169,11 @@ def run_mask_eval(config: RunConfig) -> None:
 
 def _check_classes(run: Run) -> None:
     """Folder labels are sub-folder indices: warn when their number differs from the model's outputs."""
-    from .data import ImageFolder
+    from ..data.datasets import ImageFolder
 
     if not isinstance(run.source, ImageFolder) or run.source.class_map is not None:
         return
-    from .analysis import to_model_and_pixels
+    from ..vit.inputs import to_model_and_pixels
 
     with torch.no_grad(), eval_mode(run.vit.model):
         probe = torch.full((1, run.vit.in_chans, run.source.size, run.source.size), 0.5, device=run.device)
@@ -1221,8 +1210,8 @@ MAX_FILL = 1e6
 def _write_mask_eval(run: Run, table, settings: dict[str, Any], skipped: list[list[str]]) -> None:
     import matplotlib.pyplot as plt
 
-    from . import viz
-    from .masking import patch_scores
+    from ..masking.prompt import patch_scores
+    from ..viz import figures as viz
 
     out = run.config.out
     table.save_csv(out / "mask_eval.csv")
@@ -1251,7 +1240,7 @@ def pretrain_data(
     data: str, img_size: int, limit: int | None
 ) -> tuple[str, torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
     """(name, pre-training images, their labels, probe test set), pixels in [0, 1] at ``img_size``."""
-    from .data import default_dataset, fashion_mnist_to_model_size, load_fashion_mnist
+    from ..data.datasets import default_dataset, fashion_mnist_to_model_size, load_fashion_mnist
 
     if data == "embedded":
         images, labels = default_dataset()
@@ -1274,9 +1263,9 @@ def pretrain_data(
 def run_pretrain(args: argparse.Namespace) -> None:
     from dataclasses import asdict
 
-    from .data import check_memory
-    from .mae.masking import KeyShareSchedule
-    from .mae.pretrain import PretrainConfig, cached_keypoint_counts, pretrain
+    from ..data.datasets import check_memory
+    from ..mae.masking import KeyShareSchedule
+    from ..mae.pretrain import PretrainConfig, cached_keypoint_counts, pretrain
 
     device = parse_device(args.device)
     if args.limit is not None and args.limit < 1:

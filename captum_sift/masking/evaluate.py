@@ -12,11 +12,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._checks import all_finite, as_int, shape_of
-from .errors import CaptumSiftError
-from .patches import DEFAULT_MODES, MODES, check_fill, check_plan, mask_images, select_patches
-from .settings import ThetaSettings
-from .vit import ViTAdapter, as_vit, eval_mode
+from .._checks import all_finite, as_int, shape_of
+from ..errors import CaptumSiftError
+from ..theta.settings import ThetaSettings
+from ..vit.adapter import ViTAdapter, as_vit, eval_mode
+from .apply import DEFAULT_MODES, MODES, check_fill, check_plan, mask_images, select_patches
 
 __all__ = ["MaskingTable", "evaluate_masking", "mcnemar_exact", "random_scores", "random_selection", "wilson_interval"]
 
@@ -123,7 +123,7 @@ class MaskingTable:
 
     def all_reduce(self, modes: Sequence[str], ratios: Sequence[float], device: torch.device | str = "cpu") -> None:
         """Sum the counts over torch.distributed ranks, in place (every rank calls it with the same plan)."""
-        from ._dist import all_reduce_sum
+        from .._dist import all_reduce_sum
 
         keys = [(m, float(r)) for m in modes for r in ratios]
         fields = ("correct", "total", "worse", "better")
@@ -240,7 +240,7 @@ def random_selection(
     """The random mode's mask (B, N) bool: image i masks the top round(ratio N) of its :func:`random_scores`.
 
     The one random scheme of :func:`evaluate_masking` and
-    :class:`~captum_sift.masking.MaskAsPrompt`: an image's mask depends only
+    :class:`~captum_sift.masking.prompt.MaskAsPrompt`: an image's mask depends only
     on (seed, its index), not on the batch it is in.
     """
     return select_patches(random_scores(indices, num_patches, seed).to(device), ratio, "top")
@@ -294,8 +294,8 @@ def evaluate_batch(
     image_space: str = "model",
 ) -> None:
     """Add one batch to ``table`` (the body of :func:`evaluate_masking`; the model in eval mode)."""
-    from .analysis import to_model_and_pixels
-    from .masking import scores_and_counts
+    from ..vit.inputs import to_model_and_pixels
+    from .prompt import scores_and_counts
 
     vit.check_classifier()
     if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[0] == 0:
@@ -349,7 +349,7 @@ def masked_logits(
     checked (:func:`read_logits`): NaN or Inf raise, never count as a prediction; ``what`` names
     the masked images in that error (default: the fill or the number of dropped tokens).
     """
-    from .masking import _drop_tokens
+    from .prompt import _drop_tokens
 
     if not (isinstance(fill, str) and fill == "drop"):
         output = vit.logits(mask_images(model_input, selected, vit.patch_size, fill))
@@ -388,8 +388,8 @@ def evaluate_masking(
 
     For every batch: the unmasked prediction, the SPEC §7 scores, then for
     every mode x ratio the prediction on the masked images (``fill`` as in
-    :func:`~captum_sift.patches.mask_images`, or ``"drop"`` to remove the
-    tokens with :func:`~captum_sift.masking.drop_tokens`). The same images are
+    :func:`~captum_sift.masking.apply.mask_images`, or ``"drop"`` to remove the
+    tokens with :func:`~captum_sift.masking.prompt.drop_tokens`). The same images are
     scored masked and unmasked, so the table gives, besides accuracy with a
     95 % Wilson interval, the exact McNemar test of each cell against the
     baseline. The model runs in eval mode without gradients (its flags
@@ -404,11 +404,11 @@ def evaluate_masking(
         modes: among ``"top"``, ``"bottom"``, ``"random"``, ``"spurious"``
             (the lowest-θ Key patches, paper §5.1; fewer than round(r N)
             where an image has fewer Key patches).
-        fill: see :func:`~captum_sift.patches.mask_images`, or ``"drop"``
+        fill: see :func:`~captum_sift.masking.apply.mask_images`, or ``"drop"``
             (refused for models whose blocks take position arguments or
             hold a relative position bias, and for dropping every patch of
             a model without a class token; see
-            :func:`~captum_sift.masking.drop_tokens`).
+            :func:`~captum_sift.masking.prompt.drop_tokens`).
         settings: the score's :class:`~captum_sift.ThetaSettings`; its fields
             may also be given as keyword ``options`` (gamma, layers, ...).
         image_space: ``"model"`` (default; images that cannot have been
@@ -420,7 +420,7 @@ def evaluate_masking(
         seed: of the random mode, an int in [0, 2**32 - 1]: image i (its
             index in the tensor or loader) gets :func:`random_selection` for
             (seed, i), whatever its batch or process; the same masks as
-            :class:`~captum_sift.masking.MaskAsPrompt` with this seed.
+            :class:`~captum_sift.masking.prompt.MaskAsPrompt` with this seed.
         progress: tqdm bar (None: only on a terminal).
 
     Returns:
@@ -434,7 +434,7 @@ def evaluate_masking(
     """
     from tqdm.auto import tqdm
 
-    from .masking import check_droppable
+    from .prompt import check_droppable
 
     ratios, modes = check_plan(ratios, modes)
     check_fill(fill)

@@ -21,7 +21,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from .errors import CaptumSiftError
+from ..errors import CaptumSiftError
 
 _DESCRIPTION = "The captum-sift command: explain Vision Transformers with SIFT keypoints and attention."
 INTERRUPTED = "interrupted; resume with --resume"
@@ -122,7 +122,7 @@ def _add_model_data_options(p: argparse.ArgumentParser) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    from . import __version__
+    from .. import __version__
 
     parser = _Parser(prog="captum-sift", description=_DESCRIPTION)
     parser.add_argument("--version", action="version", version=f"captum-sift {__version__}")
@@ -211,7 +211,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"captum-sift: error: cannot read or write{where}: {reason}", file=sys.stderr)
         return 2
     finally:
-        from ._dist import finish
+        from .._dist import finish
 
         finish()
     return 0
@@ -270,8 +270,8 @@ def _check_combinations(args: argparse.Namespace, given: set[str]) -> None:
 
 def _run_keypoints(args: argparse.Namespace) -> None:
 
-    from ._checks import check_int, check_patch_size
-    from .data import SAMPLE_PHOTOS, check_memory
+    from .._checks import check_int, check_patch_size
+    from ..data.datasets import SAMPLE_PHOTOS, check_memory
     from .runs import parse_device, prepare_out, release_lock
 
     device = parse_device(args.device)
@@ -290,10 +290,10 @@ def _run_keypoints(args: argparse.Namespace) -> None:
 def _keypoints_outputs(args: argparse.Namespace, names: list[str], size: int, device) -> None:
     import torch
 
-    from .data import sample_images
-    from .keypoints import detect_keypoints, keypoints_to_counts
-    from .runs import write_text_atomic
-    from .viz import plot_keypoints_grid
+    from .._io import write_text_atomic
+    from ..data.datasets import sample_images
+    from ..keypoints import detect_keypoints, keypoints_to_counts
+    from ..viz.figures import plot_keypoints_grid
 
     images = sample_images(names, size=size).to(device)
     start = time.perf_counter()

@@ -7,8 +7,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Literal, Union
 
-from ._checks import as_int, check_gamma, check_min_keypoints
-from .errors import CaptumSiftError
+from .._checks import as_int, check_gamma, check_min_keypoints
+from ..errors import CaptumSiftError
 
 __all__ = ["KEYPOINT_BACKENDS", "LayerChoice", "ThetaSettings", "resolve_layers"]
 

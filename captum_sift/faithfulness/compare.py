@@ -23,10 +23,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._checks import all_finite, check_classes, check_int, shape_of
-from .errors import CaptumSiftError
-from .evaluation import _Z95, masked_logits, read_logits
-from .vit import ViTAdapter, as_vit, eval_mode
+from .._checks import all_finite, check_classes, check_int, shape_of
+from ..errors import CaptumSiftError
+from ..masking.evaluate import _Z95, masked_logits, read_logits
+from ..vit.adapter import ViTAdapter, as_vit, eval_mode
 
 __all__ = [
     "METHODS",
@@ -78,14 +78,14 @@ def explain(
     pytorch-grad-cam's GradCAM on the last block's first norm, tokens
     reshaped to the grid; ``random``: uniform noise per patch (a floor).
     """
-    from .attr import AttentionRollout, RawAttention, SIFTInterrelation
-    from .patches import patch_feature_mask, patch_scores_to_pixels
+    from ..attr import AttentionRollout, RawAttention, SIFTInterrelation
+    from ..attr.patches import patch_feature_mask, patch_scores_to_pixels
 
     vit = as_vit(model)
     if method not in METHODS:
         raise CaptumSiftError(f"expected a method among {METHODS}, got {method!r}")
     if not isinstance(images, torch.Tensor) or images.dim() != 4:
-        from ._checks import shape_of
+        from .._checks import shape_of
 
         raise CaptumSiftError(f"expected images of shape (B, C, H, W), got {shape_of(images)}")
     images = images.detach()
@@ -166,7 +166,7 @@ def _gradcam(vit: ViTAdapter, forward: nn.Module, images: torch.Tensor, targets:
             "method 'gradcam' needs pytorch-grad-cam: pip install grad-cam "
             "(from a clone of captum_sift: pip install -c constraints.txt '.[gradcam]')"
         ) from exc
-    from .patches import patch_scores_to_pixels
+    from ..attr.patches import patch_scores_to_pixels
 
     norms = [m for m in vit.blocks[-1].modules() if isinstance(m, nn.LayerNorm)]
     if not norms:
@@ -188,7 +188,7 @@ def _gradcam(vit: ViTAdapter, forward: nn.Module, images: torch.Tensor, targets:
 
 def patch_attribution(attributions: torch.Tensor, patch_size: int) -> torch.Tensor:
     """Per-patch relevance (B, N): the attribution summed over each patch's pixels and channels."""
-    from ._checks import check_patch_size, shape_of
+    from .._checks import check_patch_size, shape_of
 
     if not isinstance(attributions, torch.Tensor) or attributions.dim() != 4:
         raise CaptumSiftError(f"expected attributions of shape (B, C, H, W), got {shape_of(attributions)}")
@@ -210,7 +210,7 @@ def deletion_insertion(
 
     Deletion: the softmax probability of the target class as the top 0, N/s,
     ..., N patches (by ``scores``, ties by index) are masked (``fill`` as
-    :func:`~captum_sift.patches.mask_images`, or ``"drop"``); insertion: as
+    :func:`~captum_sift.masking.apply.mask_images`, or ``"drop"``); insertion: as
     they are revealed on the fully masked image. The AUC is the trapezoid
     mean over the s + 1 points (lower deletion and higher insertion = more
     faithful). ``scores`` (B, N) must be finite, ``targets`` (B,) classes of
@@ -459,7 +459,7 @@ def compare(
     """
     from tqdm.auto import tqdm
 
-    from .analysis import to_model_and_pixels
+    from ..vit.inputs import to_model_and_pixels
 
     vit = as_vit(model, mean=mean, std=std)
     unknown = [m for m in methods if m not in METHODS]
@@ -544,7 +544,7 @@ def _pointing_game(
 
     import quantus
 
-    from .patches import patch_scores_to_pixels
+    from ..attr.patches import patch_scores_to_pixels
 
     n = math.prod(vit.grid(x))
     mask = torch.zeros(x.shape[0], n).scatter_(1, truth.cpu().view(-1, 1), 1.0)

@@ -11,9 +11,9 @@ from typing import Any
 
 import torch
 
-from ._checks import as_int, check_int, shape_of
-from .errors import CaptumSiftError
-from .patches import SPURIOUS_THRESHOLD
+from .._checks import as_int, check_int, shape_of
+from ..errors import CaptumSiftError
+from .spurious import SPURIOUS_THRESHOLD
 
 __all__ = ["InterrelationReport"]
 
@@ -202,7 +202,7 @@ class InterrelationReport:
         A no-op in one process; every rank must call it (a rank with no image
         passes an empty report of the same layers and heads).
         """
-        from ._dist import all_gather_objects, all_reduce_sum
+        from .._dist import all_gather_objects, all_reduce_sum
 
         device = torch.device(device)
         for name in STORED:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from .errors import CaptumSiftError
+from ..errors import CaptumSiftError
 
 __all__ = ["NUM_MARKERS", "marker_textures", "plant_markers"]
 

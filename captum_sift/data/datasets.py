@@ -12,7 +12,7 @@ import numpy as np
 import torch
 import torchvision.transforms.v2.functional as TF
 
-from .errors import CaptumSiftError
+from ..errors import CaptumSiftError
 
 __all__ = [
     "DEFAULT_IMG_SIZE",
@@ -94,7 +94,7 @@ def sample_images(names: Sequence[str] | None = None, size: int = 224) -> torch.
         >>> x.shape, x.dtype, float(x.min()) >= 0.0, float(x.max()) <= 1.0
         (torch.Size([2, 3, 64, 64]), torch.float32, True, True)
     """
-    from ._checks import check_int
+    from .._checks import check_int
 
     size = check_int(size, "size", low=1)
     names = list(SAMPLE_PHOTOS if names is None else names)
@@ -154,7 +154,7 @@ DEFAULT_IMG_SIZE = 112
 DEFAULT_PATCH_SIZE = 16
 #: Fashion-MNIST training-set mean and std of the pixels in [0, 1] (the model's normalisation).
 FASHION_MNIST_MEAN, FASHION_MNIST_STD = 0.2860, 0.3530
-_PACKAGE_DATA = Path(__file__).parent / "_data"
+_PACKAGE_DATA = Path(__file__).resolve().parents[1] / "_data"
 _MANIFEST = _PACKAGE_DATA / "manifest.json"
 
 
@@ -206,7 +206,7 @@ def fashion_mnist_to_model_size(images: np.ndarray | torch.Tensor, size: int = D
     model sees it": keypoints are counted on it, and the default model takes
     it after normalisation.
     """
-    from ._checks import all_finite, check_int
+    from .._checks import all_finite, check_int
 
     size = check_int(size, "size", low=1)
     x = images if isinstance(images, torch.Tensor) else torch.as_tensor(np.asarray(images))
@@ -333,7 +333,7 @@ class ImageFolder:
             raise CaptumSiftError(f"image folder not found: {display_path(self.root)}")
         if channels not in (1, 3):
             raise CaptumSiftError(f"expected 1 or 3 channels, got {channels}")
-        from ._checks import check_int
+        from .._checks import check_int
 
         self.size, self.channels = check_int(size, "size", low=1), channels
         # dangling links are kept: loading them fails, so they are listed among the skipped files
@@ -379,7 +379,7 @@ class ImageFolder:
         from PIL import Image
 
         images, labels, read, skipped = [], [], [], []
-        from ._checks import as_int
+        from .._checks import as_int
 
         for index in indices:
             i = as_int(index)

@@ -34,8 +34,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._checks import all_finite, as_int, as_scalar, shape_of
-from .errors import CaptumSiftError
+from .._checks import all_finite, as_int, as_scalar, shape_of
+from ..errors import CaptumSiftError
 
 __all__ = ["FAMILIES", "IMAGENET_MEAN", "IMAGENET_STD", "ViTAdapter", "as_vit", "eval_mode"]
 
@@ -282,7 +282,7 @@ class ViTAdapter:
         return _split_tokens(captured["args"], captured["kwargs"])
 
     def iter_attention(self, images: torch.Tensor, last: int | None = None) -> Iterator[tuple[int, torch.Tensor]]:
-        """Yield ``(layer, attn)`` per block up to ``last``; see :func:`captum_sift.attention.iter_attention`."""
+        """Yield ``(layer, attn)`` per block up to ``last``; see :func:`captum_sift.vit.capture.iter_attention`."""
         return self._iter_attention(images, last)
 
     def _iter_attention(
@@ -669,6 +669,6 @@ def as_vit(
     else:
         raise CaptumSiftError(
             f"expected a Vision Transformer from timm, torchvision or Hugging Face transformers "
-            f"(or a captum_sift.vit.ViTAdapter), got {type(model).__name__} from {type(model).__module__}"
+            f"(or a captum_sift.vit.adapter.ViTAdapter), got {type(model).__name__} from {type(model).__module__}"
         )
     return adapter.with_normalization(mean, std)

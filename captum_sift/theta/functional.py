@@ -12,8 +12,8 @@ from typing import NamedTuple
 
 import torch
 
-from ._checks import check_gamma, check_min_keypoints, shape_of
-from .errors import CaptumSiftError
+from .._checks import check_gamma, check_min_keypoints, shape_of
+from ..errors import CaptumSiftError
 
 __all__ = ["Interrelation", "focus_index", "interrelation", "patch_block", "patch_theta"]
 

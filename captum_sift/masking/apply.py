@@ -1,4 +1,4 @@
-"""The patch grid: per-patch scores to pixels, Captum's feature mask, and masks "as prompts" (SPEC §7).
+"""Masks "as prompts" (SPEC §7): which patches to mask, and the fills that mask them.
 
 The primitives only (no Captum, no analysis), so that :mod:`captum_sift.mae`
 and user code can import them cheaply.
@@ -11,65 +11,23 @@ from collections.abc import Sequence
 
 import torch
 
-from ._checks import as_scalar, check_int, check_number, shape_of
-from .errors import CaptumSiftError
+from .._checks import as_scalar, check_2d, check_int, check_number, shape_of
+from ..attr.patches import patch_scores_to_pixels
+from ..errors import CaptumSiftError
+from ..theta.spurious import key_patches, spurious_patches
 
 __all__ = [
     "DEFAULT_MODES",
     "MODES",
-    "SPURIOUS_THRESHOLD",
-    "spurious_patches",
     "check_plan",
     "mask_images",
     "num_masked",
-    "patch_feature_mask",
-    "patch_scores_to_pixels",
     "select_patches",
 ]
 
 MODES = ("top", "bottom", "random", "spurious")
-#: θ below which a Key patch is spurious by default (paper §5.1: "most" of its attention to Non-key patches).
-SPURIOUS_THRESHOLD = 0.5
-#: The modes :func:`~captum_sift.evaluation.evaluate_masking` and ``mask-eval`` run by default (the paper's Fig. 8).
+#: The modes :func:`~captum_sift.masking.evaluate_masking` and ``mask-eval`` run by default (the paper's Fig. 8).
 DEFAULT_MODES = ("top", "bottom", "random")
-
-
-def patch_scores_to_pixels(scores: torch.Tensor, shape: torch.Size | tuple[int, ...], patch_size: int) -> torch.Tensor:
-    """Spread per-patch scores (B, N) over each patch's pixels and all channels -> ``shape`` (B, C, H, W).
-
-    Example:
-        >>> patch_scores_to_pixels(torch.tensor([[1.0, 2.0]]), (1, 1, 2, 4), 2)
-        tensor([[[[1., 1., 2., 2.],
-                  [1., 1., 2., 2.]]]])
-    """
-    from ._checks import check_int, check_patch_size
-
-    if not isinstance(shape, (tuple, list, torch.Size)) or len(shape) != 4:
-        raise CaptumSiftError(f"expected shape (B, C, H, W) of 4 ints, got {shape!r}")
-    batch, channels, height, width = (check_int(v, "every entry of shape", low=0) for v in shape)
-    patch_size = check_patch_size(patch_size, height, width)
-    if not isinstance(scores, torch.Tensor):
-        raise CaptumSiftError(f"expected scores to be a tensor (B, N), got {type(scores).__name__}")
-    grid_h, grid_w = height // patch_size, width // patch_size
-    if scores.shape != (batch, grid_h * grid_w):
-        raise CaptumSiftError(
-            f"expected scores of shape (B, N) = ({batch}, {grid_h * grid_w}), got {tuple(scores.shape)}"
-        )
-    grid = scores.view(batch, 1, grid_h, grid_w)
-    pixels = grid.repeat_interleave(patch_size, dim=2).repeat_interleave(patch_size, dim=3)
-    return pixels.expand(batch, channels, height, width).contiguous()
-
-
-def patch_feature_mask(height: int, width: int, patch_size: int, device: torch.device | None = None) -> torch.Tensor:
-    """Patch index of every pixel, row-major, as a (1, 1, H, W) long tensor (Captum's ``feature_mask``)."""
-    from ._checks import check_int, check_patch_size
-
-    height, width = check_int(height, "height", low=1), check_int(width, "width", low=1)
-    patch_size = check_patch_size(patch_size, height, width)
-    ids = torch.arange((height // patch_size) * (width // patch_size), device=device).view(
-        1, 1, height // patch_size, width // patch_size
-    )
-    return ids.repeat_interleave(patch_size, dim=2).repeat_interleave(patch_size, dim=3)
 
 
 def num_masked(ratio: float, num_patches: int) -> int:
@@ -100,15 +58,9 @@ def check_plan(ratios: Sequence[float], modes: Sequence[str], name: str = "modes
     return floats, modes
 
 
-def _check_2d(name: str, value: object) -> torch.Tensor:
-    if not isinstance(value, torch.Tensor) or value.dim() != 2:
-        raise CaptumSiftError(f"expected {name} of shape (B, N), got {shape_of(value)}")
-    return value
-
-
 def check_selected(value: object) -> torch.Tensor:
     """A (B, N) bool mask of selected patches (a float or int mask is refused: casting it would change its meaning)."""
-    value = _check_2d("selected", value)
+    value = check_2d(value, "selected")
     if value.dtype != torch.bool:
         raise CaptumSiftError(
             f"expected selected to be a bool tensor (True = masked), got dtype {value.dtype}; "
@@ -125,49 +77,6 @@ def check_generator(generator: object) -> torch.Generator | None:
             "pass torch.Generator().manual_seed(seed) for a seed"
         )
     return generator
-
-
-def spurious_patches(
-    scores: torch.Tensor,
-    keypoint_counts: torch.Tensor,
-    threshold: float = SPURIOUS_THRESHOLD,
-    min_keypoints: int = 1,
-) -> torch.Tensor:
-    """Key patches whose attention goes mostly to Non-key patches (paper §5.1): t_j >= min_keypoints and θ < threshold.
-
-    "A keypoint patch that assigns most of its attention to Non-keypoint
-    patches will be regarded as spurious correlation, even if this patch
-    contains many keypoints." With the SPEC §7 score (θ_i, averaged over heads
-    and layers), "most" is θ_i < 0.5 by default.
-
-    Shape:
-        - scores, keypoint_counts: (B, N)
-        - output: (B, N) bool
-
-    Example:
-        >>> spurious_patches(torch.tensor([[0.2, 0.9, 0.3, 0.1]]), torch.tensor([[3, 2, 0, 1]]))
-        tensor([[ True, False, False,  True]])
-    """
-    key = _key_mask(scores, keypoint_counts, min_keypoints)
-    threshold = as_scalar(threshold)
-    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not math.isfinite(threshold):
-        raise CaptumSiftError(f"expected a finite threshold, got {threshold!r}")
-    return key & (scores < threshold)
-
-
-def _key_mask(scores: torch.Tensor, keypoint_counts: object, min_keypoints: int) -> torch.Tensor:
-    from ._checks import check_min_keypoints
-
-    scores = _check_2d("scores", scores)
-    if not isinstance(keypoint_counts, torch.Tensor) or keypoint_counts.flatten(1).shape != scores.shape:
-        raise CaptumSiftError(
-            f"expected keypoint_counts of shape (B, N) = {tuple(scores.shape)} with the spurious mode, "
-            f"got {shape_of(keypoint_counts)}"
-        )
-    key = keypoint_counts.flatten(1).to(scores.device) >= check_min_keypoints(min_keypoints)
-    if bool(torch.isnan(scores[key]).any()):
-        raise CaptumSiftError("expected scores without NaN on Key patches, got NaN (gamma > 1 can leave S_i empty)")
-    return key
 
 
 def select_patches(
@@ -200,14 +109,14 @@ def select_patches(
         >>> select_patches(s, 0.25, "bottom")
         tensor([[ True, False, False, False]])
     """
-    scores = _check_2d("scores", scores)
+    scores = check_2d(scores, "scores")
     if mode not in MODES:
         raise CaptumSiftError(f"expected mode in {MODES}, got {mode!r}")
     check_generator(generator)
     batch, n = scores.shape
     k = num_masked(ratio, n)
     if mode == "spurious":
-        key = _key_mask(scores, keypoint_counts, min_keypoints)
+        key = key_patches(scores, keypoint_counts, min_keypoints)
         candidates = key if threshold is None else spurious_patches(scores, keypoint_counts, threshold, min_keypoints)
         ranked = torch.where(candidates, scores, torch.full_like(scores, math.inf))
         order = torch.sort(ranked, dim=1, stable=True).indices[:, :k]

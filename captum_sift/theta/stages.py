@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from .errors import CaptumSiftError
+from ..errors import CaptumSiftError
 from .report import InterrelationReport
 from .settings import STAGE_NAMES
 
@@ -229,7 +229,7 @@ def find_stages(report: InterrelationReport, rule: str = "theta_kk") -> Stages:
     with Key patches).
 
     Example:
-        >>> from captum_sift.stages import split_theta_kk
+        >>> from captum_sift.theta.stages import split_theta_kk
         >>> split_theta_kk(torch.tensor([0.5, 0.5, 0.5, 0.6, 0.7, 0.8, 0.75, 0.7]))
         (3, 5)
     """

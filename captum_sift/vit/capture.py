@@ -3,7 +3,7 @@
 Works on timm ViTs (``VisionTransformer`` and its relatives: DeiT with a
 distillation token, register tokens, EVA, BEiT, ...), torchvision's
 ``VisionTransformer`` and Hugging Face ViT / DeiT / DINOv2 models, through
-their adapter (:func:`captum_sift.vit.as_vit`). The stem (patch embedding,
+their adapter (:func:`captum_sift.vit.adapter.as_vit`). The stem (patch embedding,
 prefix tokens, position embedding) runs through the model's own forward up
 to the first block; then the blocks run one by one, each with its attention
 switched to an explicit path for that block only (timm's ``fused_attn``,
@@ -19,7 +19,7 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-from .vit import ViTAdapter, as_vit
+from .adapter import ViTAdapter, as_vit
 
 __all__ = ["iter_attention", "model_grid", "num_prefix_tokens", "patch_size_of"]
 
@@ -57,7 +57,7 @@ def iter_attention(
 
     Args:
         model: a timm, torchvision or Hugging Face ViT, or a
-            :class:`~captum_sift.vit.ViTAdapter`.
+            :class:`~captum_sift.vit.adapter.ViTAdapter`.
         images: the model's input, already normalised as the model expects.
         last: the last block to read (default: the model's last block;
             negative counts from the end).

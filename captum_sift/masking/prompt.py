@@ -1,8 +1,7 @@
 """Top / Bottom / Random patch masks "as prompts" at inference (paper §5.1, SPEC §7).
 
-The scores (:func:`patch_scores`) and token dropping (:func:`drop_tokens`);
-the grid primitives live in :mod:`captum_sift.patches` and the accuracy
-evaluation in :mod:`captum_sift.evaluation` (both re-exported here).
+The θ scores that choose the patches (:func:`patch_scores`), token dropping
+(:func:`drop_tokens`) and the :class:`MaskAsPrompt` wrapper.
 """
 
 from __future__ import annotations
@@ -13,53 +12,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._checks import check_image_space
-from .analysis import _analyze, to_model_and_pixels
-from .errors import CaptumSiftError
-from .evaluation import (
-    MaskingTable,
-    check_image_ids,
-    check_seed,
-    evaluate_masking,
-    masked_logits,
-    mcnemar_exact,
-    random_scores,
-    random_selection,
-    read_logits,
-    wilson_interval,
-)
-from .patches import (
-    DEFAULT_MODES,
-    MODES,
-    check_fill,
-    check_plan,
-    check_selected,
-    mask_images,
-    num_masked,
-    select_patches,
-    spurious_patches,
-)
-from .settings import ThetaSettings
-from .vit import ViTAdapter, as_vit
+from .._checks import check_image_space
+from ..errors import CaptumSiftError
+from ..theta.analysis import _analyze
+from ..theta.settings import ThetaSettings
+from ..vit.adapter import ViTAdapter, as_vit
+from ..vit.inputs import to_model_and_pixels
+from .apply import check_fill, check_plan, check_selected, select_patches
+from .evaluate import check_image_ids, check_seed, masked_logits, random_selection, read_logits
 
-__all__ = [
-    "DEFAULT_MODES",
-    "MaskAsPrompt",
-    "MODES",
-    "spurious_patches",
-    "MaskingTable",
-    "check_plan",
-    "drop_tokens",
-    "evaluate_masking",
-    "mask_images",
-    "mcnemar_exact",
-    "num_masked",
-    "patch_scores",
-    "random_scores",
-    "random_selection",
-    "select_patches",
-    "wilson_interval",
-]
+__all__ = ["patch_scores", "scores_and_counts", "drop_tokens", "check_droppable", "MaskAsPrompt"]
 
 
 def patch_scores(
@@ -189,9 +151,9 @@ class MaskAsPrompt(nn.Module):
     (a plain loop, timm's validation script, Lightning's ``test_step``,
     torchmetrics) to evaluate with masking; over the images of a data set in
     order it gives exactly the accuracy of
-    :func:`~captum_sift.evaluation.evaluate_masking` for the same plan and seed.
+    :func:`~captum_sift.masking.evaluate.evaluate_masking` for the same plan and seed.
 
-    The random mode uses :func:`~captum_sift.evaluation.random_selection`,
+    The random mode uses :func:`~captum_sift.masking.evaluate.random_selection`,
     the scheme of ``evaluate_masking``: image i's mask depends only on
     (``seed``, i), whatever its batch. The index i is ``image_ids`` when
     ``forward`` is given them; otherwise the images are numbered in the

@@ -10,11 +10,11 @@ import torch
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from ._checks import check_images, check_patch_size, shape_of
-from .errors import CaptumSiftError
-from .keypoints import keypoints_to_counts
-from .patches import SPURIOUS_THRESHOLD
-from .report import InterrelationReport
+from .._checks import check_images, check_patch_size, shape_of
+from ..errors import CaptumSiftError
+from ..keypoints import keypoints_to_counts
+from ..theta.report import InterrelationReport
+from ..theta.spurious import SPURIOUS_THRESHOLD
 
 __all__ = [
     "overlay",
@@ -239,8 +239,8 @@ def plot_stage_heatmaps(report, stages, *, image_index: int = 0, image: torch.Te
     """Fig. 7b: the query patch's head-mean attention at the middle layer of each stage.
 
     Args:
-        report: an :class:`~captum_sift.report.InterrelationReport` with per-image data.
-        stages: from :func:`~captum_sift.stages.find_stages`.
+        report: an :class:`~captum_sift.theta.report.InterrelationReport` with per-image data.
+        stages: from :func:`~captum_sift.theta.stages.find_stages`.
         image_index: which image of the report.
         image: optional (C, H, W) pixels in [0, 1] of that image, shown under the heat map.
     """
@@ -353,7 +353,7 @@ def plot_mask_grid(
 ) -> Figure:
     """Fig. 8: one image masked Top (first row) and Bottom (second row) at each ratio, as the model saw it.
 
-    The panels are what :func:`~captum_sift.patches.mask_images` gives the
+    The panels are what :func:`~captum_sift.masking.apply.mask_images` gives the
     model: the image is normalised with ``mean`` / ``std``, masked with
     ``fill`` in that space, and the normalisation undone for display (values
     outside [0, 1], e.g. a huge fill, shown clipped). With ``fill="drop"``
@@ -365,15 +365,15 @@ def plot_mask_grid(
         scores: (N,) SPEC §7 scores of its patches.
         patch_size: P.
         ratios: the columns.
-        table: a :class:`~captum_sift.masking.MaskingTable`; its accuracies are
+        table: a :class:`~captum_sift.masking.prompt.MaskingTable`; its accuracies are
             written under each panel.
-        fill: as in :func:`~captum_sift.evaluation.evaluate_masking`: a number
+        fill: as in :func:`~captum_sift.masking.evaluate.evaluate_masking`: a number
             in the model's input space, ``"mean"``, ``"blur"``, a tensor or
             ``"drop"``; default 0.5 (mid-gray with the default statistics).
         mean, std: the model's input statistics per channel (default 0 and 1:
             the model's input space is the pixels').
     """
-    from .masking import mask_images, select_patches
+    from ..masking.apply import mask_images, select_patches
 
     pixels = check_images(image.unsqueeze(0) if image.dim() == 3 else image, "image")
     scores = scores.reshape(1, -1).to(pixels.device)
@@ -456,9 +456,9 @@ def plot_spurious(
         scores: (B, N) per-patch θ (SPEC §7).
         keypoint_counts: (B, N) or (B, Gh, Gw).
         patch_size: P.
-        threshold, min_keypoints: as :func:`~captum_sift.patches.spurious_patches`.
+        threshold, min_keypoints: as :func:`~captum_sift.masking.apply.spurious_patches`.
     """
-    from .patches import spurious_patches
+    from ..theta.spurious import spurious_patches
 
     images = check_images(images)
     height, width = images.shape[2:]

@@ -1,0 +1,5 @@
+"""The `captum-sift` command."""
+
+from .main import main
+
+__all__ = ["main"]

@@ -1,0 +1,53 @@
+"""Attention -> θ statistics, reports and stages (SPEC §2-6)."""
+
+from .analysis import PatchThetas, analyze, patch_scores_from_report
+from .functional import Interrelation, focus_index, interrelation, patch_block, patch_theta
+from .report import QUANTITIES, STORED, InterrelationReport, nan_to_none
+from .settings import KEYPOINT_BACKENDS, STAGE_NAMES, ThetaSettings, resolve_layers
+from .spurious import SPURIOUS_THRESHOLD, key_patches, spurious_patches
+from .stages import (
+    BOOTSTRAP_SAMPLES,
+    GAP_RULE,
+    MIN_CONFIDENCE,
+    MIN_RELATIVE_RISE,
+    MIN_RISE_SHARE,
+    RULE,
+    Stages,
+    find_stages,
+    smooth,
+    split_stages,
+    split_theta_kk,
+)
+
+__all__ = [
+    "BOOTSTRAP_SAMPLES",
+    "GAP_RULE",
+    "Interrelation",
+    "InterrelationReport",
+    "KEYPOINT_BACKENDS",
+    "MIN_CONFIDENCE",
+    "MIN_RELATIVE_RISE",
+    "MIN_RISE_SHARE",
+    "PatchThetas",
+    "QUANTITIES",
+    "RULE",
+    "SPURIOUS_THRESHOLD",
+    "STAGE_NAMES",
+    "STORED",
+    "Stages",
+    "ThetaSettings",
+    "analyze",
+    "find_stages",
+    "focus_index",
+    "interrelation",
+    "key_patches",
+    "nan_to_none",
+    "patch_block",
+    "patch_scores_from_report",
+    "patch_theta",
+    "resolve_layers",
+    "smooth",
+    "split_stages",
+    "split_theta_kk",
+    "spurious_patches",
+]

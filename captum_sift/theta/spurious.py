@@ -1,0 +1,57 @@
+"""The spurious rule of paper §5.1: a Key patch whose attention goes mostly to Non-key patches."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .._checks import as_scalar, check_2d, check_min_keypoints, shape_of
+from ..errors import CaptumSiftError
+
+__all__ = ["SPURIOUS_THRESHOLD", "key_patches", "spurious_patches"]
+
+#: θ below which a Key patch is spurious by default (paper §5.1: "most" of its attention to Non-key patches).
+SPURIOUS_THRESHOLD = 0.5
+
+
+def spurious_patches(
+    scores: torch.Tensor,
+    keypoint_counts: torch.Tensor,
+    threshold: float = SPURIOUS_THRESHOLD,
+    min_keypoints: int = 1,
+) -> torch.Tensor:
+    """Key patches whose attention goes mostly to Non-key patches (paper §5.1): t_j >= min_keypoints and θ < threshold.
+
+    "A keypoint patch that assigns most of its attention to Non-keypoint
+    patches will be regarded as spurious correlation, even if this patch
+    contains many keypoints." With the SPEC §7 score (θ_i, averaged over heads
+    and layers), "most" is θ_i < 0.5 by default.
+
+    Shape:
+        - scores, keypoint_counts: (B, N)
+        - output: (B, N) bool
+
+    Example:
+        >>> spurious_patches(torch.tensor([[0.2, 0.9, 0.3, 0.1]]), torch.tensor([[3, 2, 0, 1]]))
+        tensor([[ True, False, False,  True]])
+    """
+    key = key_patches(scores, keypoint_counts, min_keypoints)
+    threshold = as_scalar(threshold)
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not math.isfinite(threshold):
+        raise CaptumSiftError(f"expected a finite threshold, got {threshold!r}")
+    return key & (scores < threshold)
+
+
+def key_patches(scores: torch.Tensor, keypoint_counts: object, min_keypoints: int) -> torch.Tensor:
+    """Key patches (t_j >= min_keypoints) of a (B, N) score grid; NaN scores on them are refused."""
+    scores = check_2d(scores, "scores")
+    if not isinstance(keypoint_counts, torch.Tensor) or keypoint_counts.flatten(1).shape != scores.shape:
+        raise CaptumSiftError(
+            f"expected keypoint_counts of shape (B, N) = {tuple(scores.shape)} with the spurious mode, "
+            f"got {shape_of(keypoint_counts)}"
+        )
+    key = keypoint_counts.flatten(1).to(scores.device) >= check_min_keypoints(min_keypoints)
+    if bool(torch.isnan(scores[key]).any()):
+        raise CaptumSiftError("expected scores without NaN on Key patches, got NaN (gamma > 1 can leave S_i empty)")
+    return key
