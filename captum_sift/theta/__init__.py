@@ -1,7 +1,16 @@
 """Attention -> θ statistics, reports and stages (SPEC §2-6)."""
 
-from .analysis import PatchThetas, analyze, patch_scores_from_report
-from .functional import Interrelation, focus_index, interrelation, patch_block, patch_theta
+from .analysis import PatchThetas, analyze, analyze_batch, patch_scores_from_report, patch_thetas
+from .functional import (
+    Interrelation,
+    check_counts,
+    focus_index,
+    interrelation,
+    patch_block,
+    patch_theta,
+    theta_from_weights,
+    theta_weights,
+)
 from .report import QUANTITIES, STORED, InterrelationReport, nan_to_none
 from .settings import KEYPOINT_BACKENDS, STAGE_NAMES, ThetaSettings, resolve_layers
 from .spurious import SPURIOUS_THRESHOLD, key_patches, spurious_patches
@@ -37,6 +46,8 @@ __all__ = [
     "Stages",
     "ThetaSettings",
     "analyze",
+    "analyze_batch",
+    "check_counts",
     "find_stages",
     "focus_index",
     "interrelation",
@@ -45,9 +56,12 @@ __all__ = [
     "patch_block",
     "patch_scores_from_report",
     "patch_theta",
+    "patch_thetas",
     "resolve_layers",
     "smooth",
     "split_stages",
     "split_theta_kk",
     "spurious_patches",
+    "theta_from_weights",
+    "theta_weights",
 ]

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 
-from .._checks import as_scalar, check_2d, check_min_keypoints, shape_of
+from .._checks import check_2d, check_min_keypoints, check_number, shape_of
 from ..errors import CaptumSiftError
 
 __all__ = ["SPURIOUS_THRESHOLD", "key_patches", "spurious_patches"]
@@ -37,10 +35,7 @@ def spurious_patches(
         tensor([[ True, False, False,  True]])
     """
     key = key_patches(scores, keypoint_counts, min_keypoints)
-    threshold = as_scalar(threshold)
-    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not math.isfinite(threshold):
-        raise CaptumSiftError(f"expected a finite threshold, got {threshold!r}")
-    return key & (scores < threshold)
+    return key & (scores < check_number(threshold, "threshold"))
 
 
 def key_patches(scores: torch.Tensor, keypoint_counts: object, min_keypoints: int) -> torch.Tensor:
