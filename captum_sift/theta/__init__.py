@@ -11,9 +11,11 @@ from .functional import (
     theta_from_weights,
     theta_weights,
 )
-from .report import QUANTITIES, STORED, InterrelationReport, nan_to_none
+from .report import InterrelationReport
+from .report_fields import QUANTITIES, STORED
+from .report_io import nan_to_none
 from .settings import KEYPOINT_BACKENDS, STAGE_NAMES, ThetaSettings, resolve_layers
-from .spurious import SPURIOUS_THRESHOLD, key_patches, spurious_patches
+from .spurious import SPURIOUS_THRESHOLD, key_patches, position_counts, spurious_patches
 from .stages import (
     BOOTSTRAP_SAMPLES,
     GAP_RULE,
@@ -57,6 +59,7 @@ __all__ = [
     "patch_scores_from_report",
     "patch_theta",
     "patch_thetas",
+    "position_counts",
     "resolve_layers",
     "smooth",
     "split_stages",
