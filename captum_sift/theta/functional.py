@@ -169,6 +169,8 @@ def theta_from_weights(
 ) -> torch.Tensor:
     """Eqs. 2-3 on checked arguments: θ (B, h, N) from attn_patch (B, h, N, N) and ``theta_weights``.
 
+    :func:`patch_theta` after its checks; the analysis calls it once per
+    layer, with the weights of the batch taken once.
     ``line``: the row means of ``attn_patch`` (B, h, N, 1), when already taken;
     ``out``: a contiguous (B, h, N, N) float buffer for S_i (one per batch, not one per layer).
     """

@@ -154,7 +154,7 @@ def split_theta_kk(kk: torch.Tensor) -> tuple[int, int]:
 
     Example:
         >>> table = [0.601, 0.607, 0.688, 0.729, 0.739, 0.767, 0.747, 0.776, 0.767, 0.745, 0.726, 0.672]
-        >>> split_theta_kk(torch.tensor(table))  # the 12-layer DINOv2 ViT-S/14 of the stage issue
+        >>> split_theta_kk(torch.tensor(table))  # θ_KK of a 12-layer DINOv2 ViT-S/14 on 84 photos
         (2, 7)
         >>> split_theta_kk(torch.linspace(0.3, 0.6, 12))  # still rising at the last layer: no Coach
         (1, 11)
