@@ -49,9 +49,9 @@ class InterrelationReport:
     summed by :meth:`merge` and :meth:`all_reduce`.
 
     An accumulator: :meth:`merge`, :meth:`all_reduce`, :meth:`state_dict`
-    and :meth:`load_state_dict` (checkpoints of a long run). Saving, loading
-    are in :mod:`~captum_sift.theta.report_io`, the checks of every field
-    in :mod:`~captum_sift.theta.report_fields`.
+    and :meth:`load_state_dict` (checkpoints of a long run). The dict, JSON
+    and CSV forms are in :mod:`~captum_sift.theta.report_io`, the names of
+    the fields and their checks in :mod:`~captum_sift.theta.report_fields`.
     """
 
     layers: list[int]
