@@ -120,7 +120,7 @@ def _assert_same_document(a, b, path=()):
 
 def test_torchrun_two_processes_give_the_numbers_of_one(tmp_path, image_folder):
     from captum_sift import InterrelationReport, find_stages
-    from captum_sift.theta.report import nan_to_none
+    from captum_sift.theta.report_io import nan_to_none
 
     one, two = tmp_path / "one", tmp_path / "two"
     common = ["--images", str(image_folder), *TINY]

@@ -10,7 +10,7 @@ from captum.log import log_usage
 from torch import nn
 
 from ..errors import CaptumSiftError
-from ..theta.analysis import _analyze, patch_scores_from_report
+from ..theta.analysis import analyze_batch, patch_scores_from_report, patch_thetas
 from ..theta.settings import LayerChoice, ThetaSettings
 from ..vit.adapter import ViTAdapter
 from .attention_baselines import _PatchAttribution
@@ -190,11 +190,14 @@ class SIFTInterrelation(_PatchAttribution):
         images, as_tuple = self._images(inputs)
         keypoint_counts = _expand_counts(keypoint_counts, images.detach(), repeat_counts)
         # The report (classes, focus index, query rows, sums) is only built when it is returned.
-        got = _analyze(self.vit, images, keypoint_counts, self.settings, self.image_space, None, return_report)  # type: ignore[arg-type]
         layers = self.settings.layers
-        scores = patch_scores_from_report(got, layers) if return_report else got.scores(layers)  # type: ignore[arg-type,union-attr]
+        if return_report:
+            report = analyze_batch(self.vit, images, keypoint_counts, self.settings, self.image_space)  # type: ignore[arg-type]
+            scores = patch_scores_from_report(report, layers)
+        else:
+            scores = patch_thetas(self.vit, images, keypoint_counts, self.settings, self.image_space).scores(layers)  # type: ignore[arg-type]
         out = self._spread(_transform(scores.to(images.device, images.dtype), self.output), images, as_tuple)
-        return (out, got) if return_report else out
+        return (out, report) if return_report else out
 
     def count_keypoints(self, inputs: torch.Tensor | tuple[torch.Tensor]) -> torch.Tensor:
         """Keypoint counts (B, Gh, Gw) of the images behind ``inputs`` (un-normalised first in model space).

@@ -25,7 +25,7 @@ from .. import __version__
 from .._dist import all_gather_objects, barrier, init_from_env
 from .._io import write_text_atomic
 from ..errors import CaptumSiftError
-from ..theta.report import nan_to_none
+from ..theta.report_io import nan_to_none
 from ..theta.settings import ThetaSettings
 from ..vit.adapter import ViTAdapter, as_vit, eval_mode
 
@@ -877,7 +877,8 @@ def _conclude(run: Run, images: int, done: str, skipped: list[list[str]], write:
 
 def _empty_report(run: Run):
     """A report of no image with this run's layers, heads and grid (zero sums and counts)."""
-    from ..theta.report import STORED, InterrelationReport
+    from ..theta.report import InterrelationReport
+    from ..theta.report_fields import STORED
 
     shape = (run.vit.depth, run.vit.num_heads)
     side = run.source.size // run.vit.patch_size
@@ -905,7 +906,7 @@ def _write_analysis(run: Run, report, settings: dict[str, Any], skipped: list[li
 
     from ..keypoints import detect_keypoints
     from ..theta.analysis import analyze
-    from ..theta.report import QUANTITIES
+    from ..theta.report_fields import QUANTITIES
     from ..theta.stages import find_stages
     from ..viz import figures as viz
 

@@ -9,7 +9,7 @@ import torch
 from .._checks import check_int, check_min_keypoints, check_number, shape_of
 from ..errors import CaptumSiftError
 from ..masking.apply import check_generator, num_masked
-from ..theta.functional import _check_counts
+from ..theta.functional import check_counts
 
 __all__ = ["KeyShareSchedule", "guided_masking", "mask_counts", "random_masking"]
 
@@ -136,7 +136,7 @@ def guided_masking(
     """
     _check_tokens(x)
     b, n, _ = x.shape
-    counts = _check_counts(keypoint_counts, b, n).to(x.device)
+    counts = check_counts(keypoint_counts, b, n).to(x.device)
     n_mask = _num_masked(mask_ratio, n)
     key_share = check_number(key_share, "key_share", 0.0, 1.0)
     is_key = counts >= check_min_keypoints(min_keypoints)

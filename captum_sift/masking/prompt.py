@@ -14,7 +14,7 @@ from torch import nn
 
 from .._checks import check_image_space
 from ..errors import CaptumSiftError
-from ..theta.analysis import _analyze
+from ..theta.analysis import patch_thetas
 from ..theta.settings import ThetaSettings
 from ..vit.adapter import ViTAdapter, as_vit
 from ..vit.inputs import to_model_and_pixels
@@ -55,8 +55,8 @@ def scores_and_counts(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(SPEC §7 scores (B, N), keypoint counts (B, N)) from one analysis."""
     settings.check_for(vit.depth)
-    got = _analyze(vit, images, keypoint_counts, settings, image_space, None, full=False)  # type: ignore[arg-type]
-    scores = got.scores(settings.layers).to(images.device)  # type: ignore[union-attr]
+    got = patch_thetas(vit, images, keypoint_counts, settings, image_space)  # type: ignore[arg-type]
+    scores = got.scores(settings.layers).to(images.device)
     return scores, got.keypoint_counts.to(images.device)
 
 

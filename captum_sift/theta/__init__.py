@@ -1,10 +1,21 @@
 """Attention -> θ statistics, reports and stages (SPEC §2-6)."""
 
-from .analysis import PatchThetas, analyze, patch_scores_from_report
-from .functional import Interrelation, focus_index, interrelation, patch_block, patch_theta
-from .report import QUANTITIES, STORED, InterrelationReport, nan_to_none
+from .analysis import PatchThetas, analyze, analyze_batch, patch_scores_from_report, patch_thetas
+from .functional import (
+    Interrelation,
+    check_counts,
+    focus_index,
+    interrelation,
+    patch_block,
+    patch_theta,
+    theta_from_weights,
+    theta_weights,
+)
+from .report import InterrelationReport
+from .report_fields import QUANTITIES, STORED
+from .report_io import nan_to_none
 from .settings import KEYPOINT_BACKENDS, STAGE_NAMES, ThetaSettings, resolve_layers
-from .spurious import SPURIOUS_THRESHOLD, key_patches, spurious_patches
+from .spurious import SPURIOUS_THRESHOLD, key_patches, position_counts, spurious_patches
 from .stages import (
     BOOTSTRAP_SAMPLES,
     GAP_RULE,
@@ -37,6 +48,8 @@ __all__ = [
     "Stages",
     "ThetaSettings",
     "analyze",
+    "analyze_batch",
+    "check_counts",
     "find_stages",
     "focus_index",
     "interrelation",
@@ -45,9 +58,13 @@ __all__ = [
     "patch_block",
     "patch_scores_from_report",
     "patch_theta",
+    "patch_thetas",
+    "position_counts",
     "resolve_layers",
     "smooth",
     "split_stages",
     "split_theta_kk",
     "spurious_patches",
+    "theta_from_weights",
+    "theta_weights",
 ]

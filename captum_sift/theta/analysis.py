@@ -13,11 +13,12 @@ from ..errors import CaptumSiftError
 from ..keypoints import count_keypoints
 from ..vit.adapter import ViTAdapter, as_vit, non_finite_attention
 from ..vit.inputs import to_model_and_pixels
-from .functional import _check_counts, _theta, _theta_weights, focus_index, interrelation, patch_block
+from .functional import check_counts, focus_index, interrelation, patch_block, theta_from_weights, theta_weights
 from .report import InterrelationReport
-from .settings import LayerChoice, ThetaSettings, resolve_layers
+from .settings import STAGE_NAMES, LayerChoice, ThetaSettings, resolve_layers
+from .stages import split_theta_kk
 
-__all__ = ["analyze", "patch_scores_from_report"]
+__all__ = ["PatchThetas", "analyze", "analyze_batch", "patch_scores_from_report", "patch_thetas"]
 
 
 def analyze(
@@ -76,11 +77,11 @@ def analyze(
     """
     vit = as_vit(model, mean=mean, std=std)
     theta_settings = ThetaSettings.resolve(settings, **options)
-    return _analyze(vit, images, keypoint_counts, theta_settings, image_space, query_patch)
+    return analyze_batch(vit, images, keypoint_counts, theta_settings, image_space, query_patch)
 
 
 class PatchThetas(NamedTuple):
-    """What the per-patch scores need of an analysis (``_analyze(..., full=False)``), without a report."""
+    """What the per-patch scores need of an analysis (:func:`patch_thetas`), without a report."""
 
     layers: list[int]  # the analysed layers
     patch_theta: torch.Tensor  # (B, L, N): θ_i averaged over heads
@@ -92,21 +93,75 @@ class PatchThetas(NamedTuple):
         return _patch_scores(self.patch_theta, self.layers, layers, self.kk)
 
 
-def _analyze(
+class _Batch(NamedTuple):
+    """The checked inputs of one analysis."""
+
+    model_input: torch.Tensor  # (B, C, H, W), normalised as the model expects
+    counts: torch.Tensor  # (B, N) int64 keypoint counts, on the images' device
+    grid: tuple[int, int]
+    query_index: int | None  # the checked ``query_patch``
+
+
+def analyze_batch(
     vit: ViTAdapter,
     images: torch.Tensor,
     keypoint_counts: torch.Tensor | None,
-    theta_settings: ThetaSettings,
-    image_space: Literal["model", "pixel"],
-    query_patch: int | None,
-    full: bool = True,
-) -> InterrelationReport | PatchThetas:
-    """:func:`analyze` on an adapter; ``full=False``: only what the per-patch scores need, as :class:`PatchThetas`.
+    settings: ThetaSettings,
+    image_space: Literal["model", "pixel"] = "model",
+    query_patch: int | None = None,
+) -> InterrelationReport:
+    """:func:`analyze` on an adapter and resolved settings: the full report of one batch."""
+    layers = settings.layer_list(vit.depth)
+    batch = _prepare(vit, images, keypoint_counts, settings, image_space, query_patch)
+    if batch.query_index is None:
+        query = batch.counts.argmax(dim=1)  # first patch with the most keypoints
+    else:
+        query = torch.full((images.shape[0],), batch.query_index, device=images.device)
+    theta, focus, query_attention = _stream(vit, batch, settings, layers, query)
+    kk, nk = _classes(theta, batch.counts, settings.min_keypoints)
+    per_image = {
+        "kk": kk,
+        "nk": nk,
+        "focus": focus,
+        "patch_theta": torch.nanmean(theta, dim=2),  # SPEC §7: mean over heads
+        "query_attention": query_attention,
+        "keypoint_counts": batch.counts,
+        "query_patch": query,
+    }
+    return InterrelationReport.from_per_image(
+        layers=layers, grid_size=batch.grid, settings=_report_settings(vit, settings), per_image=per_image
+    )
+
+
+def patch_thetas(
+    vit: ViTAdapter,
+    images: torch.Tensor,
+    keypoint_counts: torch.Tensor | None,
+    settings: ThetaSettings,
+    image_space: Literal["model", "pixel"] = "model",
+) -> PatchThetas:
+    """What the per-patch scores need of :func:`analyze_batch`, without building a report.
 
     The report's classes, focus index, query rows and sums take ~2-3 % of a
     forward on a ViT-S; an attribution that returns no report skips them.
+    θ_KK is taken only when ``settings.layers`` is a stage name.
     """
-    layer_list = theta_settings.layer_list(vit.depth)
+    layers = settings.layer_list(vit.depth)
+    batch = _prepare(vit, images, keypoint_counts, settings, image_space, None)
+    theta, _, _ = _stream(vit, batch, settings, layers, None)
+    kk = _classes(theta, batch.counts, settings.min_keypoints)[0] if isinstance(settings.layers, str) else None
+    return PatchThetas(layers, torch.nanmean(theta, dim=2), kk, batch.counts)
+
+
+def _prepare(
+    vit: ViTAdapter,
+    images: torch.Tensor,
+    keypoint_counts: torch.Tensor | None,
+    settings: ThetaSettings,
+    image_space: Literal["model", "pixel"],
+    query_patch: int | None,
+) -> _Batch:
+    """Check the batch and the query patch; the model's input and the checked counts (counted when None)."""
     if not isinstance(images, torch.Tensor) or images.dim() != 4:
         raise CaptumSiftError(f"expected images of shape (B, C, H, W), got {shape_of(images)}")
     if images.shape[0] == 0:
@@ -116,18 +171,24 @@ def _analyze(
     query_index = None if query_patch is None else check_int(query_patch, "query_patch", 0, n - 1)
     model_input, pixels = to_model_and_pixels(vit, images, image_space, need_pixels=keypoint_counts is None)
     if keypoint_counts is None:
-        keypoint_counts = count_keypoints(pixels, vit.patch_size, backend=theta_settings.keypoint_backend)
-    counts = _check_counts(keypoint_counts, images.shape[0], n).to(images.device).long()
-    if query_patch is None:
-        query = counts.argmax(dim=1)  # first patch with the most keypoints
-    else:
-        query = torch.full((images.shape[0],), query_index, device=images.device)
-    prefix = vit.num_prefix_tokens
-    gamma, min_keypoints = theta_settings.gamma, theta_settings.min_keypoints
-    wanted = set(layer_list)
-    weights = _theta_weights(counts.float(), weighted=theta_settings.weighted, min_keypoints=min_keypoints)
+        keypoint_counts = count_keypoints(pixels, vit.patch_size, backend=settings.keypoint_backend)
+    counts = check_counts(keypoint_counts, images.shape[0], n).to(images.device).long()
+    return _Batch(model_input, counts, grid, query_index)
+
+
+def _stream(
+    vit: ViTAdapter, batch: _Batch, settings: ThetaSettings, layers: list[int], query: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """θ (B, L, h, N) of the analysed layers; with ``query`` (B,) also focus (B, L, h) and query rows (B, L, N).
+
+    Each map is measured inside its block's forward, as the capture hands it
+    over: read while still in cache, and not kept past the block's own use
+    of it. Only one layer's attention is alive at a time.
+    """
+    prefix, wanted = vit.num_prefix_tokens, set(layers)
+    weights = theta_weights(batch.counts.float(), weighted=settings.weighted, min_keypoints=settings.min_keypoints)
     thetas, focuses, query_rows = [], [], []
-    rows = torch.arange(images.shape[0], device=images.device)
+    rows = torch.arange(batch.counts.shape[0], device=batch.counts.device)
     attended = None  # S_i of every layer in turn: one buffer
 
     def measure(index: int, attn: torch.Tensor) -> None:
@@ -143,43 +204,36 @@ def _analyze(
             raise non_finite_attention(index)
         if attended is None:
             attended = torch.empty(attn_patch.shape, dtype=attn_patch.dtype, device=attn_patch.device)
-        thetas.append(_theta(attn_patch, weights, gamma, theta_settings.include_self, line, attended))  # (B, h, N)
-        if full:
+        theta = theta_from_weights(attn_patch, weights, settings.gamma, settings.include_self, line, attended)
+        thetas.append(theta)  # (B, h, N)
+        if query is not None:
             focuses.append(focus_index(attn_patch))
             query_rows.append(attn_patch[rows, :, query].mean(dim=1))
 
-    # Each map is measured inside its block's forward, as the capture hands it over: read while still in
-    # cache, and not kept past the block's own use of it.
-    for _ in vit._iter_attention(model_input, layer_list[-1], unchecked=wanted, consume=measure):
+    for _ in vit._iter_attention(batch.model_input, layers[-1], unchecked=wanted, consume=measure):
         pass
-    theta = torch.stack(thetas, dim=1)  # (B, L, h, N): the per-head statistics of all layers at once
-    patch_theta = torch.nanmean(theta, dim=2)  # SPEC §7: mean over heads
-    if not full:
-        stage = isinstance(theta_settings.layers, str)
-        kk = interrelation(theta.flatten(1, 2), counts, min_keypoints).kk.view(theta.shape[:3]) if stage else None
-        return PatchThetas(layer_list, patch_theta, kk, counts)
+    if query is None:
+        return torch.stack(thetas, dim=1), None, None
+    return torch.stack(thetas, dim=1), torch.stack(focuses, dim=1), torch.stack(query_rows, dim=1)
+
+
+def _classes(theta: torch.Tensor, counts: torch.Tensor, min_keypoints: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """θ_KK and θ_NK (B, L, h) of θ (B, L, h, N): eq. 4 on every layer and head at once."""
     classes = interrelation(theta.flatten(1, 2), counts, min_keypoints)  # (B, L * h)
-    per_image = {
-        "kk": classes.kk.view(theta.shape[:3]),
-        "nk": classes.nk.view(theta.shape[:3]),
-        "focus": torch.stack(focuses, dim=1),
-        "patch_theta": patch_theta,
-        "query_attention": torch.stack(query_rows, dim=1),
-    }
-    per_image["keypoint_counts"] = counts
-    per_image["query_patch"] = query
-    report_settings = {
-        "gamma": gamma,
-        "weighted": theta_settings.weighted,
-        "include_self": theta_settings.include_self,
-        "min_keypoints": min_keypoints,
-        "num_prefix_tokens": prefix,
+    return classes.kk.view(theta.shape[:3]), classes.nk.view(theta.shape[:3])
+
+
+def _report_settings(vit: ViTAdapter, settings: ThetaSettings) -> dict[str, Any]:
+    """The settings a report records: θ's options, the prefix tokens and the model."""
+    return {
+        "gamma": settings.gamma,
+        "weighted": settings.weighted,
+        "include_self": settings.include_self,
+        "min_keypoints": settings.min_keypoints,
+        "num_prefix_tokens": vit.num_prefix_tokens,
         "model": vit.name,
         "family": vit.family,
     }
-    return InterrelationReport.from_per_image(
-        layers=layer_list, grid_size=grid, settings=report_settings, per_image=per_image
-    )
 
 
 def patch_scores_from_report(report: InterrelationReport, layers: LayerChoice = None) -> torch.Tensor:
@@ -203,8 +257,6 @@ def _patch_scores(
     theta: torch.Tensor, analysed: list[int], layers: LayerChoice, kk: torch.Tensor | None
 ) -> torch.Tensor:
     """:func:`patch_scores_from_report` from head-mean θ (B, L, N) of the ``analysed`` layers (θ_KK for a stage)."""
-    from .stages import STAGE_NAMES, split_theta_kk
-
     if layers is None:
         return torch.nanmean(theta, dim=1)
     if isinstance(layers, str):

@@ -12,10 +12,19 @@ from typing import NamedTuple
 
 import torch
 
-from .._checks import check_gamma, check_min_keypoints, shape_of
+from .._checks import check_gamma, check_int, check_min_keypoints, shape_of
 from ..errors import CaptumSiftError
 
-__all__ = ["Interrelation", "focus_index", "interrelation", "patch_block", "patch_theta"]
+__all__ = [
+    "Interrelation",
+    "check_counts",
+    "focus_index",
+    "interrelation",
+    "patch_block",
+    "patch_theta",
+    "theta_from_weights",
+    "theta_weights",
+]
 
 
 def _check_attention(attn: torch.Tensor, name: str = "attn") -> None:
@@ -46,8 +55,7 @@ def patch_block(attn: torch.Tensor, num_prefix_tokens: int) -> torch.Tensor:
         torch.Size([2, 3, 4, 4])
     """
     _check_attention(attn)
-    if isinstance(num_prefix_tokens, bool) or not isinstance(num_prefix_tokens, int) or num_prefix_tokens < 0:
-        raise CaptumSiftError(f"expected num_prefix_tokens to be an int >= 0, got {num_prefix_tokens!r}")
+    num_prefix_tokens = check_int(num_prefix_tokens, "num_prefix_tokens", low=0)
     if num_prefix_tokens >= attn.shape[-1]:
         raise CaptumSiftError(
             f"expected fewer prefix tokens than tokens, got num_prefix_tokens={num_prefix_tokens} "
@@ -56,8 +64,15 @@ def patch_block(attn: torch.Tensor, num_prefix_tokens: int) -> torch.Tensor:
     return attn[:, :, num_prefix_tokens:, num_prefix_tokens:]
 
 
-def _check_counts(keypoint_counts: torch.Tensor, batch: int, num_patches: int) -> torch.Tensor:
-    """Counts (B, N) or (B, Gh, Gw) -> (B, N) float; negative, NaN or fractional counts are rejected."""
+def check_counts(keypoint_counts: torch.Tensor, batch: int, num_patches: int) -> torch.Tensor:
+    """Keypoint counts t_j, (B, N) or (B, Gh, Gw), checked -> a (B, N) view in their own dtype.
+
+    Refused: other shapes, complex, bool or meta tensors, NaN, Inf, fractional or negative counts.
+
+    Example:
+        >>> check_counts(torch.tensor([[[1, 0], [2, 0]]]), 1, 4)
+        tensor([[1, 0, 2, 0]])
+    """
     if not isinstance(keypoint_counts, torch.Tensor):
         raise CaptumSiftError(f"expected keypoint_counts to be a torch.Tensor, got {type(keypoint_counts).__name__}")
     counts = keypoint_counts.flatten(1) if keypoint_counts.dim() == 3 else keypoint_counts
@@ -127,12 +142,12 @@ def patch_theta(
     """
     _check_attention(attn_patch, "attn_patch")
     batch, _, n, _ = attn_patch.shape
-    counts = _check_counts(keypoint_counts, batch, n).to(device=attn_patch.device, dtype=attn_patch.dtype)
-    weights = _theta_weights(counts, weighted=weighted, min_keypoints=check_min_keypoints(min_keypoints))
-    return _theta(attn_patch, weights, check_gamma(gamma), include_self)
+    counts = check_counts(keypoint_counts, batch, n).to(device=attn_patch.device, dtype=attn_patch.dtype)
+    weights = theta_weights(counts, weighted=weighted, min_keypoints=check_min_keypoints(min_keypoints))
+    return theta_from_weights(attn_patch, weights, check_gamma(gamma), include_self)
 
 
-def _theta_weights(counts: torch.Tensor, *, weighted: bool, min_keypoints: int) -> torch.Tensor:
+def theta_weights(counts: torch.Tensor, *, weighted: bool, min_keypoints: int) -> torch.Tensor:
     """The two weights of every target patch in eq. 3: (B, 1, N, 2) = [Key weight, weight in |S_i|].
 
     Key patches weigh t_j (``weighted``) or 1 in both; Non-key patches weigh 0 and 1.
@@ -144,7 +159,7 @@ def _theta_weights(counts: torch.Tensor, *, weighted: bool, min_keypoints: int) 
     return torch.stack([key_weight, all_weight], dim=-1).unsqueeze(1)
 
 
-def _theta(
+def theta_from_weights(
     attn_patch: torch.Tensor,
     weights: torch.Tensor,
     gamma: float,
@@ -152,8 +167,10 @@ def _theta(
     line: torch.Tensor | None = None,
     out: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Eqs. 2-3 on checked arguments: θ (B, h, N) from attn_patch (B, h, N, N) and ``_theta_weights``.
+    """Eqs. 2-3 on checked arguments: θ (B, h, N) from attn_patch (B, h, N, N) and ``theta_weights``.
 
+    :func:`patch_theta` after its checks; the analysis calls it once per
+    layer, with the weights of the batch taken once.
     ``line``: the row means of ``attn_patch`` (B, h, N, 1), when already taken;
     ``out``: a contiguous (B, h, N, N) float buffer for S_i (one per batch, not one per layer).
     """
@@ -208,7 +225,7 @@ def interrelation(theta: torch.Tensor, keypoint_counts: torch.Tensor, min_keypoi
     if not isinstance(theta, torch.Tensor) or theta.dim() != 3:
         raise CaptumSiftError(f"expected theta of shape (B, heads, N), got {shape_of(theta)}")
     batch, _, n = theta.shape
-    counts = _check_counts(keypoint_counts, batch, n).to(theta.device)
+    counts = check_counts(keypoint_counts, batch, n).to(theta.device)
     is_key = (counts >= check_min_keypoints(min_keypoints)).unsqueeze(1)  # (B, 1, N)
     valid = ~torch.isnan(theta)
 

@@ -1,27 +1,21 @@
-"""InterrelationReport: θ classes and focus index per image x layer x head, mergeable."""
+"""InterrelationReport: θ classes and focus index per image x layer x head, and their data-set sums, mergeable."""
 
 from __future__ import annotations
 
-import csv
-import json
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .._checks import as_int, check_int, shape_of
+from .._dist import all_gather_objects, all_reduce_sum
 from ..errors import CaptumSiftError
-from .spurious import SPURIOUS_THRESHOLD
+from .report_fields import CURVES, PER_IMAGE, POSITIONS, QUANTITIES, SOURCE, STORED, validate_report
+from .report_io import fields_from_csv, fields_from_dict, int_tensor, read_json, report_to_dict, write_csv, write_json
+from .spurious import position_counts
 
 __all__ = ["InterrelationReport"]
-
-#: Quantities kept as sums and counts (θ_KN = 1 − θ_KK and θ_NN = 1 − θ_NK are derived).
-STORED = ("kk", "nk", "focus")
-#: Every quantity :meth:`InterrelationReport.mean` knows.
-QUANTITIES = ("kk", "kn", "nk", "nn", "focus", "focus_normalized")
-_PER_IMAGE = ("kk", "nk", "focus", "patch_theta", "keypoint_counts", "query_patch", "query_attention")
 
 
 @dataclass
@@ -50,8 +44,14 @@ class InterrelationReport:
     ``positions``: per patch position, the number of images where it is a Key
     patch (``"key"``) and where it is flagged spurious (``"spurious"``: a Key
     patch whose score — θ_i averaged over heads and the analysed layers — is
-    below :data:`SPURIOUS_THRESHOLD`, paper §5.1), each (N,) int64; summed by
-    :meth:`merge` and :meth:`all_reduce`.
+    below :data:`~captum_sift.theta.spurious.SPURIOUS_THRESHOLD`, paper §5.1,
+    see :func:`~captum_sift.theta.spurious.position_counts`), each (N,) int64;
+    summed by :meth:`merge` and :meth:`all_reduce`.
+
+    An accumulator: :meth:`merge`, :meth:`all_reduce`, :meth:`state_dict`
+    and :meth:`load_state_dict` (checkpoints of a long run). The dict, JSON
+    and CSV forms are in :mod:`~captum_sift.theta.report_io`, the names of
+    the fields and their checks in :mod:`~captum_sift.theta.report_fields`.
     """
 
     layers: list[int]
@@ -82,14 +82,16 @@ class InterrelationReport:
         settings: dict[str, Any],
         per_image: dict[str, torch.Tensor],
     ) -> InterrelationReport:
-        """Build a report from per-image tensors; sums and counts are derived."""
+        """A report of per-image tensors (named as the fields); sums, counts, curves and positions are derived."""
         kk = per_image["kk"]
         sums, counts = {}, {}
         for name in STORED:
             values = per_image[name].double().cpu()
-            valid = ~torch.isnan(values)
+            valid = ~torch.isnan(values)  # NaN (no Key or no Non-key patch) is left out, with its count
             sums[name] = torch.where(valid, values, torch.zeros_like(values)).sum(0)
             counts[name] = valid.sum(0)
+        scores = torch.nanmean(per_image["patch_theta"].float().cpu(), dim=1)  # (B, N): SPEC §7, all layers
+        min_keypoints = int(settings.get("min_keypoints", 1))
         return cls(
             layers=list(layers),
             num_heads=int(kk.shape[2]),
@@ -98,12 +100,9 @@ class InterrelationReport:
             sums=sums,
             counts=counts,
             num_images=int(kk.shape[0]),
-            curves={
-                "kk": torch.nanmean(kk.float(), dim=2).cpu(),
-                "focus": torch.nanmean(per_image["focus"].float(), dim=2).cpu(),
-            },
-            positions=_positions(per_image, int(settings.get("min_keypoints", 1))),
-            **{name: per_image[name].cpu() for name in _PER_IMAGE},
+            curves={name: torch.nanmean(per_image[name].float(), dim=2).cpu() for name in CURVES},
+            positions=position_counts(scores, per_image["keypoint_counts"].cpu(), min_keypoints),
+            **{name: per_image[name].cpu() for name in PER_IMAGE},
         )
 
     # -- per image -------------------------------------------------------------
@@ -131,15 +130,10 @@ class InterrelationReport:
         return self.kk is not None
 
     # -- data-set level --------------------------------------------------------
-    def _check_name(self, name: str) -> None:
-        if name not in QUANTITIES:
-            raise CaptumSiftError(f"expected a quantity in {QUANTITIES}, got {name!r}")
-
     def mean(self, name: str) -> torch.Tensor:
         """Mean over images, ignoring NaN, per layer x head: (L, h) float64 (SPEC §4)."""
-        self._check_name(name)
-        base = {"kn": "kk", "nn": "nk", "focus_normalized": "focus"}.get(name, name)
-        value = self.sums[base] / self.counts[base]  # 0 / 0 = NaN: no image contributed
+        source = _source(name)
+        value = self.sums[source] / self.counts[source]  # 0 / 0 = NaN: no image contributed
         if name in ("kn", "nn"):
             return 1 - value
         if name == "focus_normalized":
@@ -148,49 +142,36 @@ class InterrelationReport:
 
     def image_count(self, name: str) -> torch.Tensor:
         """Number of images behind each value of :meth:`mean`: (L, h) int64."""
-        self._check_name(name)
-        return self.counts[{"kn": "kk", "nn": "nk", "focus_normalized": "focus"}.get(name, name)].clone()
+        return self.counts[_source(name)].clone()
 
     def layer_mean(self, name: str) -> torch.Tensor:
         """Mean over heads of :meth:`mean` (the solid line of Fig. 5): (L,) float64, NaN heads left out."""
         return torch.nanmean(self.mean(name), dim=1)
 
-    # -- merging ---------------------------------------------------------------
-    def _same_setup(self, other: InterrelationReport) -> None:
-        mine = (self.layers, self.num_heads, self.grid_size, self.settings)
-        theirs = (other.layers, other.num_heads, other.grid_size, other.settings)
-        if mine != theirs:
-            raise CaptumSiftError(
-                f"expected reports of the same layers, heads, grid and settings to merge, got {mine} and {theirs}"
-            )
-
+    # -- accumulating ----------------------------------------------------------
     def merge(self, *others: InterrelationReport) -> InterrelationReport:
-        """One report of all images: sums and counts added, per-image data concatenated.
+        """One report of all images: sums, counts and position counts added, per-image data and curves concatenated.
 
-        Per-image tensors are kept only if every report has them.
+        Per-image tensors are kept only if every report has them; so are the
+        curves and the position counts.
         """
         reports = (self, *others)
         for other in others:
             if not isinstance(other, InterrelationReport):
                 raise CaptumSiftError(f"expected InterrelationReports to merge, got {type(other).__name__}")
             self._same_setup(other)
-        sums = {n: sum((r.sums[n] for r in reports[1:]), reports[0].sums[n].clone()) for n in STORED}
-        counts = {n: sum((r.counts[n] for r in reports[1:]), reports[0].counts[n].clone()) for n in STORED}
         merged = replace(
             self,
-            sums=sums,
-            counts=counts,
+            sums=_add([r.sums for r in reports], STORED),
+            counts=_add([r.counts for r in reports], STORED),
             num_images=sum(r.num_images for r in reports),
             extra=dict(self.extra),
         )
         keep = all(r.has_per_image for r in reports)
-        for name in _PER_IMAGE:
+        for name in PER_IMAGE:
             setattr(merged, name, torch.cat([getattr(r, name) for r in reports]) if keep else None)
-        if all(r.positions is not None for r in reports):
-            merged.positions = {n: sum((r.positions[n] for r in reports[1:]), reports[0].positions[n].clone())
-                                for n in ("key", "spurious")}  # fmt: skip
-        else:
-            merged.positions = None
+        with_positions = all(r.positions is not None for r in reports)
+        merged.positions = _add([r.positions for r in reports], POSITIONS) if with_positions else None
         merged.curves = _cat_curves([r.curves for r in reports])
         return merged
 
@@ -202,8 +183,6 @@ class InterrelationReport:
         A no-op in one process; every rank must call it (a rank with no image
         passes an empty report of the same layers and heads).
         """
-        from .._dist import all_gather_objects, all_reduce_sum
-
         device = torch.device(device)
         for name in STORED:
             self.sums[name] = all_reduce_sum(self.sums[name], device)
@@ -218,6 +197,22 @@ class InterrelationReport:
                 order = torch.sort(self.curves["image"], stable=True).indices
                 self.curves = {n: v[order] for n, v in self.curves.items()}
 
+    def state_dict(self) -> dict[str, Any]:
+        """Everything the report holds as JSON-ready data, for checkpoints; :meth:`load_state_dict` reads it back.
+
+        :meth:`to_dict` without the means (they follow from the sums):
+        setup, sums, counts, image count, ``extra``, curves, position counts
+        and the per-image data while kept. The float64 sums and the float32
+        per-image values and curves come back exactly.
+        """
+        return report_to_dict(self, means=False)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Replace every field, in place, by those of a :meth:`state_dict`, checked as :meth:`from_dict` checks."""
+        loaded = self.from_dict(state)
+        for item in fields(self):
+            setattr(self, item.name, getattr(loaded, item.name))
+
     def with_image_index(self, index: Any) -> InterrelationReport:
         """A copy whose per-image curves carry the data-set index of each image (B,), unique ints >= 0.
 
@@ -228,7 +223,7 @@ class InterrelationReport:
         """
         if self.curves is None:
             raise CaptumSiftError("expected a report with per-image curves to index, got none")
-        values = _int_tensor(index, "image index")
+        values = int_tensor(index, "image index")
         if tuple(values.shape) != (self.num_images,):
             raise CaptumSiftError(f"expected an image index of shape ({self.num_images},), got {tuple(values.shape)}")
         copy = replace(self, extra=dict(self.extra), curves={**self.curves, "image": values})
@@ -236,44 +231,26 @@ class InterrelationReport:
         return copy
 
     def without_per_image(self) -> InterrelationReport:
-        """A copy holding only the data-set sums and counts (small, for big runs)."""
-        return replace(self, extra=dict(self.extra), **{name: None for name in _PER_IMAGE})
+        """A copy holding only the data-set sums and counts (small, for big runs), the curves and positions."""
+        return replace(self, extra=dict(self.extra), **{name: None for name in PER_IMAGE})
 
-    # -- saving ----------------------------------------------------------------
+    def _same_setup(self, other: InterrelationReport) -> None:
+        mine = (self.layers, self.num_heads, self.grid_size, self.settings)
+        theirs = (other.layers, other.num_heads, other.grid_size, other.settings)
+        if mine != theirs:
+            raise CaptumSiftError(
+                f"expected reports of the same layers, heads, grid and settings to merge, got {mine} and {theirs}"
+            )
+
+    # -- saving and loading (report_io) ---------------------------------------
     def to_dict(self, per_image: bool = True) -> dict[str, Any]:
         """JSON-ready dict: setup, sums, counts, per-layer x head means; per-image data if kept."""
-        data: dict[str, Any] = {
-            "layers": self.layers,
-            "num_heads": self.num_heads,
-            "grid_size": list(self.grid_size),
-            "settings": self.settings,
-            "num_images": self.num_images,
-            "sums": {n: self.sums[n].tolist() for n in STORED},
-            "counts": {n: self.counts[n].tolist() for n in STORED},
-            "means": {n: nan_to_none(self.mean(n).tolist()) for n in QUANTITIES},
-            "extra": self.extra,
-        }
-        if self.curves is not None:
-            data["curves"] = {n: nan_to_none(v.tolist()) for n, v in self.curves.items()}
-        if self.positions is not None:
-            data["positions"] = {n: self.positions[n].tolist() for n in ("key", "spurious")}
-        if per_image and self.has_per_image:
-            data["per_image"] = {n: nan_to_none(getattr(self, n).tolist()) for n in _PER_IMAGE}
-        return data
+        return report_to_dict(self, per_image)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> InterrelationReport:
         """Inverse of :meth:`to_dict`; anything else (missing keys, wrong shapes or ranges) is refused."""
-        try:
-            report = cls._from_dict(data)
-        except CaptumSiftError:
-            raise
-        except (KeyError, TypeError, ValueError, AttributeError, IndexError, RuntimeError, OverflowError) as exc:
-            raise CaptumSiftError(f"expected a report written by InterrelationReport.to_dict: {exc!r}") from exc
-        except RecursionError as exc:
-            raise CaptumSiftError(
-                "expected a report written by InterrelationReport.to_dict: nested too deeply"
-            ) from exc
+        report = cls(**fields_from_dict(data))
         report.validate()
         return report
 
@@ -284,139 +261,19 @@ class InterrelationReport:
         counts (L, h), counts ints in [0, num_images], sums finite and within
         the range of their quantity (θ in [0, 1], focus index in [0, log N],
         times the count); per-image tensors of B = num_images images with the
-        shapes of the class docstring, θ in [0, 1] or NaN; curves (B, L).
+        shapes of the class docstring, θ in [0, 1] or NaN; curves (B, L);
+        position counts (N,) with 0 <= spurious <= key <= num_images.
         """
-        _check_setup(self)
-        layers, heads, images, n = len(self.layers), self.num_heads, self.num_images, self.num_patches
-        high = {"kk": 1.0, "nk": 1.0, "focus": math.log(n) if n > 1 else 0.0}
-        for name in STORED:
-            s, c = self.sums.get(name), self.counts.get(name)
-            if not isinstance(s, torch.Tensor) or not isinstance(c, torch.Tensor):
-                raise CaptumSiftError(f"expected sums and counts of {name!r} as tensors, got {type(s).__name__}, "
-                                      f"{type(c).__name__}")  # fmt: skip
-            if tuple(s.shape) != (layers, heads) or tuple(c.shape) != (layers, heads):
-                raise CaptumSiftError(
-                    f"expected sums and counts of {name!r} of shape {(layers, heads)}, got {tuple(s.shape)} and "
-                    f"{tuple(c.shape)}"
-                )
-            if c.is_floating_point() or c.dtype == torch.bool or bool((c < 0).any()) or bool((c > images).any()):
-                raise CaptumSiftError(
-                    f"expected counts of {name!r} to be ints in [0, num_images={images}], got {c.dtype} in "
-                    f"[{c.min().item() if c.numel() else None}, {c.max().item() if c.numel() else None}]"
-                )
-            slack = 1e-6 * c.double() + 1e-9  # float rounding of a sum of c values
-            ok = torch.isfinite(s) & (s >= -slack) & (s <= c.double() * high[name] * (1 + 1e-6) + slack)
-            if not bool(ok.all()):
-                bad = s[~ok][0].item()
-                raise CaptumSiftError(
-                    f"expected finite sums of {name!r} in [0, {high[name]:.4g} x count], got {bad!r} at (layer "
-                    f"position, head) {tuple(torch.nonzero(~ok)[0].tolist())}"
-                )
-        self._validate_per_image(high)
-        if self.curves is not None:
-            _validate_curves(self.curves, images, layers, high)
-        if self.positions is not None:
-            key, spurious = self.positions.get("key"), self.positions.get("spurious")
-            if (
-                key is None or spurious is None or tuple(key.shape) != (n,) or tuple(spurious.shape) != (n,)
-                or key.is_floating_point() or spurious.is_floating_point()
-                or bool((spurious < 0).any()) or bool((spurious > key).any()) or bool((key > images).any())
-            ):  # fmt: skip
-                raise CaptumSiftError(f"expected position counts (N,) = ({n},) with 0 <= spurious <= key <= images")
-
-    def _validate_per_image(self, high: dict[str, float]) -> None:
-        present = [name for name in _PER_IMAGE if getattr(self, name) is not None]
-        if not present:
-            return
-        if len(present) != len(_PER_IMAGE):
-            missing = [name for name in _PER_IMAGE if name not in present]
-            raise CaptumSiftError(f"expected every per-image field or none, got {present} without {missing}")
-        b, layers, heads, n = self.num_images, len(self.layers), self.num_heads, self.num_patches
-        shapes = {"kk": (b, layers, heads), "nk": (b, layers, heads), "focus": (b, layers, heads),
-                  "patch_theta": (b, layers, n), "keypoint_counts": (b, n), "query_patch": (b,),
-                  "query_attention": (b, layers, n)}  # fmt: skip
-        for name, shape in shapes.items():
-            value = getattr(self, name)
-            if not isinstance(value, torch.Tensor) or tuple(value.shape) != shape:
-                raise CaptumSiftError(f"expected per-image {name!r} of shape {shape}, got {shape_of(value)}")
-        ranges = {"kk": high["kk"], "nk": high["nk"], "focus": high["focus"], "patch_theta": 1.0,
-                  "query_attention": 1.0}  # fmt: skip
-        for name, top in ranges.items():
-            _check_range(getattr(self, name), f"per-image {name!r}", top)
-        for name, top in (("keypoint_counts", None), ("query_patch", n - 1)):
-            value = getattr(self, name)
-            if value.is_floating_point() or value.dtype == torch.bool or bool((value < 0).any()) or (
-                top is not None and bool((value > top).any())
-            ):  # fmt: skip
-                bound = "ints >= 0" if top is None else f"ints in [0, {top}]"
-                raise CaptumSiftError(f"expected per-image {name!r} to be {bound}, got {value.dtype} out of range")
-
-    @classmethod
-    def _from_dict(cls, data: dict[str, Any]) -> InterrelationReport:
-        if not isinstance(data, dict):
-            raise CaptumSiftError(f"expected a report dict, got {type(data).__name__}")
-        per_image = data.get("per_image")
-        kwargs: dict[str, Any] = {}
-        if per_image is not None:
-            if not isinstance(per_image, dict):
-                raise CaptumSiftError(f"expected 'per_image' to be a dict, got {type(per_image).__name__}")
-            for name in _PER_IMAGE:
-                if name in ("keypoint_counts", "query_patch"):
-                    kwargs[name] = _int_tensor(per_image[name], f"per-image {name!r}")
-                else:
-                    kwargs[name] = _float_tensor(per_image[name], f"per-image {name!r}", torch.float32)
-        for key in ("settings", "sums", "counts"):
-            if not isinstance(data[key], dict):
-                raise CaptumSiftError(f"expected {key!r} to be a dict, got {type(data[key]).__name__}")
-        layers = data["layers"]
-        if not isinstance(layers, list):
-            raise CaptumSiftError(f"expected 'layers' to be a list of ints, got {type(layers).__name__}")
-        grid = data["grid_size"]
-        if not isinstance(grid, list) or len(grid) != 2:
-            raise CaptumSiftError(f"expected 'grid_size' [Gh, Gw], got {grid!r}")
-        curves = data.get("curves")
-        if curves is not None:
-            if not isinstance(curves, dict) or not {"kk", "focus"} <= set(curves) <= {"kk", "focus", "image"}:
-                raise CaptumSiftError("expected 'curves' to be a dict of 'kk', 'focus' and optionally 'image'")
-            curves = {n: _float_tensor(curves[n], f"{n!r} curves", torch.float32) for n in ("kk", "focus")} | (
-                {"image": _int_tensor(curves["image"], "curves' image index")} if "image" in curves else {}
-            )  # fmt: skip
-        positions = data.get("positions")
-        if positions is not None:
-            if not isinstance(positions, dict):
-                raise CaptumSiftError(f"expected 'positions' to be a dict, got {type(positions).__name__}")
-            positions = {n: _int_tensor(positions[n], f"{n!r} positions") for n in ("key", "spurious")}
-        extra = data.get("extra", {})
-        if not isinstance(extra, dict):
-            raise CaptumSiftError(f"expected 'extra' to be a dict, got {type(extra).__name__}")
-        return cls(
-            layers=[check_int(layer, "each of 'layers'", low=0) for layer in layers],
-            num_heads=check_int(data["num_heads"], "num_heads", low=1),
-            grid_size=(check_int(grid[0], "grid_size[0]", low=1), check_int(grid[1], "grid_size[1]", low=1)),
-            settings=dict(data["settings"]),
-            sums={n: _float_tensor(data["sums"][n], f"sums of {n!r}", torch.float64) for n in STORED},
-            counts={n: _int_tensor(data["counts"][n], f"counts of {n!r}") for n in STORED},
-            num_images=check_int(data["num_images"], "num_images", low=0),
-            extra=dict(extra),
-            positions=positions,
-            curves=curves,
-            **kwargs,
-        )
+        validate_report(self)
 
     def save_json(self, path: str | Path, per_image: bool = True) -> None:
         """Write :meth:`to_dict` as JSON (NaN written as null)."""
-        Path(path).write_text(json.dumps(self.to_dict(per_image=per_image)))
+        write_json(self, path, per_image)
 
     @classmethod
     def load_json(cls, path: str | Path) -> InterrelationReport:
         """Read a report written by :meth:`save_json`."""
-        try:
-            data = json.loads(Path(path).read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise CaptumSiftError(f"cannot read a report from {path}: {exc}") from exc
-        except RecursionError as exc:
-            raise CaptumSiftError(f"cannot read a report from {path}: JSON nested too deeply") from exc
-        return cls.from_dict(data)
+        return cls.from_dict(read_json(path))
 
     def save_csv(self, path: str | Path) -> None:
         """One row per layer x head: the means of every quantity, the image counts, and the exact sums.
@@ -427,70 +284,32 @@ class InterrelationReport:
         a CSV gets no stage confidence, and :func:`~captum_sift.find_stages`
         says so ("no clear stages"); :meth:`save_json` keeps them.
         """
-        with open(path, "w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(["layer", "head", *QUANTITIES, *(f"images_{n}" for n in STORED),
-                             *(f"sum_{n}" for n in STORED), "num_images", "grid_h", "grid_w", "settings"])  # fmt: skip
-            means = {n: self.mean(n) for n in QUANTITIES}
-            settings = json.dumps(self.settings, sort_keys=True)
-            for li, layer in enumerate(self.layers):
-                for head in range(self.num_heads):
-                    row = [layer, head, *(f"{float(means[n][li, head]):.6g}" for n in QUANTITIES)]
-                    row += [int(self.counts[n][li, head]) for n in STORED]
-                    row += [repr(float(self.sums[n][li, head])) for n in STORED]
-                    row += [self.num_images, *self.grid_size, settings]
-                    writer.writerow(row)
+        write_csv(self, path)
 
     @classmethod
     def load_csv(cls, path: str | Path) -> InterrelationReport:
         """Read a report written by :meth:`save_csv`: data-set sums and counts, no per-image data."""
-        try:
-            with open(path, newline="") as f:
-                rows = list(csv.DictReader(f))
-        except (OSError, UnicodeDecodeError, csv.Error) as exc:
-            raise CaptumSiftError(f"cannot read a report from {path}: {exc}") from exc
-        if not rows or "sum_kk" not in rows[0]:
-            raise CaptumSiftError(f"expected a CSV written by InterrelationReport.save_csv, got {path}")
-        try:
-            report = cls._from_csv_rows(rows)
-        except (
-            KeyError,
-            TypeError,
-            ValueError,
-            IndexError,
-            OverflowError,
-            RecursionError,
-            json.JSONDecodeError,
-        ) as exc:
-            reason = "nested too deeply" if isinstance(exc, RecursionError) else exc
-            raise CaptumSiftError(
-                f"expected a CSV written by InterrelationReport.save_csv, got {path}: {reason}"
-            ) from exc
+        report = cls(**fields_from_csv(path))
         report.validate()
         return report
-
-    @classmethod
-    def _from_csv_rows(cls, rows: list[dict[str, str]]) -> InterrelationReport:
-        layers = sorted({int(r["layer"]) for r in rows})
-        heads = max(int(r["head"]) for r in rows) + 1
-        sums = {n: torch.zeros(len(layers), heads, dtype=torch.float64) for n in STORED}
-        counts = {n: torch.zeros(len(layers), heads, dtype=torch.long) for n in STORED}
-        for r in rows:
-            li, head = layers.index(int(r["layer"])), int(r["head"])
-            for n in STORED:
-                sums[n][li, head] = float(r[f"sum_{n}"])
-                counts[n][li, head] = int(r[f"images_{n}"])
-        first = rows[0]
-        return cls(
-            layers=layers, num_heads=heads, grid_size=(int(first["grid_h"]), int(first["grid_w"])),
-            settings=json.loads(first["settings"]), sums=sums, counts=counts, num_images=int(first["num_images"]),
-        )  # fmt: skip
 
     def __repr__(self) -> str:
         return (
             f"InterrelationReport(images={self.num_images}, layers={self.layers}, heads={self.num_heads}, "
             f"grid={self.grid_size}, per_image={self.has_per_image}, settings={self.settings})"
         )
+
+
+def _source(name: str) -> str:
+    """The stored quantity behind one of :data:`QUANTITIES`."""
+    if name not in QUANTITIES:
+        raise CaptumSiftError(f"expected a quantity in {QUANTITIES}, got {name!r}")
+    return SOURCE[name]
+
+
+def _add(parts: list[dict[str, torch.Tensor]], names: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    """The tensors of several dicts added name by name, in order, into new tensors."""
+    return {n: sum((p[n] for p in parts[1:]), parts[0][n].clone()) for n in names}
 
 
 def _cat_curves(parts: list[dict[str, torch.Tensor] | None]) -> dict[str, torch.Tensor] | None:
@@ -500,103 +319,7 @@ def _cat_curves(parts: list[dict[str, torch.Tensor] | None]) -> dict[str, torch.
     """
     if any(p is None for p in parts):
         return None
-    curves = {n: torch.cat([p[n] for p in parts]) for n in ("kk", "focus")}
+    curves = {n: torch.cat([p[n] for p in parts]) for n in CURVES}
     if all("image" in p or p["kk"].shape[0] == 0 for p in parts):
         curves["image"] = torch.cat([p.get("image", torch.zeros(0, dtype=torch.long)) for p in parts])
     return curves
-
-
-def _check_setup(report: InterrelationReport) -> None:
-    """Layers, heads, image count, grid and settings of a report."""
-    layers = report.layers
-    if (
-        not isinstance(layers, list) or not layers or any(as_int(x) is None or as_int(x) < 0 for x in layers)
-        or any(b <= a for a, b in zip(layers[:-1], layers[1:], strict=True))
-    ):  # fmt: skip
-        raise CaptumSiftError(f"expected layers to be increasing ints >= 0, got {layers!r}")
-    check_int(report.num_heads, "num_heads", low=1)
-    check_int(report.num_images, "num_images", low=0)
-    grid = report.grid_size
-    if not isinstance(grid, tuple) or len(grid) != 2:
-        raise CaptumSiftError(f"expected grid_size (Gh, Gw), got {grid!r}")
-    check_int(grid[0], "grid_size[0]", low=1)
-    check_int(grid[1], "grid_size[1]", low=1)
-    if not isinstance(report.settings, dict):
-        raise CaptumSiftError(f"expected settings to be a dict, got {type(report.settings).__name__}")
-
-
-def _check_range(value: torch.Tensor, name: str, high: float) -> None:
-    """Every value in [0, high] (float rounding allowed) or NaN."""
-    value = value.double()
-    slack = 1e-5 * max(1.0, high)
-    ok = torch.isnan(value) | ((value >= -slack) & (value <= high + slack))
-    if not bool(ok.all()):
-        raise CaptumSiftError(f"expected {name} in [0, {high:.4g}] or NaN, got {value[~ok][0].item()!r}")
-
-
-def _validate_curves(curves: dict[str, torch.Tensor], images: int, layers: int, high: dict[str, float]) -> None:
-    if not isinstance(curves, dict) or not {"kk", "focus"} <= set(curves) <= {"kk", "focus", "image"}:
-        raise CaptumSiftError("expected curves {'kk', 'focus'} and optionally 'image'")
-    for name in ("kk", "focus"):
-        got = shape_of(curves[name])
-        if got != (images, layers):
-            raise CaptumSiftError(f"expected {name!r} curves of shape {(images, layers)}, got {got}")
-        _check_range(curves[name], f"{name!r} curves", high[name])
-    if "image" in curves:
-        index = curves["image"]
-        if shape_of(index) != (images,) or index.is_floating_point() or index.dtype == torch.bool:
-            raise CaptumSiftError(f"expected an int image index of shape ({images},), got {shape_of(index)}")
-        if bool((index < 0).any()) or torch.unique(index).numel() != images:
-            raise CaptumSiftError("expected unique image indices >= 0, got negative or repeated ones")
-
-
-def _float_tensor(value: Any, name: str, dtype: torch.dtype) -> torch.Tensor:
-    """A float tensor of nested lists of numbers (null = NaN); anything else named in the error."""
-    try:
-        tensor = torch.tensor(_none_to_nan(value), dtype=dtype)
-    except RecursionError as exc:
-        raise CaptumSiftError(f"expected {name} to be nested lists of numbers, got lists nested too deeply") from exc
-    except (TypeError, ValueError, RuntimeError, OverflowError) as exc:
-        raise CaptumSiftError(f"expected {name} to be nested lists of numbers, got otherwise ({exc})") from exc
-    if tensor.dtype != dtype:
-        raise CaptumSiftError(f"expected {name} to be numbers, got {tensor.dtype}")
-    return tensor
-
-
-def _int_tensor(value: Any, name: str) -> torch.Tensor:
-    """An int64 tensor of nested lists of ints (or an int tensor); floats and bools are refused, not truncated."""
-    try:
-        tensor = value if isinstance(value, torch.Tensor) else torch.tensor(value)
-    except RecursionError as exc:
-        raise CaptumSiftError(f"expected {name} to be nested lists of ints, got lists nested too deeply") from exc
-    except (TypeError, ValueError, RuntimeError, OverflowError) as exc:
-        raise CaptumSiftError(f"expected {name} to be nested lists of ints, got otherwise ({exc})") from exc
-    if tensor.numel() == 0:
-        return tensor.long()
-    if tensor.is_floating_point() or tensor.is_complex() or tensor.dtype == torch.bool:
-        raise CaptumSiftError(f"expected {name} to be ints, got {tensor.dtype}")
-    return tensor.long()
-
-
-def _positions(per_image: dict[str, torch.Tensor], min_keypoints: int) -> dict[str, torch.Tensor]:
-    """Key and spurious counts per patch position over the images of a batch."""
-    key = per_image["keypoint_counts"].cpu() >= min_keypoints
-    score = torch.nanmean(per_image["patch_theta"].float().cpu(), dim=1)  # (B, N): mean over layers
-    # spurious_patches' rule, except that a NaN θ (gamma > 1) is counted as not spurious instead of refused
-    spurious = key & (score < SPURIOUS_THRESHOLD)
-    return {"key": key.long().sum(0), "spurious": spurious.long().sum(0)}
-
-
-def nan_to_none(value: Any) -> Any:
-    """JSON-ready copy of nested lists and dicts: NaN becomes null (JSON has no NaN)."""
-    if isinstance(value, dict):
-        return {k: nan_to_none(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [nan_to_none(v) for v in value]
-    return None if isinstance(value, float) and math.isnan(value) else value
-
-
-def _none_to_nan(value: Any) -> Any:
-    if isinstance(value, list):
-        return [_none_to_nan(v) for v in value]
-    return float("nan") if value is None else value

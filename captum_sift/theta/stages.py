@@ -35,7 +35,7 @@ RULE = (
 """The rule of :func:`find_stages`, stated in words; returned with every result (a constant, so ``-OO`` keeps it)."""
 
 GAP_RULE = (
-    "gap rule (SPEC's first version, kept for comparison): Capture ends at the first maximum of the head-mean "
+    "gap rule (find_stages(rule='gap')): Capture ends at the first maximum of the head-mean "
     "θ_KK − θ_NK among layers 1..L-2; its start minimises a constant fit before plus a line fit after; no "
     "smoothing, no confidence."
 )
@@ -154,7 +154,7 @@ def split_theta_kk(kk: torch.Tensor) -> tuple[int, int]:
 
     Example:
         >>> table = [0.601, 0.607, 0.688, 0.729, 0.739, 0.767, 0.747, 0.776, 0.767, 0.745, 0.726, 0.672]
-        >>> split_theta_kk(torch.tensor(table))  # the 12-layer DINOv2 ViT-S/14 of the stage issue
+        >>> split_theta_kk(torch.tensor(table))  # θ_KK of a 12-layer DINOv2 ViT-S/14 on 84 photos
         (2, 7)
         >>> split_theta_kk(torch.linspace(0.3, 0.6, 12))  # still rising at the last layer: no Coach
         (1, 11)
@@ -217,7 +217,8 @@ def find_stages(report: InterrelationReport, rule: str = "theta_kk") -> Stages:
     per-image data or the per-image curves that sums-only reports keep)
     gives a confidence for each boundary and decides whether the stages are
     clear; the focus index is returned as supporting evidence. Rule
-    ``"gap"``: :data:`GAP_RULE`, the earlier θ_KK − θ_NK rule, for comparison.
+    ``"gap"``: :data:`GAP_RULE`, the peak of θ_KK − θ_NK instead, unsmoothed
+    and without a confidence.
 
     A θ_KK that peaks at the last analysed layer has no Coach stage:
     ``coach`` is empty and the verdict is "no clear stages: no Coach stage:
@@ -245,40 +246,15 @@ def find_stages(report: InterrelationReport, rule: str = "theta_kk") -> Stages:
     gap = kk - report.layer_mean("nk")
     focus = report.layer_mean("focus")
     layers = report.layers
-    confidence: dict[str, float | None] = {"capture_start": None, "coach_start": None}
     if rule == "gap":
         start, end = split_stages(gap)
+        confidence: dict[str, float | None] = {"capture_start": None, "coach_start": None}
         clear, verdict = True, "gap rule: no confidence computed"
     else:
         start, end = split_theta_kk(kk)
-        rise = _rise(_check_curve(kk, "θ_KK"), start, end)
-        curves = _image_curves(report)
-        reasons = []
-        if end == len(layers) - 1:
-            reasons.append(f"no Coach stage: θ_KK still rising at the last layer ({layers[-1]}, its smoothed peak)")
-        if curves is not None and curves[0].shape[0] >= 2:
-            conf_start, conf_end, rising = _bootstrap(curves[0], start, end)
-            confidence = {"capture_start": conf_start, "coach_start": conf_end}
-            if rising < MIN_RISE_SHARE:
-                reasons.append(f"θ_KK rises over Capture in only {rising:.0%} of the bootstrap resamples")
-            if min(conf_start, conf_end) < MIN_CONFIDENCE:
-                reasons.append(f"boundary confidence {conf_start:.2f} / {conf_end:.2f} < {MIN_CONFIDENCE}")
-        elif report.num_images < 2:
-            reasons.append(f"no confidence measured: fewer than 2 images ({report.num_images})")
-        else:
-            reasons.append(
-                f"no confidence measured: the report keeps only sums of its {report.num_images} images, no "
-                "per-image curves (a report read from a CSV, or made without them; save_json keeps them)"
-            )
-        if rise < MIN_RELATIVE_RISE * abs(float(smooth(kk)[end])):
-            reasons.append(f"θ_KK rises by only {rise:.4f} over Capture (< {MIN_RELATIVE_RISE:.0%} of its peak)")
+        confidence, reasons = _judge(report, kk, start, end)
         clear = not reasons
         verdict = "clear stages" if clear else "no clear stages: " + "; ".join(reasons)
-    spans = {"retrieval": (0, start), "capture": (start, end + 1), "coach": (end + 1, len(layers))}
-    focus_by_stage = {name: float(focus[a:b].nanmean()) if b > a else math.nan for name, (a, b) in spans.items()}
-    focus_by_stage["drops_in_capture_and_rebounds_in_coach"] = bool(
-        focus_by_stage["capture"] < focus_by_stage["retrieval"] and focus_by_stage["coach"] > focus_by_stage["capture"]
-    )
     return Stages(
         retrieval=layers[:start],
         capture=layers[start : end + 1],
@@ -292,5 +268,47 @@ def find_stages(report: InterrelationReport, rule: str = "theta_kk") -> Stages:
         confidence=confidence,
         clear=clear,
         verdict=verdict,
-        focus_by_stage=focus_by_stage,
+        focus_by_stage=_focus_by_stage(focus, start, end),
     )
+
+
+def _judge(
+    report: InterrelationReport, kk: torch.Tensor, start: int, end: int
+) -> tuple[dict[str, float | None], list[str]]:
+    """The boundaries' bootstrap confidence and every reason the θ_KK stages are not clear (none: clear)."""
+    layers = report.layers
+    confidence: dict[str, float | None] = {"capture_start": None, "coach_start": None}
+    rise = _rise(_check_curve(kk, "θ_KK"), start, end)
+    curves = _image_curves(report)
+    reasons = []
+    if end == len(layers) - 1:
+        reasons.append(f"no Coach stage: θ_KK still rising at the last layer ({layers[-1]}, its smoothed peak)")
+    if curves is not None and curves[0].shape[0] >= 2:
+        conf_start, conf_end, rising = _bootstrap(curves[0], start, end)
+        confidence = {"capture_start": conf_start, "coach_start": conf_end}
+        if rising < MIN_RISE_SHARE:
+            reasons.append(f"θ_KK rises over Capture in only {rising:.0%} of the bootstrap resamples")
+        if min(conf_start, conf_end) < MIN_CONFIDENCE:
+            reasons.append(f"boundary confidence {conf_start:.2f} / {conf_end:.2f} < {MIN_CONFIDENCE}")
+    elif report.num_images < 2:
+        reasons.append(f"no confidence measured: fewer than 2 images ({report.num_images})")
+    else:
+        reasons.append(
+            f"no confidence measured: the report keeps only sums of its {report.num_images} images, no "
+            "per-image curves (a report read from a CSV, or made without them; save_json keeps them)"
+        )
+    if rise < MIN_RELATIVE_RISE * abs(float(smooth(kk)[end])):
+        reasons.append(f"θ_KK rises by only {rise:.4f} over Capture (< {MIN_RELATIVE_RISE:.0%} of its peak)")
+    return confidence, reasons
+
+
+def _focus_by_stage(focus: torch.Tensor, start: int, end: int) -> dict[str, Any]:
+    """Mean focus index per stage (NaN for an empty one), and whether it drops in Capture and rebounds in Coach."""
+    spans = {"retrieval": (0, start), "capture": (start, end + 1), "coach": (end + 1, focus.numel())}
+    by_stage: dict[str, Any] = {
+        name: float(focus[a:b].nanmean()) if b > a else math.nan for name, (a, b) in spans.items()
+    }
+    by_stage["drops_in_capture_and_rebounds_in_coach"] = bool(
+        by_stage["capture"] < by_stage["retrieval"] and by_stage["coach"] > by_stage["capture"]
+    )
+    return by_stage

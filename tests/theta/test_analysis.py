@@ -9,8 +9,11 @@ from test_functional import loop_classes, loop_focus, loop_theta
 
 from captum_sift import CaptumSiftError, analyze, count_keypoints, find_stages
 from captum_sift.data.datasets import sample_images
+from captum_sift.theta.analysis import analyze_batch, patch_scores_from_report, patch_thetas
 from captum_sift.theta.report import InterrelationReport
+from captum_sift.theta.settings import ThetaSettings
 from captum_sift.theta.stages import split_stages, split_theta_kk
+from captum_sift.vit.adapter import as_vit
 from captum_sift.vit.capture import iter_attention
 
 
@@ -170,6 +173,25 @@ def test_layers_selection_and_early_stop(model, pixels, counts):
     torch.testing.assert_close(report.kk, full.kk[:, [1, 3]], equal_nan=True)
     with pytest.raises(CaptumSiftError, match=r"layer indices in \[-4, 4\)"):
         analyze(model, pixels[:1], counts[:1], image_space="pixel", layers=[4])
+
+
+def test_patch_thetas_are_the_report_s_scores_without_the_report(model, pixels, counts):
+    vit = as_vit(model)
+    for layers in (None, [2, 0], "capture"):
+        settings = ThetaSettings(layers=layers)
+        report = analyze_batch(vit, pixels[:3], counts[:3], settings, "pixel")
+        thetas = patch_thetas(vit, pixels[:3], counts[:3], settings, "pixel")
+        assert thetas.layers == report.layers == ([0, 2] if layers == [2, 0] else [0, 1, 2, 3])
+        assert torch.equal(thetas.patch_theta, report.patch_theta)
+        assert torch.equal(thetas.keypoint_counts, report.keypoint_counts)
+        assert (thetas.kk is None) == (layers != "capture")  # θ_KK only for a stage
+        if thetas.kk is not None:
+            torch.testing.assert_close(thetas.kk, report.kk, rtol=0, atol=0, equal_nan=True)
+        assert torch.equal(thetas.scores(layers), patch_scores_from_report(report, layers))
+    by_name = analyze(model, pixels[:3], counts[:3], image_space="pixel", query_patch=5)
+    assert torch.equal(by_name.query_patch, torch.tensor([5, 5, 5]))
+    assert torch.equal(by_name.query_attention, analyze_batch(vit, pixels[:3], counts[:3], ThetaSettings(), "pixel",
+                                                              query_patch=5).query_attention)  # fmt: skip
 
 
 def test_bad_input_leaves_the_model_untouched(model, pixels, counts):

@@ -2,11 +2,20 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
 from captum_sift import CaptumSiftError
-from captum_sift.theta.functional import focus_index, interrelation, patch_block, patch_theta
+from captum_sift.theta.functional import (
+    check_counts,
+    focus_index,
+    interrelation,
+    patch_block,
+    patch_theta,
+    theta_from_weights,
+    theta_weights,
+)
 
 
 def loop_theta(attn, counts, gamma=1.0, weighted=True, include_self=True, min_keypoints=1):
@@ -146,6 +155,30 @@ def test_scaling_a_row_changes_nothing():
 def test_patch_block_drops_prefix_tokens():
     attn = torch.arange(2 * 1 * 6 * 6, dtype=torch.float32).view(2, 1, 6, 6)
     assert torch.equal(patch_block(attn, 2), attn[:, :, 2:, 2:])
+    assert torch.equal(patch_block(attn, np.int64(1)), attn[:, :, 1:, 1:])
+
+
+def test_check_counts_flattens_a_grid_and_keeps_the_dtype():
+    grid = torch.tensor([[[1, 0], [2, 0]], [[0, 0], [0, 5]]])
+    assert torch.equal(check_counts(grid, 2, 4), torch.tensor([[1, 0, 2, 0], [0, 0, 0, 5]]))
+    floats = check_counts(torch.tensor([[1.0, 0.0, 3.0]]), 1, 3)
+    assert floats.dtype == torch.float32 and floats.tolist() == [[1.0, 0.0, 3.0]]
+
+
+def test_theta_from_weights_is_patch_theta_without_its_checks():
+    attn = random_attention(2, 3, 9, seed=5)
+    for weighted, gamma, include_self in ((True, 1.0, True), (False, 1.3, False)):
+        weights = theta_weights(COUNTS[:2].double(), weighted=weighted, min_keypoints=2)
+        # Key patches (t >= 2) weigh [t, t] weighted, [1, 1] unweighted; Non-key patches [0, 1]
+        key = COUNTS[:2].double() >= 2
+        expected_key = torch.where(key, COUNTS[:2].double() if weighted else torch.ones(2, 9, dtype=torch.float64), 0)
+        assert torch.equal(weights[:, 0, :, 0], expected_key)
+        assert torch.equal(weights[:, 0, :, 1], torch.where(key, expected_key, 1))
+        torch.testing.assert_close(
+            theta_from_weights(attn, weights, gamma, include_self),
+            patch_theta(attn, COUNTS[:2], gamma=gamma, weighted=weighted, include_self=include_self, min_keypoints=2),
+            rtol=0, atol=0, equal_nan=True,
+        )  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -154,6 +187,10 @@ def test_patch_block_drops_prefix_tokens():
         (lambda: patch_block(torch.rand(2, 3, 5), 1), r"\(B, heads, T, T\), got \(2, 3, 5\)"),
         (lambda: patch_block(torch.rand(2, 3, 5, 4), 1), r"\(B, heads, T, T\), got \(2, 3, 5, 4\)"),
         (lambda: patch_block(torch.rand(1, 1, 5, 5), 5), "fewer prefix tokens"),
+        (lambda: patch_block(torch.rand(1, 1, 5, 5), True), "num_prefix_tokens to be an int >= 0, got True"),
+        (lambda: patch_block(torch.rand(1, 1, 5, 5), -1), "num_prefix_tokens to be an int >= 0, got -1"),
+        (lambda: check_counts([[1, 0]], 1, 2), "keypoint_counts to be a torch.Tensor, got list"),
+        (lambda: check_counts(torch.ones(1, 2, dtype=torch.bool), 1, 2), "real-valued keypoint_counts"),
         (lambda: patch_theta(torch.rand(2, 1, 4, 4), torch.zeros(2, 5)), r"\(B, N\) = \(2, 4\).*got \(2, 5\)"),
         (lambda: patch_theta(torch.rand(2, 1, 4, 4), torch.zeros(3, 4)), r"got \(3, 4\)"),
         (lambda: patch_theta(torch.rand(1, 1, 4, 4), torch.tensor([[0, -1, 0, 0]])), "keypoint_counts >= 0"),
