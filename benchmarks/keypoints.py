@@ -45,7 +45,7 @@ from _timing import best_time
 from captum_sift import count_keypoints
 from captum_sift.data.datasets import SAMPLE_PHOTOS, SKLEARN_PHOTOS, default_dataset, sample_images
 from captum_sift.keypoints import keypoints_to_counts
-from captum_sift.keypoints._scale_space import _blur, gaussian_kernel1d
+from captum_sift.keypoints._pyramid import blur, gaussian_kernel1d
 
 
 def spearman(a: np.ndarray, b: np.ndarray) -> float:
@@ -257,7 +257,7 @@ def main() -> None:
     layer = torch.rand(side, side, 16)
     sigma = 1.946
     kernel = gaussian_kernel1d(sigma, layer.device, layer.dtype)
-    t_dw = best_time(lambda: _blur(layer, kernel), repeats)
+    t_dw = best_time(lambda: blur(layer, kernel), repeats)
     nchw = layer.permute(2, 0, 1).unsqueeze(1).contiguous()
     k = kernel.numel()
     t_kb = best_time(lambda: kornia.filters.gaussian_blur2d(nchw, (k, k), (sigma, sigma), "reflect"), repeats)

@@ -9,9 +9,11 @@ import torch
 from conftest import blob_image, ring_image
 
 from captum_sift import CaptumSiftError, KeypointCounter, count_keypoints, detect_keypoints, keypoints_to_counts
-from captum_sift.keypoints import _native, _scale_space
-from captum_sift.keypoints._scale_space import SiftParams, Workspace, _extrema, _pad_hw, _reflect101_index, num_octaves
-from captum_sift.keypoints.detect import _native_workers
+from captum_sift.keypoints import _extrema, _native, _pyramid, _threads
+from captum_sift.keypoints._extrema import extrema_eager
+from captum_sift.keypoints._pyramid import Workspace, _pad_hw, _reflect101_index, num_octaves
+from captum_sift.keypoints._threads import _native_workers
+from captum_sift.keypoints.params import SiftParams
 
 
 @pytest.mark.parametrize("channels", [1, 3])
@@ -128,7 +130,7 @@ def native():
 def _extrema_of(path: str, dog: torch.Tensor, threshold: float) -> torch.Tensor:
     """The extremum search of either path, as (n, 4) [layer, r, c, image] rows."""
     if path == "eager":
-        return _extrema(dog, threshold, dog.shape[0] - 2, Workspace())
+        return extrema_eager(dog, threshold, dog.shape[0] - 2, Workspace())
     return torch.stack(torch.unravel_index(_native.extrema(dog, threshold, 5), dog.shape), 1)
 
 
@@ -152,7 +154,7 @@ def test_native_extrema_with_more_candidates_than_its_first_buffer(native):
     dog = torch.randn(5, 64, 64, 4, generator=torch.Generator().manual_seed(2))  # noise: ~7 % are extrema
     found = native.extrema(dog, 0.0, 5)
     assert found.numel() > max(1024, dog.numel() // 64)  # the first guess of the output size was too small
-    flat = _extrema(dog, 0.0, 3, Workspace())
+    flat = extrema_eager(dog, 0.0, 3, Workspace())
     assert torch.equal(found, ((flat[:, 0] * 64 + flat[:, 1]) * 64 + flat[:, 2]) * 4 + flat[:, 3])
 
 
@@ -161,11 +163,11 @@ def _photo_dog(size: int = 96, images: int = 2) -> torch.Tensor:
     from captum_sift.data.datasets import SAMPLE_PHOTOS, sample_images
 
     p = SiftParams()
-    base = _scale_space._initial_image(sample_images(list(SAMPLE_PHOTOS[:images]), size=size), p)
-    kernels = [_scale_space.gaussian_kernel1d(s, base.device, base.dtype) for s in _scale_space._layer_sigmas(p)]
+    base = _pyramid.initial_image(sample_images(list(SAMPLE_PHOTOS[:images]), size=size), p)
+    kernels = [_pyramid.gaussian_kernel1d(s, base.device, base.dtype) for s in _pyramid.layer_sigmas(p)]
     gauss = [base]
     for k in kernels[1:]:
-        gauss.append(_scale_space._blur(gauss[-1], k))
+        gauss.append(_pyramid.blur(gauss[-1], k))
     return torch.stack([b - a for a, b in zip(gauss[:-1], gauss[1:], strict=True)]).contiguous()
 
 
@@ -174,15 +176,15 @@ def test_native_refine_equals_eager_bit_for_bit(monkeypatch, native):
     dog = _photo_dog()
     monkeypatch.setenv("CAPTUM_SIFT_NATIVE", "1")
     p = SiftParams()
-    cand = _extrema(dog, 1, 3, Workspace())
-    pos, fit = _scale_space._refine(dog, cand, p)
+    cand = extrema_eager(dog, 1, 3, Workspace())
+    pos, fit = _extrema.refine_eager(dog, cand, p)
     flat = ((cand[:, 0] * dog.shape[1] + cand[:, 1]) * dog.shape[2] + cand[:, 2]) * dog.shape[3] + cand[:, 3]
-    n_pos, n_fit = _scale_space._merge(*_native.refine(dog, flat, 5, p), dog.shape)
+    n_pos, n_fit = _extrema.merge(*_native.refine(dog, flat, 5, p), dog.shape)
     assert pos.shape[0] > 50 and cand.shape[0] > pos.shape[0]  # the tests reject some
     assert torch.equal(n_pos, pos) and torch.equal(n_fit, fit)
     strict = SiftParams(contrast_threshold=0.1, edge_threshold=3.0)  # other thresholds reach the kernel
-    assert torch.equal(_scale_space._merge(*_native.refine(dog, flat, 5, strict), dog.shape)[0],
-                       _scale_space._refine(dog, cand, strict)[0])  # fmt: skip
+    assert torch.equal(_extrema.merge(*_native.refine(dog, flat, 5, strict), dog.shape)[0],
+                       _extrema.refine_eager(dog, cand, strict)[0])  # fmt: skip
 
 
 def _reference_blur(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
@@ -201,14 +203,14 @@ def _reference_blur(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
 @pytest.mark.parametrize("sigma", [0.8, 3.09])
 def test_native_blur_equals_reference(shape, sigma, native):
     x = torch.rand(*shape, generator=torch.Generator().manual_seed(4)) * 255
-    kernel = _scale_space.gaussian_kernel1d(sigma, x.device, x.dtype)
+    kernel = _pyramid.gaussian_kernel1d(sigma, x.device, x.dtype)
     dog = torch.empty_like(x)
-    out = _scale_space._blur(x, kernel, Workspace(), dog=dog)
+    out = _pyramid.blur(x, kernel, Workspace(), dog=dog)
     assert _native.usable(x)
     torch.testing.assert_close(out.double(), _reference_blur(x, kernel), rtol=0, atol=2e-4 * 255)
     assert torch.equal(dog, out - x)
     for i in range(shape[2]):  # each image gets the values it gets alone
-        assert torch.equal(_scale_space._blur(x[..., i : i + 1].contiguous(), kernel)[..., 0], out[..., i])
+        assert torch.equal(_pyramid.blur(x[..., i : i + 1].contiguous(), kernel)[..., 0], out[..., i])
 
 
 @pytest.mark.parametrize("shape", ["photos", (14, 23, 3), (11, 12, 1)])
@@ -218,14 +220,14 @@ def test_native_octave_equals_the_per_layer_kernels(shape, native, monkeypatch):
 
     p = SiftParams()
     if shape == "photos":  # octave 0 of two photos: (192, 192, 2)
-        x = _scale_space._initial_image(sample_images(list(SAMPLE_PHOTOS[:2]), size=96), p)
+        x = _pyramid.initial_image(sample_images(list(SAMPLE_PHOTOS[:2]), size=96), p)
     else:  # kernels of up to 25 taps on 11-23 rows: the reflections wrap
         x = (torch.rand(*shape, generator=torch.Generator().manual_seed(6)) * 255).round()
-    kernels = [_scale_space.gaussian_kernel1d(s, x.device, x.dtype) for s in _scale_space._layer_sigmas(p)]
+    kernels = [_pyramid.gaussian_kernel1d(s, x.device, x.dtype) for s in _pyramid.layer_sigmas(p)]
     dog = torch.empty(len(kernels) - 1, *x.shape)
     gauss = [x]
     for i, kernel in enumerate(kernels[1:]):
-        gauss.append(_scale_space._blur(gauss[-1], kernel, Workspace(), dog=dog[i]))
+        gauss.append(_pyramid.blur(gauss[-1], kernel, Workspace(), dog=dog[i]))
     found = []
     for threshold, room in ((1.0, None), (0.0, 8)):  # room 8: more candidates than the first output buffer holds
         if room:
@@ -244,7 +246,7 @@ def test_native_octave_equals_the_per_layer_kernels(shape, native, monkeypatch):
 def test_native_base_image_equals_torch(channels, native):
     images = torch.rand(3, channels, 13, 8, generator=torch.Generator().manual_seed(5))
     for quantize in (True, False):
-        gray = _scale_space.to_gray255(images, quantize)
+        gray = _pyramid.to_gray255(images, quantize)
         up = torch.nn.functional.interpolate(gray, scale_factor=2.0, mode="bilinear", align_corners=False)
         expected = up[:, 0].permute(1, 2, 0)
         got = _native.base(images, quantize, True, Workspace())
@@ -296,11 +298,10 @@ def test_chunks_run_on_the_caller_and_pool_threads_and_errors_reach_the_caller(n
     import threading
 
     from captum_sift.data.datasets import SAMPLE_PHOTOS, sample_images
-    from captum_sift.keypoints import detect
 
     images = sample_images(list(SAMPLE_PHOTOS[:6]), size=64)
     expected = count_keypoints(images, 16, chunk_size=1)
-    ran, real = [], detect.detect_chunk
+    ran, real = [], _threads.detect_chunk
 
     def chunk(x, params, workspace):
         ran.append(threading.get_ident())
@@ -308,8 +309,8 @@ def test_chunks_run_on_the_caller_and_pool_threads_and_errors_reach_the_caller(n
             raise RuntimeError("chunk 4 failed")
         return real(x, params, workspace)
 
-    monkeypatch.setattr(detect, "detect_chunk", chunk)
-    monkeypatch.setattr(detect, "_native_workers", lambda images, chunks: 2)
+    monkeypatch.setattr(_threads, "detect_chunk", chunk)
+    monkeypatch.setattr(_threads, "_native_workers", lambda images, chunks: 2)
     fail = False
     assert torch.equal(count_keypoints(images, 16, chunk_size=1), expected)
     assert len(ran) == 6 and threading.get_ident() in ran  # the caller took chunks too
@@ -325,16 +326,15 @@ def test_pool_threads_run_torch_ops_on_themselves_alone(native):
     import os
 
     from captum_sift.data.datasets import SAMPLE_PHOTOS, sample_images
-    from captum_sift.keypoints import detect
 
-    if detect._omp_set_num_threads() is None:
+    if _threads._omp_set_num_threads() is None:
         pytest.skip("torch's OpenMP runtime not found here (not Linux, or not an OpenMP build)")
     images = sample_images(list(SAMPLE_PHOTOS[:4]), size=64)
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(2)
         expected = count_keypoints(images, 16, chunk_size=1)
-        pool = detect._pool(1)
+        pool = _threads._pool(1)
         assert torch.get_num_threads() == 2 and pool.submit(torch.get_num_threads).result() == 1
         big = torch.rand(1 << 20)
         tripled = big * 3  # an op torch splits over 2 threads (the caller's team exists now)
@@ -347,18 +347,17 @@ def test_pool_threads_run_torch_ops_on_themselves_alone(native):
 
 
 def test_cpu_scratch_buffers_are_kept_between_calls_up_to_a_bound(monkeypatch):
-    from captum_sift.keypoints import detect
 
     noise = torch.rand(1, 1, 64, 64, generator=torch.Generator().manual_seed(6))
     images = torch.nn.functional.avg_pool2d(noise, 3, 1, 1)
     expected = count_keypoints(images, 16)
-    workspace = detect._workspace(images.device)
+    workspace = _threads._workspace(images.device)
     held = workspace.nbytes
-    assert 0 < held <= detect._RETAIN_BYTES
+    assert 0 < held <= _threads._RETAIN_BYTES
     buffers = {id(b) for b in workspace._buffers.values()}
     assert torch.equal(count_keypoints(images, 16), expected)
     assert {id(b) for b in workspace._buffers.values()} == buffers  # reused, not allocated again
-    monkeypatch.setattr(detect, "_RETAIN_BYTES", held - 1)
+    monkeypatch.setattr(_threads, "_RETAIN_BYTES", held - 1)
     assert torch.equal(count_keypoints(images, 16), expected) and workspace.nbytes == 0  # over the bound: let go
 
 
@@ -366,10 +365,9 @@ def test_chunks_on_threads_work_in_a_forked_child(native):
     import multiprocessing as mp
 
     from captum_sift.data.datasets import SAMPLE_PHOTOS, sample_images
-    from captum_sift.keypoints import detect
 
     images = sample_images(list(SAMPLE_PHOTOS[:4]), size=64)
-    assert list(detect._pool(2).map(abs, [-1, -2])) == [1, 2]  # the parent's pool threads exist
+    assert list(_threads._pool(2).map(abs, [-1, -2])) == [1, 2]  # the parent's pool threads exist
     expected = count_keypoints(images, 16, chunk_size=1)
     with mp.get_context("fork").Pool(1) as pool:  # as DataLoader workers are made
         got = pool.apply_async(_count_in_child, (images,)).get(timeout=60)
@@ -377,11 +375,10 @@ def test_chunks_on_threads_work_in_a_forked_child(native):
 
 
 def _count_in_child(images: torch.Tensor) -> torch.Tensor:
-    from captum_sift.keypoints import detect
 
     # torch stays on one thread (DataLoader workers do: GNU OpenMP hangs after a fork); our chunk threads do not
     torch.set_num_threads(1)
-    detect._native_workers = lambda images, chunks: 2
+    _threads._native_workers = lambda images, chunks: 2
     return count_keypoints(images, 16, chunk_size=1)
 
 
