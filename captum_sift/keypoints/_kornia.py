@@ -110,9 +110,7 @@ def _detect_batch(images: torch.Tensor, p: SiftParams) -> list[torch.Tensor]:
     found: list[list[torch.Tensor]] = [[] for _ in range(images.shape[0])]
     with torch.no_grad():
         for levels, sigmas, dists in zip(*pyramid(gray), strict=True):
-            oct_h, oct_w = levels.shape[-2:]
-            if min(oct_h, oct_w) < 3:
-                break
+            oct_h, oct_w = levels.shape[-2:]  # > MIN_SIZE: ScalePyramid stops before
             detector.scale_pyr.octave = (levels, sigmas, dists)
             # Every extremum fits: at most one strict maximum and one strict minimum per 2x2x2 block.
             bound = 2 * math.ceil(p.n_octave_layers / 2) * math.ceil(oct_h / 2) * math.ceil(oct_w / 2)
