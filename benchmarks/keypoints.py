@@ -1,29 +1,28 @@
-"""Fidelity and speed of the keypoint backends (issue: SIFT keypoint counts).
+"""Fidelity and speed of the three keypoint detectors: ``"lowe"`` (default), ``"kornia"`` and ``"opencv"``.
 
 Prints, measured in this one run on this machine:
 
-* fidelity against OpenCV's ``cv2.SIFT_create()`` on real photographs
-  (scikit-image samples + scikit-learn's two photos, 224x224, patch 16):
-  median per-image Spearman rho of the 196 per-patch counts and median share
-  of patches whose Key/Non-key label (t >= 1) agrees; for our ``"kornia"``
-  backend and for kornia's stock ``SIFTFeatureScaleSpace`` detector;
-* speed on a batch of 32 such images, counts included: our time / OpenCV time
-  (OpenCV over the same 32 images, detect + count, same process), and kornia's
-  stock detector for comparison;
-* the blur the detector uses vs ``kornia.filters.gaussian_blur2d``;
-* the same on the embedded Fashion-MNIST (per-patch counts equal, Key/Non-key
-  agreement);
-* time per pixel of one photo at 224 to 1344 px (``SCALING``);
-* one thread each (``torch.set_num_threads(1)``, ``cv2.setNumThreads(1)``),
-  ours / OpenCV for the embedded Fashion-MNIST (112 px, batch 256), photos
-  at 224 px (batch 32), one 224-px photo and photos at 448 px (batch 4):
-  the lines ``ONE THREAD ...: RATIO``, for the default detector (native
-  kernels) and for its eager-torch fallback (``CAPTUM_SIFT_NATIVE=0``), and
-  the time the native kernels take to build on a machine's first use;
-* torch's default thread count vs one thread, on an idle CPU and with one
-  core kept busy by another process (``SHARED CPU``);
-* the wall time of ``captum-sift analyze`` on the embedded default;
-* with ``--device cuda`` (when available) the GPU time per image.
+* ``FIDELITY``: agreement of ``"lowe"`` (the package's Lowe detector) and
+  ``"kornia"`` (kornia's ``ScaleSpaceDetector`` with DoG responses, plus
+  Lowe's contrast and edge tests) with OpenCV's ``cv2.SIFT_create()`` on real
+  photographs (scikit-image samples + scikit-learn's two photos, 224x224,
+  patch 16) and on the embedded Fashion-MNIST (112 px): median per-image
+  Spearman rho of the per-patch counts, median share of patches whose
+  Key/Non-key label (t >= 1) agrees, share of equal per-patch counts, total
+  keypoints;
+* ``SPEED``: time of each detector, counts included, and its ratio to
+  OpenCV's, with torch's default threads and with one thread (OpenCV alike):
+  one 224-px photo (batch 1), a batch of photos, one large photo, the
+  embedded Fashion-MNIST. kornia runs once per configuration (it is slow;
+  with ``--quick`` on the single 224-px photo only);
+* for ``"lowe"``: its eager-torch fallback (``CAPTUM_SIFT_NATIVE=0``) and
+  the time the native kernels take to build on a machine's first use
+  (``ONE THREAD``), time per pixel of one photo at 224 to 1344 px
+  (``SCALING``), torch's default thread count vs one thread on an idle CPU
+  and with one core kept busy by another process (``SHARED CPU``), its blur
+  vs ``kornia.filters.gaussian_blur2d``;
+* the wall time of ``captum-sift analyze`` on the embedded default (not with ``--quick``);
+* with ``--device cuda`` (when available) the GPU time per image of ``"lowe"`` and ``"kornia"``.
 
 Usage: python benchmarks/keypoints.py [--quick] [--repeats N] [--device cuda]
 """
@@ -37,15 +36,15 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 
 import numpy as np
 import torch
-from _timing import best_time
+from _timing import _timed, best_time
 
 from captum_sift import count_keypoints
 from captum_sift.data.datasets import SAMPLE_PHOTOS, SKLEARN_PHOTOS, default_dataset, sample_images
-from captum_sift.keypoints import keypoints_to_counts
-from captum_sift.keypoints._scale_space import _blur, gaussian_kernel1d
+from captum_sift.keypoints._pyramid import blur, gaussian_kernel1d
 
 
 def spearman(a: np.ndarray, b: np.ndarray) -> float:
@@ -63,24 +62,43 @@ def agreement(counts: torch.Tensor, ref: torch.Tensor) -> tuple[float, float]:
     return statistics.median(rhos), statistics.median(agree)
 
 
-def kornia_stock_counts(images: torch.Tensor, patch: int, top_k: list[int] | None = None) -> torch.Tensor:
-    """Counts from kornia's stock SIFT detector (no contrast or edge test: top responses)."""
-    import kornia
-    from kornia.feature import SIFTFeatureScaleSpace, get_laf_center
+def fidelity(name: str, images: torch.Tensor, patch: int, kornia_limit: int | None = None) -> None:
+    """Agreement of "lowe" and "kornia" with OpenCV's counts (kornia on the first ``kornia_limit`` images)."""
+    ref = count_keypoints(images, patch, backend="opencv")
+    for backend in ("lowe", "kornia"):
+        n = len(images) if backend == "lowe" or kornia_limit is None else min(kornia_limit, len(images))
+        counts, expected = count_keypoints(images[:n], patch, backend=backend), ref[:n]
+        rho, agree = agreement(counts, expected)
+        print(f"FIDELITY {name}, {backend} vs OpenCV: median Spearman rho {rho:.3f}, median Key/Non-key agreement "
+              f"{agree:.3f}, per-patch counts equal {float((counts == expected).float().mean()):.3f}, keypoints "
+              f"{int(counts.sum())} vs {int(expected.sum())}")  # fmt: skip
 
-    detector = SIFTFeatureScaleSpace(num_features=8000, upright=True).detector.to(images.device)
-    gray = kornia.color.rgb_to_grayscale(images)
-    with torch.no_grad():
-        lafs, responses = detector(gray)
-    centres = get_laf_center(lafs)  # (B, K, 2) x, y
-    kps = []
-    for b in range(images.shape[0]):
-        order = responses[b].abs().argsort(descending=True)
-        keep = order[responses[b].abs()[order] > 0]
-        if top_k is not None:
-            keep = keep[: top_k[b]]
-        kps.append(centres[b, keep])
-    return keypoints_to_counts(kps, tuple(images.shape[2:]), patch)
+
+def speed_table(rows: dict[str, torch.Tensor], patch: int, repeats: int, kornia_rows: int) -> None:
+    """Each detector's time and its ratio to OpenCV's, torch's default threads, then one thread (OpenCV alike).
+
+    kornia runs once per configuration, on the first ``kornia_rows`` configurations only.
+    """
+    import cv2
+
+    threads = torch.get_num_threads()
+    count_keypoints(next(iter(rows.values())), patch, backend="kornia")  # kornia's first call out of the timing
+    try:
+        for n in sorted({threads, 1}, reverse=True):
+            torch.set_num_threads(n)
+            cv2.setNumThreads(n if n == 1 else -1)
+            for i, (name, images) in enumerate(rows.items()):
+                t = {b: best_time(lambda b=b, x=images: count_keypoints(x, patch, backend=b), repeats)
+                     for b in ("opencv", "lowe")}  # fmt: skip
+                line = (f"SPEED {n} thread(s), {name}: OpenCV {t['opencv'] * 1e3:.0f} ms; lowe {t['lowe'] * 1e3:.0f} "
+                        f"ms, RATIO {t['lowe'] / t['opencv']:.2f}")  # fmt: skip
+                if i < kornia_rows:
+                    t_kornia = _timed(lambda x=images: count_keypoints(x, patch, backend="kornia"))
+                    line += f"; kornia {t_kornia * 1e3:.0f} ms, RATIO {t_kornia / t['opencv']:.1f}"
+                print(line)
+    finally:
+        torch.set_num_threads(threads)
+        cv2.setNumThreads(-1)
 
 
 def _native(enabled: bool | str | None) -> None:
@@ -104,9 +122,9 @@ def native_build_time() -> None:
 
 
 def single_thread_table(photos: torch.Tensor, patch: int, repeats: int, quick: bool) -> None:
-    """ours / OpenCV per configuration, both on one thread (counts included on both sides).
+    """lowe / OpenCV per configuration, both on one thread (counts included on both sides).
 
-    ``ours`` is the default detector (native kernels); ``eager`` its
+    ``lowe`` is the default detector (native kernels); ``eager`` its
     eager-torch fallback (``CAPTUM_SIFT_NATIVE=0``: no C compiler).
     """
     import cv2
@@ -131,9 +149,9 @@ def single_thread_table(photos: torch.Tensor, patch: int, repeats: int, quick: b
             _native(False)
             t_eager = best_time(lambda images=images: count_keypoints(images, patch), repeats)
             same = float((count_keypoints(images, patch) == ours).float().mean())
-            print(f"ONE THREAD {name}: ours {t_ours * 1e3:.0f} ms, OpenCV {t_cv * 1e3:.0f} ms, "
+            print(f"ONE THREAD {name}: lowe {t_ours * 1e3:.0f} ms, OpenCV {t_cv * 1e3:.0f} ms, "
                   f"RATIO {t_ours / t_cv:.2f}; eager fallback {t_eager * 1e3:.0f} ms, RATIO {t_eager / t_cv:.2f} "
-                  f"(per-patch counts equal to ours: {same:.4f})")  # fmt: skip
+                  f"(per-patch counts equal to lowe's: {same:.4f})")  # fmt: skip
     finally:
         torch.set_num_threads(threads)
         cv2.setNumThreads(-1)
@@ -182,7 +200,7 @@ def shared_cpu(images: torch.Tensor, patch: int, repeats: int) -> None:
                     busy.kill()
                     busy.wait()
             cells = ", ".join(f"{n} thread(s) {t * 1e3:.0f} ms (x{t / t_cv:.2f})" for n, t in times.items())
-            print(f"SHARED CPU ({load}), batch {len(images)}: OpenCV one thread {t_cv * 1e3:.0f} ms; ours {cells}")
+            print(f"SHARED CPU ({load}), batch {len(images)}: OpenCV one thread {t_cv * 1e3:.0f} ms; lowe {cells}")
     finally:
         torch.set_num_threads(threads)
         cv2.setNumThreads(-1)
@@ -212,35 +230,22 @@ def main() -> None:
         names, repeats, batch = names[:3], 1, 4
     photos = sample_images(names, size=args.size)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {len(names)} photos at {args.size}px")
+    warnings.filterwarnings("ignore", message="backend='kornia'", category=FutureWarning)
 
-    # -- fidelity ---------------------------------------------------------
-    ref = count_keypoints(photos, args.patch, backend="opencv")
-    ours = count_keypoints(photos, args.patch)
-    rho, agree = agreement(ours, ref)
-    print(f"fidelity ours  vs OpenCV: median Spearman rho {rho:.3f}, median Key/Non-key agreement {agree:.3f}")
+    # -- the three detectors -------------------------------------------------
     fmnist, _ = default_dataset(limit=64 if args.quick else 1000)
-    ref_fm, ours_fm = count_keypoints(fmnist, args.patch, backend="opencv"), count_keypoints(fmnist, args.patch)
-    print(f"fidelity ours  vs OpenCV on the embedded Fashion-MNIST ({len(fmnist)} images, 112 px): per-patch counts "
-          f"equal {float((ours_fm == ref_fm).float().mean()):.3f}, Key/Non-key agreement "
-          f"{float(((ours_fm > 0) == (ref_fm > 0)).float().mean()):.3f}, keypoints {int(ours_fm.sum())} vs "
-          f"{int(ref_fm.sum())}")  # fmt: skip
-    stock = kornia_stock_counts(photos, args.patch)
-    rho_s, agree_s = agreement(stock, ref)
-    print(f"fidelity kornia stock SIFTFeatureScaleSpace (as is): rho {rho_s:.3f}, agreement {agree_s:.3f}")
-    stock_k = kornia_stock_counts(photos, args.patch, top_k=ref.flatten(1).sum(1).tolist())
-    rho_k, agree_k = agreement(stock_k, ref)
-    print(f"fidelity kornia stock, top-K with K = OpenCV's count:  rho {rho_k:.3f}, agreement {agree_k:.3f}")
-
-    # -- speed ------------------------------------------------------------
-    idx = torch.arange(batch) % len(names)
-    images = photos[idx].contiguous()
-    t_cv = best_time(lambda: count_keypoints(images, args.patch, backend="opencv"), repeats)
-    t_ours = best_time(lambda: count_keypoints(images, args.patch), repeats)
-    t_stock = best_time(lambda: kornia_stock_counts(images, args.patch), max(1, repeats // 2))
-    print(f"speed batch {batch}x{args.size}px (CPU): OpenCV {t_cv * 1e3:.0f} ms, ours {t_ours * 1e3:.0f} ms, "
-          f"kornia stock {t_stock * 1e3:.0f} ms")  # fmt: skip
-    print(f"RATIO ours / OpenCV time: {t_ours / t_cv:.2f}  (both with their default threads)")
-    print(f"RATIO kornia stock / OpenCV time: {t_stock / t_cv:.1f}")
+    fidelity(f"photos, {args.size} px ({len(names)})", photos, args.patch)
+    few = 16 if args.quick else 64
+    fidelity(f"embedded Fashion-MNIST, 112 px ({len(fmnist)}; kornia on the first {few})", fmnist, args.patch, few)
+    large = 448 if args.quick else 896
+    rows = {
+        f"one {args.size}-px photo (batch 1)": photos[:1],
+        f"photos, {args.size} px, batch {batch}": photos[torch.arange(batch) % len(names)].contiguous(),
+        f"one {large}-px photo (batch 1)": sample_images(names[:1], size=large),
+        f"embedded Fashion-MNIST, 112 px, batch {few}": fmnist[:few],
+    }
+    speed_table(rows, args.patch, repeats, 1 if args.quick else len(rows))
+    images = rows[f"photos, {args.size} px, batch {batch}"]
 
     # -- one thread, every size -----------------------------------------------
     native_build_time()
@@ -257,11 +262,11 @@ def main() -> None:
     layer = torch.rand(side, side, 16)
     sigma = 1.946
     kernel = gaussian_kernel1d(sigma, layer.device, layer.dtype)
-    t_dw = best_time(lambda: _blur(layer, kernel), repeats)
+    t_dw = best_time(lambda: blur(layer, kernel), repeats)
     nchw = layer.permute(2, 0, 1).unsqueeze(1).contiguous()
     k = kernel.numel()
     t_kb = best_time(lambda: kornia.filters.gaussian_blur2d(nchw, (k, k), (sigma, sigma), "reflect"), repeats)
-    print(f"blur 16x{side}x{side}, {k} taps: ours {t_dw * 1e3:.1f} ms, "
+    print(f"blur 16x{side}x{side}, {k} taps: lowe's {t_dw * 1e3:.1f} ms, "
           f"kornia.filters.gaussian_blur2d {t_kb * 1e3:.1f} ms (x{t_kb / t_dw:.1f})")  # fmt: skip
 
     if args.device.startswith("cuda"):
@@ -271,7 +276,9 @@ def main() -> None:
         gpu = images.to(args.device)
         torch.testing.assert_close(count_keypoints(gpu, args.patch).cpu(), count_keypoints(images, args.patch))
         t_gpu = best_time(lambda: count_keypoints(gpu, args.patch), repeats)
-        print(f"CUDA {torch.cuda.get_device_name()}: {t_gpu / batch * 1e3:.2f} ms per image (batch {batch})")
+        t_kornia = best_time(lambda: count_keypoints(gpu, args.patch, backend="kornia", chunk_size=batch), 1)
+        print(f"CUDA {torch.cuda.get_device_name()}: lowe {t_gpu / batch * 1e3:.2f} ms per image, kornia "
+              f"{t_kornia / batch * 1e3:.2f} ms per image (batch {batch})")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -48,9 +48,16 @@ def test_benchmark_quick_mode_prints_the_ratios():
     pytest.importorskip("cv2")
     result = run_script("benchmarks/keypoints.py", "--quick")
     assert result.returncode == 0, result.stderr
-    rho = float(re.search(r"ours  vs OpenCV: median Spearman rho ([\d.]+)", result.stdout).group(1))
-    assert rho >= 0.95
-    assert re.search(r"RATIO ours / OpenCV time: [\d.]+", result.stdout)
+    rho = {
+        backend: float(
+            re.search(rf"FIDELITY photos.*, {backend} vs OpenCV: median Spearman rho ([\d.]+)", result.stdout)[1]
+        )
+        for backend in ("lowe", "kornia")
+    }
+    assert rho["lowe"] >= 0.95 and rho["kornia"] >= 0.8
+    speed = re.findall(r"SPEED (\d+) thread\(s\), one 224-px photo \(batch 1\): OpenCV \d+ ms; lowe \d+ ms, RATIO "
+                       r"[\d.]+; kornia \d+ ms, RATIO [\d.]+", result.stdout)  # fmt: skip
+    assert speed[-1] == "1" and len(speed) == len(set(speed)) >= 1
 
 
 def test_analysis_benchmark_quick_mode_prints_ratio_and_memory():
@@ -104,7 +111,7 @@ def test_keypoint_benchmark_prints_the_one_thread_table():
     pytest.importorskip("cv2")
     result = run_script("benchmarks/keypoints.py", "--quick")
     assert result.returncode == 0, result.stderr
-    rows = re.findall(r"ONE THREAD (.+?): ours \d+ ms, OpenCV \d+ ms, RATIO ([\d.]+)", result.stdout)
+    rows = re.findall(r"ONE THREAD (.+?): lowe \d+ ms, OpenCV \d+ ms, RATIO ([\d.]+)", result.stdout)
     assert [name.split(",")[0] for name, _ in rows] == [
         "embedded Fashion-MNIST",
         "photos",

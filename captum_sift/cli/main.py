@@ -22,6 +22,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..errors import CaptumSiftError
+from ..keypoints import DEFAULT_BACKEND
+from ..theta.settings import KEYPOINT_BACKENDS
 
 _DESCRIPTION = "The captum-sift command: explain Vision Transformers with SIFT keypoints and attention."
 INTERRUPTED = "interrupted; resume with --resume"
@@ -107,7 +109,7 @@ def _add_model_data_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
     p.add_argument("--gamma", type=float, default=1.0, help="detection-line height (eq. 2)")
     p.add_argument("--unweighted", action="store_true", help="unweighted θ (eq. 3, left)")
-    p.add_argument("--backend", choices=("kornia", "opencv"), default="kornia", help="keypoint backend")
+    p.add_argument("--backend", choices=KEYPOINT_BACKENDS, default=DEFAULT_BACKEND, help="keypoint backend")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
@@ -179,7 +181,7 @@ def _parser() -> argparse.ArgumentParser:
     kp.add_argument("--photos", nargs="+", default=None, help="sample photo names (default: all shipped ones)")
     kp.add_argument("--img-size", type=int, default=224, help="side of the square images")
     kp.add_argument("--patch-size", type=int, default=16, help="ViT patch size")
-    kp.add_argument("--backend", choices=("kornia", "opencv"), default="kornia", help="keypoint detector")
+    kp.add_argument("--backend", choices=KEYPOINT_BACKENDS, default=DEFAULT_BACKEND, help="keypoint detector")
     kp.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     return parser
 

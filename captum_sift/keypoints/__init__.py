@@ -1,5 +1,14 @@
 """Image -> SIFT keypoints -> keypoint count t_j per patch (SPEC §1)."""
 
-from .detect import KeypointCounter, count_keypoints, detect_keypoints, keypoints_to_counts
+from .api import KeypointCounter, count_keypoints, detect_keypoints, keypoints_to_counts
+from .params import BACKENDS, DEFAULT_BACKEND, SiftParams
 
-__all__ = ["KeypointCounter", "count_keypoints", "detect_keypoints", "keypoints_to_counts"]
+__all__ = [
+    "BACKENDS",
+    "DEFAULT_BACKEND",
+    "KeypointCounter",
+    "SiftParams",
+    "count_keypoints",
+    "detect_keypoints",
+    "keypoints_to_counts",
+]

@@ -1,8 +1,8 @@
-/* Native CPU kernels of the "kornia" keypoint backend (float32, one thread).
+/* Native CPU kernels of the "lowe" keypoint backend (float32, one thread).
  *
  * Compiled on first use by _native.py with the machine's C compiler and
  * -ffp-contract=off: every float operation rounds exactly as the eager torch
- * ops of _scale_space.py do, in the same order, for every element (vector
+ * ops of _pyramid.py and _extrema.py do, in the same order, for every element (vector
  * body and scalar tail alike), so a batch gives each image the values that
  * image gets alone. Tensors are (..., H, W, B) contiguous, images innermost.
  *
@@ -315,7 +315,7 @@ int64_t sift_octave_f32(const float *base, int64_t H, int64_t W, int64_t B, int6
 }
 
 /* Quadratic refinement of the candidates `cand` (flat indices into dog),
-   as _scale_space._refine: up to 5 steps, then Lowe's contrast test and the
+   as _extrema.refine_eager: up to 5 steps, then Lowe's contrast test and the
    edge test. For each kept candidate writes its final sample (layer, r, c,
    image) to out_pos and (xc, xr, xs, |contrast|) to out_fit, in candidate
    order; returns how many were kept. */

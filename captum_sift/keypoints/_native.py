@@ -161,7 +161,7 @@ def usable(x: torch.Tensor) -> bool:
 
 
 def base(images: torch.Tensor, quantize: bool, twice: bool, ws) -> torch.Tensor:
-    """Octave 0's (H', W', b) input from (b, C, H, W) float32 images in [0, 1] (as ``_initial_image``'s gray)."""
+    """Octave 0's (H', W', b) input from (b, C, H, W) float32 images in [0, 1] (``_pyramid.initial_image``'s gray)."""
     images = images.contiguous()
     b, c, h, w = images.shape
     gray = ws.get("native_gray", (h, w, b), images) if twice else torch.empty((h, w, b))
@@ -255,7 +255,7 @@ def extrema(dog: torch.Tensor, threshold: float, border: int) -> torch.Tensor:
 
 
 def refine(dog: torch.Tensor, cand: torch.Tensor, border: int, p) -> tuple[torch.Tensor, torch.Tensor]:
-    """Refined candidates: (m, 4) [layer, r, c, image] and (m, 4) [xc, xr, xs, |contrast|] (as ``_refine``)."""
+    """Refined candidates: (m, 4) [layer, r, c, image], (m, 4) [xc, xr, xs, |contrast|] (``_extrema.refine_eager``)."""
     dog, cand = dog.contiguous(), cand.contiguous()
     s, h, w, b = dog.shape
     pos = torch.empty(cand.numel(), 4, dtype=torch.int64)

@@ -8,7 +8,8 @@ import numpy as np
 import torch
 
 from ..errors import CaptumSiftError
-from ._scale_space import SiftParams, to_gray255
+from ._pyramid import to_gray255
+from .params import SiftParams
 
 
 def _import_cv2() -> Any:

@@ -9,10 +9,11 @@ from typing import Any, Literal, Union
 
 from .._checks import as_int, check_gamma, check_min_keypoints
 from ..errors import CaptumSiftError
+from ..keypoints.params import BACKENDS, DEFAULT_BACKEND
 
 __all__ = ["KEYPOINT_BACKENDS", "LayerChoice", "ThetaSettings", "resolve_layers"]
 
-KEYPOINT_BACKENDS = ("kornia", "opencv")
+KEYPOINT_BACKENDS = BACKENDS
 STAGE_NAMES = ("retrieval", "capture", "coach")
 LayerChoice = Union[Literal["retrieval", "capture", "coach"], int, Iterable[int], None]  # noqa: UP007
 
@@ -64,7 +65,8 @@ class ThetaSettings:
         layers: None (every block), layer indices (negative count from the
             end), or a stage name ``"retrieval"`` / ``"capture"`` / ``"coach"``
             (per-patch scores only; the analysis then runs every block).
-        keypoint_backend: ``"kornia"`` (torch, default) or ``"opencv"``.
+        keypoint_backend: ``"lowe"`` (the package's detector, default),
+            ``"kornia"`` (kornia's detector) or ``"opencv"``.
 
     Every entry point also takes these as keyword options, which replace the
     fields of ``settings``: ``analyze(model, x, gamma=2.0)`` is
@@ -85,7 +87,7 @@ class ThetaSettings:
     include_self: bool = True
     min_keypoints: int = 1
     layers: Any = None
-    keypoint_backend: str = "kornia"
+    keypoint_backend: str = DEFAULT_BACKEND
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "gamma", check_gamma(self.gamma))
