@@ -11,7 +11,7 @@ from captum_sift import CaptumSiftError, analyze, count_keypoints, find_stages
 from captum_sift.data.datasets import sample_images
 from captum_sift.theta.report import InterrelationReport
 from captum_sift.theta.stages import split_stages, split_theta_kk
-from captum_sift.vit.capture import iter_attention
+from captum_sift.vit import iter_attention
 
 
 @pytest.fixture(scope="module")

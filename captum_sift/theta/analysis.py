@@ -11,7 +11,7 @@ from torch import nn
 from .._checks import all_finite, check_int, shape_of
 from ..errors import CaptumSiftError
 from ..keypoints import count_keypoints
-from ..vit.adapter import ViTAdapter, as_vit, non_finite_attention
+from ..vit import ViTAdapter, as_vit, non_finite_attention
 from ..vit.inputs import to_model_and_pixels
 from .functional import _check_counts, _theta, _theta_weights, focus_index, interrelation, patch_block
 from .report import InterrelationReport
@@ -150,7 +150,7 @@ def _analyze(
 
     # Each map is measured inside its block's forward, as the capture hands it over: read while still in
     # cache, and not kept past the block's own use of it.
-    for _ in vit._iter_attention(model_input, layer_list[-1], unchecked=wanted, consume=measure):
+    for _ in vit.iter_attention(model_input, layer_list[-1], unchecked=wanted, consume=measure):
         pass
     theta = torch.stack(thetas, dim=1)  # (B, L, h, N): the per-head statistics of all layers at once
     patch_theta = torch.nanmean(theta, dim=2)  # SPEC §7: mean over heads
