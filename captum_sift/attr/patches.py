@@ -54,7 +54,7 @@ def patch_feature_mask(height: int, width: int, patch_size: int, device: torch.d
 
 
 class _PatchAttribution(Attribution):
-    """What the attention baselines share: the adapter, input checks and spreading scores over pixels."""
+    """What the per-patch attributions share: the adapter, input checks and spreading scores over pixels."""
 
     def __init__(
         self,
