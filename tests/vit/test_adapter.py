@@ -168,3 +168,11 @@ def test_wrappers_are_unwrapped():
     wrapped = torch.nn.DataParallel(model)
     assert unwrap(wrapped) is model and unwrap(model) is model
     assert as_vit(wrapped).model is model
+
+
+def test_a_torchvision_model_built_with_zero_classes_is_no_classifier():
+    model = torchvision.models.VisionTransformer(32, 16, 1, 2, 16, 32, num_classes=0)
+    vit = as_vit(model)
+    assert vit.num_classes == model.heads.head.out_features == 0
+    with pytest.raises(CaptumSiftError, match="without a classification head"):
+        vit.check_classifier()
