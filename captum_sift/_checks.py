@@ -185,3 +185,34 @@ def check_2d(value: object, name: str) -> torch.Tensor:
     if not isinstance(value, torch.Tensor) or value.dim() != 2:
         raise CaptumSiftError(f"expected {name} of shape (B, N), got {shape_of(value)}")
     return value
+
+
+def check_counts(keypoint_counts: object, batch: int, num_patches: int) -> torch.Tensor:
+    """Keypoint counts t_j, (B, N) or (B, Gh, Gw), checked -> a (B, N) view in their own dtype.
+
+    Refused: other shapes, complex, bool or meta tensors, NaN, Inf, fractional or negative counts.
+
+    Example:
+        >>> check_counts(torch.tensor([[[1, 0], [2, 0]]]), 1, 4)
+        tensor([[1, 0, 2, 0]])
+    """
+    if not isinstance(keypoint_counts, torch.Tensor):
+        raise CaptumSiftError(f"expected keypoint_counts to be a torch.Tensor, got {type(keypoint_counts).__name__}")
+    counts = keypoint_counts.flatten(1) if keypoint_counts.dim() == 3 else keypoint_counts
+    if counts.dim() != 2 or counts.shape != (batch, num_patches):
+        raise CaptumSiftError(
+            f"expected keypoint_counts of shape (B, N) = ({batch}, {num_patches}) or (B, Gh, Gw) with "
+            f"Gh * Gw = {num_patches}, got {tuple(keypoint_counts.shape)}"
+        )
+    if counts.is_complex() or counts.dtype == torch.bool or counts.is_meta:
+        raise CaptumSiftError(
+            f"expected real-valued keypoint_counts on a real device, got dtype {counts.dtype} on {counts.device}"
+        )
+    if counts.is_floating_point():
+        if not bool(torch.isfinite(counts).all()):
+            raise CaptumSiftError("expected finite keypoint_counts, got NaN or Inf")
+        if not bool((counts == counts.round()).all()):
+            raise CaptumSiftError("expected integral keypoint_counts, got fractional values")
+    if counts.numel() and int(counts.min()) < 0:
+        raise CaptumSiftError(f"expected keypoint_counts >= 0, got a minimum of {counts.min().item()}")
+    return counts

@@ -1,6 +1,7 @@
 """Every Python snippet in README.md and docs/tutorial.md runs as written; docs/api.md names import."""
 
 import importlib
+import importlib.util
 import re
 from pathlib import Path
 
@@ -58,10 +59,9 @@ def test_every_name_on_the_api_page_imports_from_where_it_says():
     assert len(names) > 60
     missing = []
     for module, name in names:
-        if "." in name:  # a path below captum_sift, e.g. mae.pretrain.PretrainConfig
-            *parts, attr = name.split(".")
-            module, name = ".".join(["captum_sift", *parts]), attr
-        if not hasattr(importlib.import_module(module), name):
+        try:
+            _resolve(module, name)
+        except (ImportError, AttributeError):
             missing.append(f"{module}.{name}")
     assert not missing, missing
 
@@ -113,12 +113,16 @@ def _documented_signatures() -> list[tuple[str, str, str]]:
 
 
 def _resolve(module: str, name: str):
-    *parts, attr = name.split(".")
-    if parts and parts[0] in ("mae",):  # a path below captum_sift
-        module = ".".join(["captum_sift", *parts])
-    elif parts:
-        attr = name  # Class.method is not documented in the first column
-    return getattr(importlib.import_module(module), attr)
+    """``name`` in ``module``: a plain name, a path below captum_sift (``mae.pretrain.PretrainConfig``) or
+    ``Class.method``."""
+    first, *rest = name.split(".")
+    if rest and importlib.util.find_spec(f"captum_sift.{first}") is not None:
+        *parts, attr = name.split(".")
+        return getattr(importlib.import_module(".".join(["captum_sift", *parts])), attr)
+    target = getattr(importlib.import_module(module), first)
+    for attr in rest:
+        target = getattr(target, attr)
+    return target
 
 
 def test_every_signature_on_the_api_page_is_the_code_s():

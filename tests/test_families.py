@@ -19,8 +19,8 @@ from captum_sift.cli.main import main
 from captum_sift.masking import select_patches
 from captum_sift.masking.evaluate import evaluate_masking
 from captum_sift.masking.prompt import drop_tokens, patch_scores
+from captum_sift.vit import iter_attention
 from captum_sift.vit.adapter import ViTAdapter, as_vit
-from captum_sift.vit.capture import iter_attention
 
 transformers = pytest.importorskip("transformers")
 

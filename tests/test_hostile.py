@@ -411,9 +411,9 @@ def test_mask_eval_refuses_a_fill_that_overflows(tmp_path, capsys):
 
 @pytest.mark.parametrize("fill", ["mean", "drop"])
 def test_mask_eval_figure_is_drawn_with_the_fill_of_the_run(tmp_path, monkeypatch, fill):
-    from captum_sift.viz import figures as viz
     from captum_sift.data.datasets import default_model
     from captum_sift.vit.adapter import as_vit
+    from captum_sift.viz import figures as viz
 
     drawn = []
     original = viz.plot_mask_grid

@@ -1,7 +1,7 @@
 """Attention-based baselines as Captum attributions: attention rollout and raw attention.
 
 Both read the post-softmax attention the same way θ does (any model family,
-:func:`~captum_sift.vit.capture.iter_attention`, one layer alive at a time) and
+:func:`~captum_sift.vit.iter_attention`, one layer alive at a time) and
 return a per-patch score spread over the patch's pixels, exactly
 ``inputs.shape``, like :class:`~captum_sift.attr.SIFTInterrelation`. They do
 not depend on the class: ``target`` is accepted and ignored.
@@ -10,20 +10,16 @@ not depend on the class: ``target`` is accepted and ignored.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import torch
-from captum.attr import Attribution
-from captum.log import log_usage
 from torch import nn
 
-from .._checks import as_int, as_scalar, check_image_space, shape_of
+from .._checks import as_int, as_scalar
 from ..errors import CaptumSiftError
-from ..vit.adapter import ViTAdapter, as_vit
-from ..vit.inputs import to_model_and_pixels
-from .patches import patch_feature_mask, patch_scores_to_pixels
+from ..vit.adapter import ViTAdapter
+from .patches import _PatchAttribution
 
-__all__ = ["AttentionRollout", "RawAttention", "fuse_heads", "rollout_step"]
+__all__ = ["AttentionRollout", "RawAttention"]
 
 HEAD_FUSIONS = ("mean", "max", "min")
 
@@ -67,71 +63,6 @@ def _read_patches(matrix: torch.Tensor, prefix: int, class_token: bool) -> torch
     if class_token:
         return matrix[:, 0, prefix:]
     return matrix[:, prefix:, prefix:].mean(dim=1)
-
-
-class _PatchAttribution(Attribution):
-    """What the attention baselines share: the adapter, input checks and spreading scores over pixels."""
-
-    def __init__(
-        self,
-        model: nn.Module | ViTAdapter,
-        *,
-        image_space: str = "model",
-        mean: Sequence[float] | None = None,
-        std: Sequence[float] | None = None,
-    ) -> None:
-        self.vit = as_vit(model, mean=mean, std=std)
-        check_image_space(image_space)
-        self._model_forward = self.vit.logits if self.vit.forward_logits is not None else self.vit.model
-        # Captum's forward_func takes what attribute() takes: in pixel space it normalises first (infidelity
-        # calls it on perturbed inputs).
-        super().__init__(self._model_forward if image_space == "model" else self._pixel_forward)
-        self.model = self.vit.model
-        self.image_space = image_space
-
-    def _pixel_forward(self, pixels: torch.Tensor, *args: Any) -> Any:
-        """The model's output for pixel-space inputs (normalised here, gradients kept)."""
-        mean, std = self.vit.stats(pixels)
-        return self._model_forward(((pixels - mean) / std).to(self.vit.dtype), *args)
-
-    def has_convergence_delta(self) -> bool:
-        return False
-
-    def _images(self, inputs: Any) -> tuple[torch.Tensor, bool]:
-        as_tuple = isinstance(inputs, tuple)
-        if as_tuple:
-            if len(inputs) != 1:
-                raise CaptumSiftError(f"expected one input tensor, got a tuple of {len(inputs)}")
-            (inputs,) = inputs
-        if not isinstance(inputs, torch.Tensor) or inputs.dim() != 4:
-            raise CaptumSiftError(f"expected inputs of shape (B, C, H, W), got {shape_of(inputs)}")
-        return inputs, as_tuple
-
-    def _spread(self, scores: torch.Tensor, images: torch.Tensor, as_tuple: bool) -> Any:
-        out = patch_scores_to_pixels(scores.to(images.device, images.dtype), images.shape, self.vit.patch_size)
-        return (out,) if as_tuple else out
-
-    def patch_scores(self, images: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
-        raise NotImplementedError
-
-    @log_usage()
-    def attribute(self, inputs: Any, target: Any = None) -> Any:  # type: ignore[override]
-        """Attribution of exactly ``inputs.shape`` (constant within each patch); ``target`` is ignored."""
-        images, as_tuple = self._images(inputs)
-        return self._spread(self.patch_scores(images), images, as_tuple)
-
-    def feature_mask(self, inputs: torch.Tensor) -> torch.Tensor:
-        """Patch index of every pixel (1, 1, H, W).
-
-        Captum's FeatureAblation, ShapleyValueSampling, Lime and KernelShap take
-        it as ``feature_mask``, to perturb the same patches the method scores.
-        """
-        images, _ = self._images(inputs)
-        self.vit.grid(images)
-        return patch_feature_mask(images.shape[2], images.shape[3], self.vit.patch_size, images.device)
-
-    def _model_input(self, images: torch.Tensor) -> torch.Tensor:
-        return to_model_and_pixels(self.vit, images, self.image_space, need_pixels=False)[0]
 
 
 class AttentionRollout(_PatchAttribution):
@@ -178,14 +109,14 @@ class AttentionRollout(_PatchAttribution):
 
     def patch_scores(self, images: torch.Tensor) -> torch.Tensor:
         """Rollout score of every patch, (B, N)."""
-        x = self._model_input(images)
+        batch = self._batch(images)
         prefix, cls = self.vit.num_prefix_tokens, self.vit.class_token
         joint: torch.Tensor | None = None
 
         def fuse(_: int, attn: torch.Tensor) -> torch.Tensor:  # inside the block: the map is in cache, then let go
             return fuse_heads(attn.float(), self.head_fusion)
 
-        for _, fused in self.vit._iter_attention(x, None, consume=fuse):
+        for _, fused in self.vit.iter_attention(batch, consume=fuse):
             step = rollout_step(fused, self.discard_ratio, keep_first=cls)
             joint = step if joint is None else step @ joint
             del fused, step
@@ -222,9 +153,9 @@ class RawAttention(_PatchAttribution):
 
     def patch_scores(self, images: torch.Tensor) -> torch.Tensor:
         """Head-mean class-token attention of every patch at ``layer``, (B, N)."""
-        x = self._model_input(images)
+        batch = self._batch(images)
         prefix = self.vit.num_prefix_tokens
-        for index, attn in self.vit.iter_attention(x, last=self.layer):
+        for index, attn in self.vit.iter_attention(batch, last=self.layer):
             if index == self.layer:
                 return _read_patches(attn.float().mean(dim=1), prefix, self.vit.class_token)
         raise CaptumSiftError(f"the model never reached block {self.layer}")  # pragma: no cover

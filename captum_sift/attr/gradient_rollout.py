@@ -25,8 +25,9 @@ from torch import nn
 
 from .._checks import as_int, check_classes
 from ..errors import CaptumSiftError
-from ..vit.adapter import ViTAdapter, eval_mode
-from .attention_baselines import _PatchAttribution
+from ..vit.adapter import ViTAdapter
+from ..vit.capture import eval_mode
+from .patches import _PatchAttribution
 
 __all__ = ["GradientRollout"]
 
@@ -91,7 +92,7 @@ class GradientRollout(_PatchAttribution):
 
     def patch_scores(self, images: torch.Tensor, target: Any = None) -> torch.Tensor:  # type: ignore[override]
         """Relevance of every patch for ``target`` (None: each image's predicted class), (B, N)."""
-        x = self._model_input(images).detach()
+        batch = self._batch(images)
         prefix, cls = self.vit.num_prefix_tokens, self.vit.class_token
         done: list[int] = []
         first: list[torch.Tensor] = []  # block start_layer's map: the backward goes as far as it, no further
@@ -120,8 +121,8 @@ class GradientRollout(_PatchAttribution):
                 first.append(carrier)
 
         with eval_mode(self.vit.model), torch.enable_grad():
-            with self.vit.capturing(x, hook):
-                logits = self.vit.logits(x)
+            with self.vit.capturing(batch, hook):
+                logits = self.vit.logits(batch.model_input)
             if not bool(torch.isfinite(logits).all()):
                 raise CaptumSiftError("the model's logits are not finite: check the weights and the input")
             chosen = _targets(target, logits)

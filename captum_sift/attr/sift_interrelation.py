@@ -10,13 +10,14 @@ from captum.log import log_usage
 from torch import nn
 
 from ..errors import CaptumSiftError
+from ..keypoints import count_keypoints
 from ..theta.analysis import analyze_batch, patch_scores_from_report, patch_thetas
 from ..theta.settings import LayerChoice, ThetaSettings
 from ..vit.adapter import ViTAdapter
-from .attention_baselines import _PatchAttribution
-from .patches import patch_feature_mask, patch_scores_to_pixels
+from ..vit.inputs import Batch
+from .patches import _PatchAttribution
 
-__all__ = ["SIFTInterrelation", "patch_feature_mask", "patch_scores_to_pixels"]
+__all__ = ["SIFTInterrelation"]
 
 
 #: What :class:`SIFTInterrelation` returns per patch.
@@ -107,11 +108,10 @@ class SIFTInterrelation(_PatchAttribution):
     keypoint patches, not how much the prediction depends on the patch. To
     find the patches a model relies on wrongly, use the spurious selection
     (paper §5.1: Key patches with the lowest θ; ``select_patches(...,
-    mode="spurious")``). A measurement reported with the planning issue (not
-    re-run here): on a small ViT trained to rely only on a planted texture
-    patch, that patch had the lowest θ in 82 % of the images where it held
-    keypoints, while θ's top-1 was the planted patch in only 14 % (attention
-    rollout: 97 %).
+    mode="spurious")``). On a small ViT trained to rely only on a planted
+    texture patch, that patch had the lowest θ in 82 % of the images where it
+    held keypoints, while θ's top-1 was the planted patch in only 14 %
+    (attention rollout: 97 %).
 
     Example:
         >>> import timm
@@ -207,10 +207,6 @@ class SIFTInterrelation(_PatchAttribution):
         ``sensitivity_max``: θ then measures the attention on the perturbed
         images against the clean images' keypoints.
         """
-        from ..keypoints import count_keypoints
-        from ..vit.inputs import to_model_and_pixels
-
         images, _ = self._images(inputs)
-        self.vit.grid(images)
-        _, pixels = to_model_and_pixels(self.vit, images, self.image_space)
-        return count_keypoints(pixels, self.vit.patch_size, backend=self.settings.keypoint_backend)
+        batch = Batch.build(self.vit, images, self.image_space)
+        return count_keypoints(batch.pixels, self.vit.patch_size, backend=self.settings.keypoint_backend)

@@ -27,7 +27,7 @@ from .._io import write_text_atomic
 from ..errors import CaptumSiftError
 from ..theta.report_io import nan_to_none
 from ..theta.settings import ThetaSettings
-from ..vit.adapter import ViTAdapter, as_vit, eval_mode
+from ..vit import ViTAdapter, as_vit, eval_mode
 
 
 # -- settings ------------------------------------------------------------------------

@@ -26,7 +26,7 @@ from torch import nn
 from .._checks import all_finite, check_classes, check_int, shape_of
 from ..errors import CaptumSiftError
 from ..masking.evaluate import _Z95, masked_logits, read_logits
-from ..vit.adapter import ViTAdapter, as_vit, eval_mode
+from ..vit import ViTAdapter, as_vit, eval_mode
 
 __all__ = [
     "METHODS",

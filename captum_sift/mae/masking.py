@@ -6,10 +6,9 @@ from dataclasses import dataclass
 
 import torch
 
-from .._checks import check_int, check_min_keypoints, check_number, shape_of
+from .._checks import check_counts, check_int, check_min_keypoints, check_number, shape_of
 from ..errors import CaptumSiftError
 from ..masking.apply import check_generator, num_masked
-from ..theta.functional import check_counts
 
 __all__ = ["KeyShareSchedule", "guided_masking", "mask_counts", "random_masking"]
 

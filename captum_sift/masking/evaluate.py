@@ -15,7 +15,7 @@ from torch import nn
 from .._checks import all_finite, as_int, shape_of
 from ..errors import CaptumSiftError
 from ..theta.settings import ThetaSettings
-from ..vit.adapter import ViTAdapter, as_vit, eval_mode
+from ..vit import ViTAdapter, as_vit, eval_mode
 from .apply import DEFAULT_MODES, MODES, check_fill, check_plan, mask_images, select_patches
 
 __all__ = ["MaskingTable", "evaluate_masking", "mcnemar_exact", "random_scores", "random_selection", "wilson_interval"]

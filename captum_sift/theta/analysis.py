@@ -11,7 +11,7 @@ from torch import nn
 from .._checks import all_finite, check_int, shape_of
 from ..errors import CaptumSiftError
 from ..keypoints import count_keypoints
-from ..vit.adapter import ViTAdapter, as_vit, non_finite_attention
+from ..vit import ViTAdapter, as_vit, non_finite_attention
 from ..vit.inputs import to_model_and_pixels
 from .functional import check_counts, focus_index, interrelation, patch_block, theta_from_weights, theta_weights
 from .report import InterrelationReport
@@ -210,7 +210,9 @@ def _stream(
             focuses.append(focus_index(attn_patch))
             query_rows.append(attn_patch[rows, :, query].mean(dim=1))
 
-    for _ in vit._iter_attention(batch.model_input, layers[-1], unchecked=wanted, consume=measure):
+    # Each map is measured inside its block's forward, as the capture hands it over: read while still in
+    # cache, and not kept past the block's own use of it.
+    for _ in vit.iter_attention(batch.model_input, layers[-1], unchecked=wanted, consume=measure):
         pass
     if query is None:
         return torch.stack(thetas, dim=1), None, None

@@ -1,22 +1,27 @@
-"""Model -> adapter -> per-block attention (timm, torchvision, Hugging Face)."""
+"""Model -> adapter -> per-block attention (timm, torchvision, Hugging Face).
 
-from .adapter import FAMILIES, IMAGENET_MEAN, IMAGENET_STD, ViTAdapter, as_vit, eval_mode, non_finite_attention
-from .capture import iter_attention, model_grid, num_prefix_tokens, patch_size_of
-from .inputs import check_model_space, model_normalization, to_model_and_pixels
+``families`` reads what each family says, ``adapter`` holds it (:func:`as_vit`, :class:`ViTAdapter`),
+``inputs`` checks a batch once (:class:`Batch`), ``capture`` streams the attention block by block.
+"""
+
+from .adapter import ViTAdapter, as_vit, iter_attention
+from .capture import capturing, dropping_tokens, eval_mode, non_finite_attention, run_stem, stream_attention
+from .families import IMAGENET_MEAN, IMAGENET_STD
+from .inputs import Batch, check_model_space, to_model_and_pixels
 
 __all__ = [
-    "FAMILIES",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "Batch",
     "ViTAdapter",
     "as_vit",
+    "capturing",
     "check_model_space",
+    "dropping_tokens",
     "eval_mode",
     "iter_attention",
-    "model_grid",
-    "model_normalization",
     "non_finite_attention",
-    "num_prefix_tokens",
-    "patch_size_of",
+    "run_stem",
+    "stream_attention",
     "to_model_and_pixels",
 ]

@@ -1,22 +1,27 @@
 """Images into a model: pixel or model-space input checked once, turned into model input and pixels.
 
 Keypoints are counted on pixels in [0, 1]; the model reads its normalised input. Either space comes in
-(``image_space``), and the other is derived and checked here.
+(``image_space``), and the other is derived and checked here. A :class:`Batch` holds both, the patch
+grid and the keypoint counts, built and checked once per batch by :meth:`Batch.build`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
-from torch import nn
 
-from .._checks import all_finite, check_image_space, check_images, shape_of
+from .._checks import all_finite, check_counts, check_image_space, check_images, shape_of
 from ..errors import CaptumSiftError
-from .adapter import ViTAdapter, as_vit
 
-__all__ = ["check_model_space", "model_normalization", "to_model_and_pixels"]
+if TYPE_CHECKING:
+    from .adapter import ViTAdapter
+
+__all__ = ["Batch", "check_model_space", "to_model_and_pixels"]
 
 # Undoing the normalisation of a normalised image gives back [0, 1] up to rounding.
 _TOL = 1e-4
@@ -30,12 +35,6 @@ _PATCH_TOL = 0.05
 _MIN_SPAN = 0.5
 # Input that is itself in [0, 1] (raw pixels?) must spread wider still once de-normalised.
 _MIN_SPAN_PIXELS = 0.75
-
-
-def model_normalization(model: nn.Module | ViTAdapter) -> tuple[torch.Tensor, torch.Tensor]:
-    """The model's input mean and std, each (C,) (see :func:`captum_sift.vit.adapter.as_vit`)."""
-    vit = as_vit(model)
-    return torch.tensor(vit.mean), torch.tensor(vit.std)
 
 
 def _stats_hint(vit: ViTAdapter) -> str:
@@ -150,6 +149,30 @@ def _check_pixel_input(vit: ViTAdapter, images: torch.Tensor) -> torch.Tensor:
     )
 
 
+def _check_shape(vit: ViTAdapter, images: object) -> torch.Tensor:
+    """``images`` as a (B, C, H, W) tensor with data and the model's channels (detached)."""
+    if not isinstance(images, torch.Tensor) or images.dim() != 4:
+        raise CaptumSiftError(f"expected images of shape (B, C, H, W), got {shape_of(images)}")
+    if images.device.type == "meta":
+        raise CaptumSiftError("expected images with data (on a CPU or an accelerator), got a tensor on the meta device")
+    if images.shape[1] != vit.in_chans:
+        raise CaptumSiftError(f"expected {vit.in_chans}-channel images for this model, got shape {tuple(images.shape)}")
+    return images.detach()
+
+
+def _convert(
+    vit: ViTAdapter, images: torch.Tensor, image_space: str, need_pixels: bool
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(model input, pixels or None) of shape-checked ``images``: their values checked in ``image_space``."""
+    if image_space == "pixel":
+        pixels = _check_pixel_input(vit, images)
+        mean, std = vit.stats(images)
+        return ((images - mean) / std).to(vit.dtype), pixels
+    if not images.is_floating_point():
+        raise CaptumSiftError("expected finite floating-point images")
+    return images, check_model_space(vit, images, need_pixels)
+
+
 def to_model_and_pixels(
     vit: ViTAdapter, images: torch.Tensor, image_space: str, need_pixels: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -160,17 +183,72 @@ def to_model_and_pixels(
     model's dtype (a float64, half or bfloat16 model gets its own dtype).
     """
     check_image_space(image_space)
-    if not isinstance(images, torch.Tensor) or images.dim() != 4:
-        raise CaptumSiftError(f"expected images of shape (B, C, H, W), got {shape_of(images)}")
-    if images.device.type == "meta":
-        raise CaptumSiftError("expected images with data (on a CPU or an accelerator), got a tensor on the meta device")
-    if images.shape[1] != vit.in_chans:
-        raise CaptumSiftError(f"expected {vit.in_chans}-channel images for this model, got shape {tuple(images.shape)}")
-    images = images.detach()
-    if image_space == "pixel":
-        pixels = _check_pixel_input(vit, images)
-        mean, std = vit.stats(images)
-        return ((images - mean) / std).to(vit.dtype), pixels
-    if not images.is_floating_point():
-        raise CaptumSiftError("expected finite floating-point images")
-    return images, check_model_space(vit, images, need_pixels)
+    return _convert(vit, _check_shape(vit, images), image_space, need_pixels)
+
+
+@dataclass(frozen=True, eq=False)
+class Batch:
+    """One batch of images, checked once: what keypoint counting, attention capture, masking and logits read.
+
+    Build it with :meth:`Batch.build`; everything downstream reads its fields
+    and checks nothing again (:meth:`ViTAdapter.iter_attention
+    <captum_sift.vit.adapter.ViTAdapter.iter_attention>` and
+    :meth:`~captum_sift.vit.adapter.ViTAdapter.capturing` take a Batch in
+    place of model input).
+
+    Attributes:
+        model_input: (B, C, H, W), normalised as the model expects; pixel
+            input is normalised into the model's dtype, model input is kept
+            as given (detached).
+        pixels: (B, C, H, W) in [0, 1] (values a perturbation pushed slightly
+            out of [0, 1] clipped), or None when not asked for.
+        grid: the patch grid (Gh, Gw); N = Gh * Gw.
+        keypoint_counts: t_j of every patch, (B, N) int64 on the images'
+            device, or None when none were given.
+
+    Example:
+        >>> import timm
+        >>> from captum_sift.vit import as_vit
+        >>> vit = as_vit(timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, depth=1))
+        >>> batch = Batch.build(vit, torch.rand(2, 3, 32, 32), "pixel", torch.tensor([[1, 0, 0, 2], [0, 3, 0, 0]]))
+        >>> batch.grid, batch.keypoint_counts.shape, batch.pixels.shape
+        ((2, 2), torch.Size([2, 4]), torch.Size([2, 3, 32, 32]))
+    """
+
+    model_input: torch.Tensor
+    pixels: torch.Tensor | None
+    grid: tuple[int, int]
+    keypoint_counts: torch.Tensor | None = None
+
+    @property
+    def num_patches(self) -> int:
+        return self.grid[0] * self.grid[1]
+
+    @classmethod
+    def build(
+        cls,
+        vit: ViTAdapter,
+        images: torch.Tensor,
+        image_space: str,
+        keypoint_counts: torch.Tensor | None = None,
+        *,
+        need_pixels: bool = True,
+    ) -> Batch:
+        """Check ``images`` (in ``image_space``) and ``keypoint_counts`` once, as :func:`to_model_and_pixels`
+        and :meth:`with_counts` do, and hold the model input, the pixels (when ``need_pixels``), the grid and
+        the counts.
+
+        The shape (B, C, H, W), the channels and the grid (H and W multiples
+        of the patch size) are checked before any value is read.
+        """
+        check_image_space(image_space)
+        images = _check_shape(vit, images)
+        grid = vit.grid(images)
+        model_input, pixels = _convert(vit, images, image_space, need_pixels)
+        batch = cls(model_input, pixels, grid)
+        return batch if keypoint_counts is None else batch.with_counts(keypoint_counts)
+
+    def with_counts(self, keypoint_counts: torch.Tensor) -> Batch:
+        """This batch with ``keypoint_counts`` (B, N) or (B, Gh, Gw): non-negative integral values, checked."""
+        counts = check_counts(keypoint_counts, self.model_input.shape[0], self.num_patches)
+        return dataclasses.replace(self, keypoint_counts=counts.to(self.model_input.device).long())

@@ -13,8 +13,7 @@ from captum_sift.theta.analysis import analyze_batch, patch_scores_from_report, 
 from captum_sift.theta.report import InterrelationReport
 from captum_sift.theta.settings import ThetaSettings
 from captum_sift.theta.stages import split_stages, split_theta_kk
-from captum_sift.vit.adapter import as_vit
-from captum_sift.vit.capture import iter_attention
+from captum_sift.vit import as_vit, iter_attention
 
 
 @pytest.fixture(scope="module")

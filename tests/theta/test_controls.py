@@ -20,8 +20,7 @@ from captum_sift.theta.controls import (
     uniform_attention,
 )
 from captum_sift.theta.functional import interrelation, patch_block, patch_theta
-from captum_sift.vit.adapter import as_vit
-from captum_sift.vit.capture import iter_attention
+from captum_sift.vit import as_vit, iter_attention
 
 
 def test_distance_classes_group_pairs_by_euclidean_grid_distance():

@@ -7,8 +7,8 @@ from test_families import families, pixels, timm_vit  # noqa: F401 - fixtures
 
 from captum_sift import CaptumSiftError
 from captum_sift.attr import AttentionRollout, RawAttention
+from captum_sift.vit import iter_attention
 from captum_sift.vit.adapter import as_vit
-from captum_sift.vit.capture import iter_attention
 
 
 def loop_rollout(attns, prefix, class_token, head_fusion="mean", discard_ratio=0.0):

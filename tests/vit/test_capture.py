@@ -1,11 +1,20 @@
-"""Attention capture on stock timm ViTs: shapes, exact values, state restored."""
+"""Attention capture on stock timm ViTs: shapes, exact values by hand, state restored; the stem, the whole-forward
+capture and token dropping by hand."""
 
 import pytest
 import timm
 import torch
 
 from captum_sift import CaptumSiftError
-from captum_sift.vit.capture import iter_attention
+from captum_sift.vit import as_vit, iter_attention
+from captum_sift.vit.capture import (
+    capturing,
+    dropping_tokens,
+    eval_mode,
+    non_finite_attention,
+    run_stem,
+    stream_attention,
+)
 
 MODELS = [
     # name, kwargs, prefix tokens
@@ -126,3 +135,91 @@ def test_unsupported_attention_module_is_named():
     model.blocks[1].attn = Odd()
     with pytest.raises(CaptumSiftError, match="unsupported attention in block 1: Odd"):
         list(iter_attention(model, torch.rand(1, 3, 32, 32)))
+
+
+def _hand_tokens(model, x):
+    """The tokens entering block 0 of a timm ViT, step by step (eval mode)."""
+    return model.norm_pre(model.patch_drop(model._pos_embed(model.patch_embed(x))))
+
+
+def test_run_stem_gives_the_tokens_entering_the_first_block():
+    model = make("vit_tiny_patch16_224", {"img_size": 32}).eval()
+    x = torch.randn(2, 3, 32, 32)
+    tokens, rest, kwargs = run_stem(as_vit(model), x)
+    with torch.no_grad():
+        torch.testing.assert_close(tokens, _hand_tokens(model, x), rtol=0, atol=0)
+    assert tokens.shape == (2, 1 + 4, model.embed_dim) and rest == () and kwargs == {}
+
+
+def test_capturing_hands_over_every_map_of_one_forward_with_gradients():
+    model = make("vit_tiny_patch16_224", {"img_size": 32, "num_classes": 3}).eval()
+    vit = as_vit(model)
+    x = torch.randn(2, 3, 32, 32)
+    before = _state(model)
+    streamed = [attn for _, attn in iter_attention(model, x)]
+    with capturing(vit, x, lambda index, attn: (index, attn)) as got:
+        logits = vit.logits(x)
+    assert [i for i, _ in got] == [0, 1]
+    for (_, attn), want in zip(got, streamed, strict=True):
+        assert attn.requires_grad
+        torch.testing.assert_close(attn.detach(), want, rtol=1e-5, atol=1e-6)
+    with torch.no_grad():
+        torch.testing.assert_close(logits.detach(), model(x), rtol=1e-5, atol=1e-6)
+    assert _state(model) == before
+
+
+def test_capturing_refuses_a_forward_that_skips_a_block():
+    model = make("vit_tiny_patch16_224", {"img_size": 32}).eval()
+    vit = as_vit(model)
+    x = torch.randn(1, 3, 32, 32)
+    before = _state(model)
+    with pytest.raises(CaptumSiftError, match=r"one attention map of 5 tokens from block 0.*got \[\]"):
+        with capturing(vit, x, lambda index, attn: None):
+            pass  # no forward: no map
+    assert _state(model) == before
+
+
+def test_dropping_tokens_equals_the_forward_on_the_kept_tokens_by_hand():
+    model = make("vit_tiny_patch16_224", {"img_size": 32, "num_classes": 3}).eval()
+    x = torch.randn(2, 3, 32, 32)
+    keep = torch.tensor([[0, 3], [2, 1]])
+    with torch.no_grad():
+        tokens = _hand_tokens(model, x)
+        kept = torch.stack([torch.cat([tokens[b, :1], tokens[b, 1:][keep[b]]]) for b in range(2)])
+        for block in model.blocks:
+            kept = block(kept)
+        want = model.forward_head(model.norm(kept))
+        with dropping_tokens(as_vit(model), keep):
+            got = model(x)
+        plain = model(x)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    assert sum(len(m._forward_pre_hooks) for m in model.modules()) == 0
+    assert not torch.allclose(plain, got)
+
+
+def test_eval_mode_restores_every_modules_own_flag():
+    model = make("vit_tiny_patch16_224", {"img_size": 32})
+    model.train()
+    model.blocks[0].eval()  # a mixed model: each flag comes back as it was
+    flags = [m.training for m in model.modules()]
+    with eval_mode(model):
+        assert not any(m.training for m in model.modules())
+    assert [m.training for m in model.modules()] == flags
+    with pytest.raises(RuntimeError), eval_mode(model):
+        raise RuntimeError
+    assert [m.training for m in model.modules()] == flags
+
+
+def test_stream_attention_skips_the_check_of_unchecked_blocks_and_consumes_in_place():
+    model = make("vit_tiny_patch16_224", {"img_size": 32}).eval()
+    vit = as_vit(model)
+    x = torch.randn(2, 3, 32, 32)
+    maps = [attn for _, attn in stream_attention(vit, x)]
+    sums = [s for _, s in stream_attention(vit, x, consume=lambda i, attn: (i, attn.sum().item()))]
+    assert [i for i, _ in sums] == [0, 1]
+    assert [s for _, s in sums] == pytest.approx([m.sum().item() for m in maps])
+    model.blocks[1].attn.qkv.bias.data[0] = float("nan")
+    with pytest.raises(CaptumSiftError, match=str(non_finite_attention(1))):
+        list(stream_attention(vit, x))
+    got = list(stream_attention(vit, x, unchecked={1}))  # the caller checks block 1 itself
+    assert torch.isnan(got[1][1]).any() and not torch.isnan(got[0][1]).any()
