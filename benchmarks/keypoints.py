@@ -43,7 +43,7 @@ import torch
 from _timing import best_time
 
 from captum_sift import count_keypoints
-from captum_sift.data.datasets import SAMPLE_PHOTOS, SKLEARN_PHOTOS, default_dataset, sample_images
+from captum_sift.data import SAMPLE_PHOTOS, SKLEARN_PHOTOS, default_dataset, sample_images
 from captum_sift.keypoints import keypoints_to_counts
 from captum_sift.keypoints._scale_space import _blur, gaussian_kernel1d
 

@@ -8,7 +8,7 @@ import torch
 from test_functional import loop_classes, loop_focus, loop_theta
 
 from captum_sift import CaptumSiftError, analyze, count_keypoints, find_stages
-from captum_sift.data.datasets import sample_images
+from captum_sift.data import sample_images
 from captum_sift.theta.report import InterrelationReport
 from captum_sift.theta.stages import split_stages, split_theta_kk
 from captum_sift.vit.capture import iter_attention

@@ -232,9 +232,9 @@ def test_pretrain_with_a_huge_learning_rate_stops_on_the_first_non_finite_loss(t
 # -- 25.11: sizes ---------------------------------------------------------------------------------------
 @pytest.fixture
 def eight_gib(monkeypatch):
-    from captum_sift.data import datasets as data
+    from captum_sift.data import memory
 
-    monkeypatch.setattr(data, "available_memory", lambda device="cpu": 8 * 2**30)
+    monkeypatch.setattr(memory, "available_memory", lambda device="cpu": 8 * 2**30)
 
 
 @pytest.mark.parametrize(
@@ -256,7 +256,7 @@ def test_sizes_that_cannot_fit_are_refused_with_the_figure(tmp_path, capsys, eig
 
 def test_sample_images_refuses_a_size_that_cannot_fit(eight_gib):
     with pytest.raises(CaptumSiftError, match=r"needs about 1.68e\+03 GiB of memory, 8 GiB is free"):
-        from captum_sift.data.datasets import sample_images
+        from captum_sift.data import sample_images
 
         sample_images(size=100000)
 
@@ -349,7 +349,7 @@ def test_damaged_keypoint_cache_is_refused(tmp_path):
 
 # -- 25.16: numpy numbers and float Fashion-MNIST ------------------------------------------------------------
 def test_numpy_numbers_and_float_images_in_data(image_folder):
-    from captum_sift.data.datasets import ImageFolder, fashion_mnist_to_model_size, sample_images
+    from captum_sift.data import ImageFolder, fashion_mnist_to_model_size, sample_images
 
     folder = ImageFolder(image_folder, np.int64(32))
     images, labels, read, _ = folder.load([np.int64(0)])

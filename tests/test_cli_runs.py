@@ -70,7 +70,7 @@ def test_checkpoint_that_does_not_fit(tmp_path, capsys):
 
 
 def test_resume_ends_with_the_numbers_of_an_uninterrupted_run(tmp_path, image_folder, monkeypatch, capsys):
-    from captum_sift.data.datasets import ImageFolder
+    from captum_sift.data import ImageFolder
 
     whole = tmp_path / "whole"
     args = ["--images", str(image_folder), *TINY, "--batch-size", "1", "--checkpoint-every", "1"]

@@ -14,7 +14,7 @@ from PIL import Image
 from captum_sift import CaptumSiftError, InterrelationReport, SIFTInterrelation, analyze, count_keypoints, find_stages
 from captum_sift.attr.patches import patch_feature_mask
 from captum_sift.cli.main import main
-from captum_sift.data.datasets import ImageFolder, decode_image, load_sample_photo, sample_images
+from captum_sift.data import ImageFolder, decode_image, load_sample_photo, sample_images
 from captum_sift.keypoints import detect_keypoints, keypoints_to_counts
 from captum_sift.masking.evaluate import evaluate_masking, mcnemar_exact, wilson_interval
 
@@ -371,7 +371,7 @@ def test_bad_api_values_raise_the_one_error(model, pixels, tmp_path):
     for call, message in calls:
         with pytest.raises(CaptumSiftError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")):
             call()
-    from captum_sift.data.datasets import _read_idx
+    from captum_sift.data.fashion_mnist import _read_idx
 
     with pytest.raises(CaptumSiftError, match="expected .* bytes in idx file"):
         _read_idx(tmp_path / "idx")
@@ -411,9 +411,9 @@ def test_mask_eval_refuses_a_fill_that_overflows(tmp_path, capsys):
 
 @pytest.mark.parametrize("fill", ["mean", "drop"])
 def test_mask_eval_figure_is_drawn_with_the_fill_of_the_run(tmp_path, monkeypatch, fill):
-    from captum_sift.viz import figures as viz
-    from captum_sift.data.datasets import default_model
+    from captum_sift.data import default_model
     from captum_sift.vit.adapter import as_vit
+    from captum_sift.viz import figures as viz
 
     drawn = []
     original = viz.plot_mask_grid

@@ -93,7 +93,7 @@ def test_output_dtype_and_device(device):
 
 
 def test_min_keypoints_zeroes_counts_below_the_bar():
-    from captum_sift.data.datasets import sample_images
+    from captum_sift.data import sample_images
 
     image = sample_images(["astronaut"], size=64)
     t1 = count_keypoints(image, 16)
@@ -158,7 +158,7 @@ def test_native_extrema_with_more_candidates_than_its_first_buffer(native):
 
 def _photo_dog(size: int = 96, images: int = 2) -> torch.Tensor:
     """The octave-0 DoG stack (5, 2 size, 2 size, b) of real photos, from the eager blur."""
-    from captum_sift.data.datasets import SAMPLE_PHOTOS, sample_images
+    from captum_sift.data import SAMPLE_PHOTOS, sample_images
 
     p = SiftParams()
     base = _scale_space._initial_image(sample_images(list(SAMPLE_PHOTOS[:images]), size=size), p)
@@ -214,7 +214,7 @@ def test_native_blur_equals_reference(shape, sigma, native):
 @pytest.mark.parametrize("shape", ["photos", (14, 23, 3), (11, 12, 1)])
 def test_native_octave_equals_the_per_layer_kernels(shape, native, monkeypatch):
     """One streamed pass per octave (rings of rows) = blur per layer, extremum search, subsampling, bit for bit."""
-    from captum_sift.data.datasets import SAMPLE_PHOTOS, sample_images
+    from captum_sift.data import SAMPLE_PHOTOS, sample_images
 
     p = SiftParams()
     if shape == "photos":  # octave 0 of two photos: (192, 192, 2)
@@ -258,7 +258,7 @@ def test_native_base_image_equals_torch(channels, native):
 
 
 def test_native_and_eager_detectors_agree(monkeypatch, native):
-    from captum_sift.data.datasets import SAMPLE_PHOTOS, sample_images
+    from captum_sift.data import SAMPLE_PHOTOS, sample_images
 
     images = sample_images(list(SAMPLE_PHOTOS[:4]), size=128)
     native = detect_keypoints(images)
@@ -277,7 +277,7 @@ def test_native_and_eager_detectors_agree(monkeypatch, native):
 
 
 def test_native_chunks_on_threads_give_the_same_keypoints(native):
-    from captum_sift.data.datasets import SAMPLE_PHOTOS, sample_images
+    from captum_sift.data import SAMPLE_PHOTOS, sample_images
 
     images = sample_images(list(SAMPLE_PHOTOS[:5]), size=96)
     threads = torch.get_num_threads()
@@ -295,7 +295,7 @@ def test_native_chunks_on_threads_give_the_same_keypoints(native):
 def test_chunks_run_on_the_caller_and_pool_threads_and_errors_reach_the_caller(native, monkeypatch):
     import threading
 
-    from captum_sift.data.datasets import SAMPLE_PHOTOS, sample_images
+    from captum_sift.data import SAMPLE_PHOTOS, sample_images
     from captum_sift.keypoints import detect
 
     images = sample_images(list(SAMPLE_PHOTOS[:6]), size=64)
@@ -324,7 +324,7 @@ def test_pool_threads_run_torch_ops_on_themselves_alone(native):
     """A torch op on a pool thread makes no OpenMP team (one beside the caller's slows every op in the process)."""
     import os
 
-    from captum_sift.data.datasets import SAMPLE_PHOTOS, sample_images
+    from captum_sift.data import SAMPLE_PHOTOS, sample_images
     from captum_sift.keypoints import detect
 
     if detect._omp_set_num_threads() is None:
@@ -365,7 +365,7 @@ def test_cpu_scratch_buffers_are_kept_between_calls_up_to_a_bound(monkeypatch):
 def test_chunks_on_threads_work_in_a_forked_child(native):
     import multiprocessing as mp
 
-    from captum_sift.data.datasets import SAMPLE_PHOTOS, sample_images
+    from captum_sift.data import SAMPLE_PHOTOS, sample_images
     from captum_sift.keypoints import detect
 
     images = sample_images(list(SAMPLE_PHOTOS[:4]), size=64)

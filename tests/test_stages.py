@@ -10,7 +10,7 @@ from test_analysis import TABLE_KK, _curve_report
 
 from captum_sift import CaptumSiftError, analyze, count_keypoints, find_stages, viz
 from captum_sift.cli.runs import _stage_line
-from captum_sift.data.datasets import sample_images
+from captum_sift.data import sample_images
 from captum_sift.theta.report import InterrelationReport
 from captum_sift.theta.stages import split_theta_kk
 

@@ -271,7 +271,7 @@ def _check_combinations(args: argparse.Namespace, given: set[str]) -> None:
 def _run_keypoints(args: argparse.Namespace) -> None:
 
     from .._checks import check_int, check_patch_size
-    from ..data.datasets import SAMPLE_PHOTOS, check_memory
+    from ..data import SAMPLE_PHOTOS, check_memory
     from .runs import parse_device, prepare_out, release_lock
 
     device = parse_device(args.device)
@@ -291,7 +291,7 @@ def _keypoints_outputs(args: argparse.Namespace, names: list[str], size: int, de
     import torch
 
     from .._io import write_text_atomic
-    from ..data.datasets import sample_images
+    from ..data import sample_images
     from ..keypoints import detect_keypoints, keypoints_to_counts
     from ..viz.figures import plot_keypoints_grid
 

@@ -426,7 +426,7 @@ def _one_line(exc: BaseException) -> str:
 
 def load_model(config: RunConfig) -> LoadedModel:
     """The model the config names, its adapter, and whether its weights are random."""
-    from ..data.datasets import create_default_architecture, default_model
+    from ..data import create_default_architecture, default_model
 
     if config.model is not None and config.model.startswith("hf:"):
         files_sha256 = hf_fingerprint(_hf_folder(config.model[3:]))
@@ -496,17 +496,17 @@ class _InMemory:
 
 def _data_source(full: bool) -> str:
     """What the built-in data is made from: the shipped file's sha256, or the idx files' sizes and times."""
-    from ..data.datasets import FASHION_MNIST_ROOT, _checked_file, _sha256
+    from ..data import FASHION_MNIST_ROOT, checked_file, sha256_file
 
     if not full:
-        return "sha256:" + _sha256(_checked_file("subset"))
+        return "sha256:" + sha256_file(checked_file("subset"))
     files = sorted(FASHION_MNIST_ROOT.glob("t10k-*"))
     return ";".join(f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in files)
 
 
 def load_data(config: RunConfig, loaded: LoadedModel) -> tuple[Any, str]:
     """The data source the config names (lazy for folders), and a description."""
-    from ..data.datasets import DEFAULT_IMG_SIZE, ImageFolder, check_memory, default_dataset
+    from ..data import DEFAULT_IMG_SIZE, ImageFolder, check_memory, default_dataset
 
     channels = loaded.vit.in_chans
     size = config.img_size or loaded.img_size or 224
@@ -534,7 +534,7 @@ def check_batch_memory(vit: ViTAdapter, size: int, batch_size: int, device: str)
     B x heads x T^2 float32 values each (T tokens), plus the captured
     probabilities of every block: (2 + depth) x B x heads x T^2 x 4 bytes.
     """
-    from ..data.datasets import check_memory
+    from ..data import check_memory
 
     tokens = (size // vit.patch_size) ** 2 + vit.num_prefix_tokens
     need = (2 + vit.depth) * batch_size * vit.num_heads * tokens**2 * 4 + batch_size * vit.in_chans * size**2 * 4 * 8
@@ -721,12 +721,12 @@ def _load_partial(run: Run, settings: dict[str, Any], check: Callable[[dict[str,
 
 
 def _settings(run: Run) -> dict[str, Any]:
-    from ..data.datasets import _sha256
+    from ..data import sha256_file
 
     c = run.config
     settings = {
         "model": run.loaded.name, "model_kwargs": [list(kv) for kv in c.model_kwargs],
-        "weights_sha256": _sha256(c.weights) if c.weights else None, "random_weights": run.loaded.random_weights,
+        "weights_sha256": sha256_file(c.weights) if c.weights else None, "random_weights": run.loaded.random_weights,
         "model_files_sha256": run.loaded.files_sha256,
         "data": run.data_name, "data_fingerprint": run.source.fingerprint(), "images": len(run.source),
         "class_map": [list(kv) for kv in c.class_map] if c.class_map else None,
@@ -1169,7 +1169,7 @@ def run_mask_eval(config: RunConfig) -> None:
 
 def _check_classes(run: Run) -> None:
     """Folder labels are sub-folder indices: warn when their number differs from the model's outputs."""
-    from ..data.datasets import ImageFolder
+    from ..data import ImageFolder
 
     if not isinstance(run.source, ImageFolder) or run.source.class_map is not None:
         return
@@ -1240,7 +1240,7 @@ def pretrain_data(
     data: str, img_size: int, limit: int | None
 ) -> tuple[str, torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
     """(name, pre-training images, their labels, probe test set), pixels in [0, 1] at ``img_size``."""
-    from ..data.datasets import default_dataset, fashion_mnist_to_model_size, load_fashion_mnist
+    from ..data import default_dataset, fashion_mnist_to_model_size, load_fashion_mnist
 
     if data == "embedded":
         images, labels = default_dataset()
@@ -1263,7 +1263,7 @@ def pretrain_data(
 def run_pretrain(args: argparse.Namespace) -> None:
     from dataclasses import asdict
 
-    from ..data.datasets import check_memory
+    from ..data import check_memory
     from ..mae.masking import KeyShareSchedule
     from ..mae.pretrain import PretrainConfig, cached_keypoint_counts, pretrain
 
