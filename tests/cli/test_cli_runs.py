@@ -49,7 +49,7 @@ def test_mask_eval_writes_table_and_figures(tmp_path, image_folder):
         (["--model", "vit_no_such_model"], "cannot create timm model 'vit_no_such_model'"),
         (["--model", "vit_tiny_patch16_224", "--img-size", "60"], "multiples of its patch size 16"),
         (["--checkpoint", "/no/such.pt"], "weights file not found"),
-        (["--limit", "0"], "--limit >= 1"),
+        (["--limit", "0"], "expected --limit to be an int >= 1, got 0"),
         (["--model", "resnet18"], "expected a Vision Transformer from timm, torchvision or Hugging Face"),
     ],
 )

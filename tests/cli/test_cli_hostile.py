@@ -43,13 +43,13 @@ def _hf_folder(path, *, layers=3, seed=0, classifier=True, mae=False):
 
 # -- 25.2: hf folders ----------------------------------------------------------------------------
 def test_resume_refuses_an_hf_folder_whose_weights_changed(tmp_path, monkeypatch, capsys):
-    from captum_sift.cli import runs
+    from captum_sift.cli.sources import InMemory
 
     folder = _hf_folder(tmp_path / "hf")
     out = tmp_path / "out"
     args = ["analyze", "--out", str(out), "--model", f"hf:{folder}", "--limit", "3", "--batch-size", "1",
             "--save-every", "1", "--quiet"]  # fmt: skip
-    real_load, calls = runs._InMemory.load, {"n": 0}
+    real_load, calls = InMemory.load, {"n": 0}
 
     def killed(self, indices):
         calls["n"] += 1
@@ -57,11 +57,11 @@ def test_resume_refuses_an_hf_folder_whose_weights_changed(tmp_path, monkeypatch
             raise KeyboardInterrupt
         return real_load(self, indices)
 
-    monkeypatch.setattr(runs._InMemory, "load", killed)
+    monkeypatch.setattr(InMemory, "load", killed)
     capsys.readouterr()
     assert main(args) == 130
     assert capsys.readouterr().err == "captum-sift: interrupted; resume with --resume\n"
-    monkeypatch.setattr(runs._InMemory, "load", real_load)
+    monkeypatch.setattr(InMemory, "load", real_load)
     _hf_folder(tmp_path / "other", seed=1)
     os.replace(tmp_path / "other" / "model.safetensors", folder / "model.safetensors")
     assert main([*args, "--resume"]) == 2
@@ -262,10 +262,12 @@ def test_sample_images_refuses_a_size_that_cannot_fit(eight_gib):
 
 
 def test_limit_applies_before_the_embedded_data_is_resized(tmp_path):
-    from captum_sift.cli.runs import RunConfig, load_data, load_model
+    from captum_sift.cli.loading import load_model
+    from captum_sift.cli.options import AnalyzeOptions
+    from captum_sift.cli.sources import load_data
 
-    config = RunConfig(command="analyze", out=tmp_path, limit=3, img_size=64)
-    source, _ = load_data(config, load_model(config))
+    options = AnalyzeOptions(out=tmp_path, limit=3, img_size=64)
+    source, _ = load_data(options, load_model(options))
     assert tuple(source.images.shape) == (3, 1, 64, 64)
 
 
@@ -306,18 +308,18 @@ def test_pretrain_cache_dir_that_is_a_file(tmp_path, capsys):
 
 # -- 25.13: damaged partial-sum, checkpoint and keypoint-cache files ---------------------------------------
 def _partial(out, state):
-    from captum_sift.cli.runs import _digest
+    from captum_sift.cli.runner import digest
 
-    (out / ".partial-analyze-rank0-of-1.json").write_text(json.dumps({"state": state, "sha256": _digest(state)}))
+    (out / ".partial-analyze-rank0-of-1.json").write_text(json.dumps({"state": state, "sha256": digest(state)}))
 
 
 def test_damaged_partial_files_are_one_line(tmp_path, capsys, monkeypatch):
-    from captum_sift.cli import runs
+    from captum_sift.cli import runner
 
     out = tmp_path / "out"
     args = ["analyze", "--out", str(out), *TINY, "--limit", "2", "--save-every", "1"]
     with monkeypatch.context() as m:
-        m.setattr(runs.Run, "finish", lambda self: None)
+        m.setattr(runner, "finish", lambda run: None)
         assert main(args) == 0
     path = out / ".partial-analyze-rank0-of-1.json"
     good = json.loads(path.read_text())["state"]
