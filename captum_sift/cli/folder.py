@@ -11,6 +11,7 @@ from typing import Any
 import captum
 import kornia
 import torch
+import torchvision
 
 from .. import __version__
 from .._io import write_text_atomic
@@ -35,8 +36,7 @@ def clear_outputs(out: Path) -> None:
 
 def versions() -> dict[str, str]:
     """The versions of captum_sift, Python and the libraries that computed the results."""
-    import timm  # startup cost: timm imports torchvision.models (seconds); only a finished run pays it
-    import torchvision
+    import timm  # startup cost: seconds, paid only by a command that reports its versions
 
     found = {
         "captum_sift": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__,

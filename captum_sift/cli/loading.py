@@ -8,8 +8,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import huggingface_hub
 import torch
 import torch.hub
+import torchvision
 from torch import nn
 
 from ..data import create_default_architecture, default_model
@@ -82,8 +84,6 @@ def _create(options: RunOptions, num_classes: int | None) -> tuple[nn.Module, An
         if spec.startswith("hf:"):
             return _create_hf(spec[3:], options)
         if spec.startswith("torchvision:"):
-            import torchvision  # startup cost: torchvision.models takes seconds to import
-
             name = spec[len("torchvision:") :]
             if options.img_size:
                 kwargs.setdefault("image_size", options.img_size)
@@ -98,7 +98,7 @@ def _create(options: RunOptions, num_classes: int | None) -> tuple[nn.Module, An
             except Exception as exc:  # unknown name, bad option, or weights that cannot be read
                 raise CaptumSiftError(f"cannot create torchvision model {name!r}: {one_line(exc)}") from exc
             return model, None, spec
-        import timm  # startup cost: timm imports torchvision.models
+        import timm  # startup cost: seconds, paid only by a command that builds a timm model
 
         if options.img_size:
             kwargs.setdefault("img_size", options.img_size)
@@ -140,12 +140,11 @@ def _check_timm_cache(name: str) -> None:
         return
     hub_id = getattr(cfg, "hf_hub_id", None)
     if hub_id:
-        from huggingface_hub import try_to_load_from_cache  # installed with timm; imported with it
-
         repo, _, revision = hub_id.partition("@")
         names = ("model.safetensors", "open_clip_model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin")
         for filename in (*names, getattr(cfg, "hf_hub_filename", None)):
-            if filename and isinstance(try_to_load_from_cache(repo, filename, revision=revision or None), str):
+            cached = filename and huggingface_hub.try_to_load_from_cache(repo, filename, revision=revision or None)
+            if isinstance(cached, str):
                 return
         raise _not_cached(name, f"Hugging Face hub cache, repo {repo}")
     url = getattr(cfg, "url", None)
@@ -162,14 +161,8 @@ class _offline:
     def __enter__(self) -> None:
         self.env = {k: os.environ.get(k) for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
         os.environ.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
-        self.constants = None
-        try:
-            from huggingface_hub import constants  # installed with timm; imported with it
-
-            self.constants, self.old = constants, constants.HF_HUB_OFFLINE
-            constants.HF_HUB_OFFLINE = True
-        except ImportError:  # pragma: no cover - timm needs huggingface_hub
-            pass
+        self.old = huggingface_hub.constants.HF_HUB_OFFLINE
+        huggingface_hub.constants.HF_HUB_OFFLINE = True
 
     def __exit__(self, *exc: object) -> None:
         for key, value in self.env.items():
@@ -177,8 +170,7 @@ class _offline:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
-        if self.constants is not None:
-            self.constants.HF_HUB_OFFLINE = self.old
+        huggingface_hub.constants.HF_HUB_OFFLINE = self.old
 
 
 def _hf_folder(path: str) -> Path:
@@ -189,10 +181,8 @@ def _hf_folder(path: str) -> Path:
     looks_like_id = path.count("/") <= 1 and not path.startswith(("/", ".", "~")) and path.strip() == path != ""
     if looks_like_id:
         try:
-            from huggingface_hub import snapshot_download  # installed with timm; imported with it
-
             with _offline():
-                return Path(snapshot_download(path, local_files_only=True))
+                return Path(huggingface_hub.snapshot_download(path, local_files_only=True))
         except Exception:
             pass
         raise CaptumSiftError(

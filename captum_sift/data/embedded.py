@@ -52,7 +52,7 @@ def create_default_architecture(config: dict | None = None) -> torch.nn.Module:
 
     ``config`` (timm.create_model arguments) defaults to the shipped manifest's.
     """
-    import timm  # startup cost: timm imports torchvision.models (seconds); only model building pays it
+    import timm  # startup cost: seconds, paid only when the default model is built
 
     if config is None:
         config = json.loads(_MANIFEST.read_text())["architecture"] if _MANIFEST.exists() else DEFAULT_ARCHITECTURE

@@ -4,7 +4,6 @@ import errno
 import json
 import os
 
-import numpy as np
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
@@ -347,24 +346,6 @@ def test_damaged_keypoint_cache_is_refused(tmp_path):
     torch.save(torch.full((2, 4), float("nan")), path)
     with pytest.raises(CaptumSiftError, match="integer counts >= 0; delete it"):
         cached_keypoint_counts(images, 16, tmp_path, "x")
-
-
-# -- 25.16: numpy numbers and float Fashion-MNIST ------------------------------------------------------------
-def test_numpy_numbers_and_float_images_in_data(image_folder):
-    from captum_sift.data import ImageFolder, fashion_mnist_to_model_size, sample_images
-
-    folder = ImageFolder(image_folder, np.int64(32))
-    images, labels, read, _ = folder.load([np.int64(0)])
-    assert images.shape == (1, 3, 32, 32) and read == [0]
-    assert sample_images(["coffee"], size=np.int64(16)).shape == (1, 3, 16, 16)
-    pixels = np.linspace(0, 1, 28 * 28).reshape(1, 28, 28)
-    x = fashion_mnist_to_model_size(pixels, 28)
-    np.testing.assert_allclose(x[0, 0].numpy(), pixels[0], atol=1e-6)  # the same pixels, not zeros
-    eight_bit = (pixels * 255).round().astype(np.uint8)
-    assert torch.equal(fashion_mnist_to_model_size(eight_bit, 28)[0, 0], torch.from_numpy(eight_bit[0]).float() / 255)
-    for bad in (pixels * 2, pixels - 0.5, np.full((1, 28, 28), np.nan), np.full((1, 28, 28), 300)):
-        with pytest.raises(CaptumSiftError, match="expected"):
-            fashion_mnist_to_model_size(bad, 28)
 
 
 # -- 23.15: help, version ----------------------------------------------------------------------------------
