@@ -28,13 +28,13 @@ from tqdm.auto import tqdm
 from .. import __version__
 from .._dist import all_gather_objects, barrier, init_from_env
 from .._io import write_text_atomic
-from ..data import sha256_file
+from ..data import ImageFolder, sha256_file
 from ..errors import CaptumSiftError
 from ..vit.adapter import ViTAdapter
 from .folder import clear_outputs
 from .loading import RANDOM_WARNING, LoadedModel, load_model
 from .options import RunOptions
-from .sources import load_data
+from .sources import InMemory, load_data
 
 __all__ = ["Accumulator", "Job", "Run", "execute", "on_every_rank", "prepare_out", "release_lock", "setup"]
 
@@ -74,7 +74,7 @@ class Run:
     rank: int
     world: int
     loaded: LoadedModel
-    source: Any  # sources.InMemory or data.ImageFolder
+    source: InMemory | ImageFolder
     data_name: str
     batches: list[list[int]]
     lock: IO[str] | None = None
