@@ -36,7 +36,7 @@ from _timing import best_time, in_a_row, interleaved
 from captum.attr import FeatureAblation, IntegratedGradients, Saliency
 
 from captum_sift.attr import AttentionRollout, GradientRollout, RawAttention, SIFTInterrelation
-from captum_sift.data.datasets import SAMPLE_PHOTOS, sample_images
+from captum_sift.data import SAMPLE_PHOTOS, sample_images
 from captum_sift.keypoints import count_keypoints
 
 THETA, ROLLOUT, GRADIENT = "SIFTInterrelation (counts included)", "AttentionRollout", "GradientRollout (target)"

@@ -43,7 +43,7 @@ import torch
 from _timing import _timed, best_time
 
 from captum_sift import count_keypoints
-from captum_sift.data.datasets import SAMPLE_PHOTOS, SKLEARN_PHOTOS, default_dataset, sample_images
+from captum_sift.data import SAMPLE_PHOTOS, SKLEARN_PHOTOS, default_dataset, sample_images
 from captum_sift.keypoints._pyramid import blur, gaussian_kernel1d
 
 

@@ -13,7 +13,7 @@ import timm
 import torch
 
 from captum_sift import analyze, find_stages, viz
-from captum_sift.data.datasets import sample_images
+from captum_sift.data import sample_images
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--model", default="vit_small_patch16_224")

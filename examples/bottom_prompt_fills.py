@@ -15,7 +15,7 @@ import argparse
 import json
 import time
 
-from captum_sift.data.datasets import default_dataset, default_model
+from captum_sift.data import default_dataset, default_model
 from captum_sift.masking.evaluate import evaluate_masking
 
 FILLS = (0.0, "mean", "blur", "drop")

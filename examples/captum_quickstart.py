@@ -13,7 +13,7 @@ import torch
 from captum.attr import FeatureAblation, IntegratedGradients
 
 from captum_sift.attr import SIFTInterrelation
-from captum_sift.data.datasets import sample_images
+from captum_sift.data import sample_images
 from captum_sift.viz.figures import overlay
 
 parser = argparse.ArgumentParser()

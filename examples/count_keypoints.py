@@ -8,7 +8,7 @@ import argparse
 import torch
 
 from captum_sift import count_keypoints, detect_keypoints
-from captum_sift.data.datasets import sample_images
+from captum_sift.data import sample_images
 from captum_sift.viz.figures import plot_keypoints_grid
 
 parser = argparse.ArgumentParser()

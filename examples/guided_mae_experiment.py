@@ -25,7 +25,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-from captum_sift.cli.runs import pretrain_data  # noqa: E402
+from captum_sift.cli.pretrain import pretrain_data  # noqa: E402
 from captum_sift.mae.masking import KeyShareSchedule  # noqa: E402
 from captum_sift.mae.pretrain import PretrainConfig, cached_keypoint_counts, pretrain  # noqa: E402
 

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from captum_sift.data.datasets import (
+from captum_sift.data import (
     FASHION_MNIST_MEAN,
     FASHION_MNIST_STD,
     create_default_architecture,

@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 
 from captum_sift import count_keypoints
-from captum_sift.data.datasets import (
-    _DEFAULT_ARCH,
+from captum_sift.data import (
+    DEFAULT_ARCHITECTURE,
     DEFAULT_PATCH_SIZE,
     FASHION_MNIST_MEAN,
     FASHION_MNIST_STD,
@@ -34,11 +34,11 @@ parser.add_argument("--epochs", type=int, default=8)
 parser.add_argument("--batch-size", type=int, default=128)
 parser.add_argument("--lr", type=float, default=2e-3)
 parser.add_argument("--seed", type=int, default=0)
-parser.add_argument("--embed-dim", type=int, default=_DEFAULT_ARCH["embed_dim"])
-parser.add_argument("--depth", type=int, default=_DEFAULT_ARCH["depth"])
-parser.add_argument("--heads", type=int, default=_DEFAULT_ARCH["num_heads"])
-parser.add_argument("--mlp-ratio", type=float, default=_DEFAULT_ARCH["mlp_ratio"])
-parser.add_argument("--pool", choices=("token", "avg"), default=_DEFAULT_ARCH.get("global_pool", "token"))
+parser.add_argument("--embed-dim", type=int, default=DEFAULT_ARCHITECTURE["embed_dim"])
+parser.add_argument("--depth", type=int, default=DEFAULT_ARCHITECTURE["depth"])
+parser.add_argument("--heads", type=int, default=DEFAULT_ARCHITECTURE["num_heads"])
+parser.add_argument("--mlp-ratio", type=float, default=DEFAULT_ARCHITECTURE["mlp_ratio"])
+parser.add_argument("--pool", choices=("token", "avg"), default=DEFAULT_ARCHITECTURE.get("global_pool", "token"))
 parser.add_argument("--augment", action="store_true", help="random flips and 2-px shifts")
 parser.add_argument("--train-limit", type=int, default=None, help="train on the first N images (to compare settings)")
 parser.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "captum_sift" / "_data"))
@@ -56,7 +56,7 @@ if args.quick:
 train_x, test_x = torch.from_numpy(train_x.copy()), torch.from_numpy(test_x.copy())
 train_y, test_y = torch.from_numpy(train_y.astype(np.int64)), torch.from_numpy(test_y.astype(np.int64))
 
-arch = {**_DEFAULT_ARCH, "embed_dim": args.embed_dim, "depth": args.depth, "num_heads": args.heads,
+arch = {**DEFAULT_ARCHITECTURE, "embed_dim": args.embed_dim, "depth": args.depth, "num_heads": args.heads,
         "mlp_ratio": args.mlp_ratio, "global_pool": args.pool, "class_token": args.pool == "token"}  # fmt: skip
 model = create_default_architecture(arch)
 optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.05)

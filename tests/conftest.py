@@ -28,7 +28,7 @@ def image_folder(tmp_path_factory):
     """Two class folders of sample photos and one corrupt file."""
     from PIL import Image
 
-    from captum_sift.data.datasets import load_sample_photo
+    from captum_sift.data import load_sample_photo
 
     root = tmp_path_factory.mktemp("images")
     for cls, names in (("a", ["astronaut", "coffee", "rocket"]), ("b", ["chelsea", "camera", "coins"])):

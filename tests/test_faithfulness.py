@@ -10,7 +10,7 @@ from conftest import failure_of
 
 from captum_sift import CaptumSiftError
 from captum_sift.attr.patches import patch_scores_to_pixels
-from captum_sift.data.datasets import default_dataset, default_model
+from captum_sift.data import default_dataset, default_model
 from captum_sift.faithfulness.compare import (
     METHODS,
     compare,
@@ -88,7 +88,7 @@ def test_explain_works_on_torchvision_and_hf(method):
     hf = transformers.ViTForImageClassification(transformers.ViTConfig(
         hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32, image_size=32,
         patch_size=16, num_labels=3)).eval()  # fmt: skip
-    from captum_sift.data.datasets import sample_images
+    from captum_sift.data import sample_images
 
     pixels = sample_images(["astronaut", "coffee"], size=32)
     for model in (tv, hf):
@@ -208,7 +208,7 @@ def _tiny_timm(seed: int = 0, num_classes: int = 3):
 
 
 def _tiny_batch(n: int = 6):
-    from captum_sift.data.datasets import sample_images
+    from captum_sift.data import sample_images
 
     pixels = sample_images(["astronaut", "coffee", "chelsea"], size=32)
     pixels = torch.cat([pixels, pixels.flip(-1)])[:n]

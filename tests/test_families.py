@@ -357,7 +357,7 @@ def test_wrong_normalisation_is_caught(families, pixels):
     """What no normalised image gives is refused; a narrow batch (raw pixels? a dark photo?) warns, naming the
     statistics, for every entry point and family."""
     from captum_sift.attr import AttentionRollout, RawAttention
-    from captum_sift.data.datasets import sample_images
+    from captum_sift.data import sample_images
     from captum_sift.masking import MaskAsPrompt
 
     imagenet_mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
@@ -395,7 +395,7 @@ def test_wrong_normalisation_is_caught(families, pixels):
 
 
 def test_default_model_with_pixel_data_is_caught():
-    from captum_sift.data.datasets import default_dataset, default_model
+    from captum_sift.data import default_dataset, default_model
 
     images, labels = default_dataset()
     with pytest.warns(UserWarning, match=r"image_space='pixel'.*mean=\[0\.286\], std=\[0\.353\]|mean=\[0\.28"):
@@ -521,7 +521,7 @@ def _explainers():
 
 @pytest.fixture(scope="module")
 def photos():
-    from captum_sift.data.datasets import sample_images
+    from captum_sift.data import sample_images
 
     return sample_images(["astronaut", "chelsea"], size=SIZE)
 

@@ -14,7 +14,7 @@ from PIL import Image
 from captum_sift import CaptumSiftError, InterrelationReport, SIFTInterrelation, analyze, count_keypoints, find_stages
 from captum_sift.attr.patches import patch_feature_mask
 from captum_sift.cli.main import main
-from captum_sift.data.datasets import ImageFolder, decode_image, load_sample_photo, sample_images
+from captum_sift.data import ImageFolder, decode_image, load_sample_photo, sample_images
 from captum_sift.keypoints import detect_keypoints, keypoints_to_counts
 from captum_sift.masking.evaluate import evaluate_masking, mcnemar_exact, wilson_interval
 
@@ -53,10 +53,10 @@ def test_duplicated_ratios_or_modes_are_refused(model, pixels, tmp_path, capsys)
 # -- 2, 3, 14. resume identity, damaged partial files, clean-up -----------------------------------
 def _interrupted(monkeypatch, args):
     """Run the command but keep its partial sums, as an interrupted run would."""
-    from captum_sift.cli import runs
+    from captum_sift.cli import runner
 
     with monkeypatch.context() as m:
-        m.setattr(runs.Run, "finish", lambda self: None)
+        m.setattr(runner, "finish", lambda run: None)
         assert main(args) == 0
 
 
@@ -213,7 +213,7 @@ def test_one_non_finite_patch_entry_raises_naming_the_layer(model, pixels, value
 
 # -- 6, 10. output folder and CLI values --------------------------------------------------------------
 def test_a_second_run_into_the_same_folder_is_refused(tmp_path, capsys):
-    from captum_sift.cli.runs import prepare_out
+    from captum_sift.cli.runner import prepare_out
 
     lock = prepare_out(tmp_path / "out")
     try:
@@ -227,8 +227,8 @@ def test_a_second_run_into_the_same_folder_is_refused(tmp_path, capsys):
     ("args", "message"),
     [
         (["--device", "bogus"], "expected --device cpu, cuda or cuda:N, got 'bogus'"),
-        (["--img-size", "-16"], "expected --img-size >= 1, got -16"),
-        (["--img-size", "0"], "expected --img-size >= 1, got 0"),
+        (["--img-size", "-16"], "expected --img-size to be an int >= 1, got -16"),
+        (["--img-size", "0"], "expected --img-size to be an int >= 1, got 0"),
         (["--weights", "EMPTY"], "cannot read weights file"),
     ],
 )
@@ -371,7 +371,7 @@ def test_bad_api_values_raise_the_one_error(model, pixels, tmp_path):
     for call, message in calls:
         with pytest.raises(CaptumSiftError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")):
             call()
-    from captum_sift.data.datasets import _read_idx
+    from captum_sift.data.fashion_mnist import _read_idx
 
     with pytest.raises(CaptumSiftError, match="expected .* bytes in idx file"):
         _read_idx(tmp_path / "idx")
@@ -411,9 +411,9 @@ def test_mask_eval_refuses_a_fill_that_overflows(tmp_path, capsys):
 
 @pytest.mark.parametrize("fill", ["mean", "drop"])
 def test_mask_eval_figure_is_drawn_with_the_fill_of_the_run(tmp_path, monkeypatch, fill):
-    from captum_sift.data.datasets import default_model
-    from captum_sift.vit.adapter import as_vit
-    from captum_sift.viz import figures as viz
+    from captum_sift import viz
+    from captum_sift.data import default_model
+    from captum_sift.vit import as_vit
 
     drawn = []
     original = viz.plot_mask_grid

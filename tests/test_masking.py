@@ -7,7 +7,7 @@ import timm
 import torch
 
 from captum_sift import CaptumSiftError, analyze, count_keypoints
-from captum_sift.data.datasets import sample_images
+from captum_sift.data import sample_images
 from captum_sift.masking import (
     evaluate_masking,
     mask_images,

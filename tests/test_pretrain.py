@@ -12,7 +12,7 @@ from conftest import failure_of
 
 from captum_sift import CaptumSiftError
 from captum_sift.cli.main import main
-from captum_sift.cli.runs import pretrain_data
+from captum_sift.cli.pretrain import pretrain_data
 from captum_sift.mae.masking import KeyShareSchedule
 from captum_sift.mae.pretrain import PretrainConfig, cached_keypoint_counts, pretrain
 

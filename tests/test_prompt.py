@@ -8,7 +8,7 @@ import torch
 
 from captum_sift import CaptumSiftError, InterrelationReport, MaskAsPrompt, SIFTInterrelation, analyze
 from captum_sift.cli.main import main
-from captum_sift.data.datasets import default_dataset, default_model, sample_images
+from captum_sift.data import default_dataset, default_model, sample_images
 from captum_sift.masking.apply import select_patches, spurious_patches
 from captum_sift.masking.evaluate import evaluate_masking
 

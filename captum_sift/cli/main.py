@@ -3,6 +3,7 @@
 Sub-commands:
     analyze     the patch-interrelation analysis -> a report folder (JSON, CSV, figures, index.html)
     mask-eval   Top / Bottom / Random masking "as prompts" -> accuracy table and figures
+    compare     θ next to other attribution methods on faithfulness metrics
     pretrain    MAE pre-training with random or guided curriculum masking (SPEC §8)
     keypoints   SIFT keypoint counts per patch on sample photos (Fig. 3)
 
@@ -13,17 +14,26 @@ a small ViT trained on Fashion-MNIST and 1,000 test images shipped in the packag
 from __future__ import annotations
 
 import argparse
-import csv
-import io
-import json
+import importlib
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
+from .. import __version__
+from .._dist import finish
 from ..errors import CaptumSiftError
 from ..keypoints import DEFAULT_BACKEND
 from ..theta.settings import KEYPOINT_BACKENDS
+from .options import (
+    AnalyzeOptions,
+    CompareOptions,
+    KeypointsOptions,
+    MaskEvalOptions,
+    PretrainOptions,
+    check_combinations,
+    one_line,
+)
 
 _DESCRIPTION = "The captum-sift command: explain Vision Transformers with SIFT keypoints and attention."
 INTERRUPTED = "interrupted; resume with --resume"
@@ -124,8 +134,6 @@ def _add_model_data_options(p: argparse.ArgumentParser) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    from .. import __version__
-
     parser = _Parser(prog="captum-sift", description=_DESCRIPTION)
     parser.add_argument("--version", action="version", version=f"captum-sift {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -186,6 +194,18 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: Each command: its typed options (built from the parsed arguments) and its module, whose run_<module> runs them.
+COMMANDS: dict[str, tuple[Any, str]] = {
+    "analyze": (AnalyzeOptions, "analyze"),
+    "mask-eval": (MaskEvalOptions, "mask_eval"),
+    "compare": (CompareOptions, "compare"),
+    "pretrain": (PretrainOptions, "pretrain"),
+    "keypoints": (KeypointsOptions, "keypoints"),
+}
+#: Commands whose partial results survive an interruption (the message says --resume).
+RESUMABLE = frozenset({"analyze", "mask-eval", "compare", "pretrain"})
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``captum-sift`` console script: 0, or one line on stderr and 2 (130 when interrupted)."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -194,48 +214,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser = _parser()
         args = parser.parse_args(argv)
         command = args.command
-        _check_combinations(args, _explicit(parser, argv, args.command))
-        _run(args)
+        check_combinations(args, _explicit(parser, argv, args.command))
+        options_type, module = COMMANDS[command]
+        options = options_type.from_args(args)
+        # startup cost: the command modules import torchvision (seconds), which --help, --version and a bad
+        # value answer without
+        getattr(importlib.import_module(f".{module}", __package__), f"run_{module}")(options)
     except (_UsageError, CaptumSiftError) as exc:
         text = str(exc) if isinstance(exc, _UsageError) else f"captum-sift: error: {exc}"
         print(" ".join(text.split()), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        resumable = command not in (None, "keypoints")
-        print(f"captum-sift: {INTERRUPTED if resumable else 'interrupted'}", file=sys.stderr)
+        print(f"captum-sift: {INTERRUPTED if command in RESUMABLE else 'interrupted'}", file=sys.stderr)
         return 130
     except MemoryError:
         print("captum-sift: error: out of memory; use a smaller --batch-size, --img-size or --limit", file=sys.stderr)
         return 2
     except OSError as exc:  # a full disk, a folder that vanished, a file that cannot be written
         where = f" {exc.filename}" if exc.filename else ""
-        reason = exc.strerror or _one_line(exc) or type(exc).__name__
+        reason = exc.strerror or one_line(exc) or type(exc).__name__
         print(f"captum-sift: error: cannot read or write{where}: {reason}", file=sys.stderr)
         return 2
     finally:
-        from .._dist import finish
-
         finish()
     return 0
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split())[:400]
-
-
-def _run(args: argparse.Namespace) -> None:
-    if args.command == "keypoints":
-        _run_keypoints(args)
-        return
-    from .runs import RunConfig, run_analyze, run_compare, run_mask_eval, run_pretrain
-
-    if args.command == "pretrain":
-        run_pretrain(args)
-        return
-    if args.command == "compare" and args.quick:
-        args.limit, args.steps, args.ig_steps = 16 if args.limit is None else min(args.limit, 16), 4, 4
-    commands = {"analyze": run_analyze, "mask-eval": run_mask_eval, "compare": run_compare}
-    commands[args.command](RunConfig.from_args(args))
 
 
 def _explicit(parser: argparse.ArgumentParser, argv: list[str], command: str) -> set[str]:
@@ -253,81 +255,6 @@ def _explicit(parser: argparse.ArgumentParser, argv: list[str], command: str) ->
         if len({id(a) for a in matches}) == 1:
             given.add(matches[0].dest)
     return given
-
-
-def _check_combinations(args: argparse.Namespace, given: set[str]) -> None:
-    """Options that would be ignored without a word are refused."""
-    if getattr(args, "images", None) is not None and "data" in given:
-        raise CaptumSiftError("--data chooses the data without --images; give one of them, not both")
-    if getattr(args, "class_map", None) is not None and getattr(args, "images", None) is None:
-        raise CaptumSiftError("--class-map maps the sub-folders of --images; it needs --images")
-    if args.command == "pretrain" and args.data == "embedded" and "limit" in given:
-        raise CaptumSiftError("--limit counts the training images of --data fashion-mnist-full; embedded data is fixed")
-    if getattr(args, "quick", False):
-        taken = sorted(f"--{d.replace('_', '-')}" for d in given & {"steps", "ig_steps"})
-        if taken or (args.limit is not None and args.limit > 16):
-            what = ", ".join(taken + (["--limit > 16"] if args.limit is not None and args.limit > 16 else []))
-            raise CaptumSiftError(f"--quick sets 16 images, 4 curve points and 4 IG steps; it cannot go with {what}")
-
-
-def _run_keypoints(args: argparse.Namespace) -> None:
-
-    from .._checks import check_int, check_patch_size
-    from ..data.datasets import SAMPLE_PHOTOS, check_memory
-    from .runs import parse_device, prepare_out, release_lock
-
-    device = parse_device(args.device)
-    size = check_int(args.img_size, "--img-size", low=1)
-    check_patch_size(args.patch_size, size, size)
-    names = list(args.photos or SAMPLE_PHOTOS)
-    # the photos in float32 and SIFT's scale space (about 8 float images per input image, the first octave doubled)
-    check_memory(len(names) * size * size * 4 * (3 + 8 * 4), f"{len(names)} photos at --img-size {size}", device)
-    lock = prepare_out(args.out)
-    try:
-        _keypoints_outputs(args, names, size, device)
-    finally:
-        release_lock(lock)
-
-
-def _keypoints_outputs(args: argparse.Namespace, names: list[str], size: int, device) -> None:
-    import torch
-
-    from .._io import write_text_atomic
-    from ..data.datasets import sample_images
-    from ..keypoints import detect_keypoints, keypoints_to_counts
-    from ..viz.figures import plot_keypoints_grid
-
-    images = sample_images(names, size=size).to(device)
-    start = time.perf_counter()
-    keypoints = detect_keypoints(images, backend=args.backend)
-    seconds = time.perf_counter() - start
-    counts = keypoints_to_counts(keypoints, tuple(images.shape[2:]), args.patch_size).cpu()
-    fig = plot_keypoints_grid(images.cpu(), [k.cpu() for k in keypoints], args.patch_size, titles=names)
-    fig.savefig(args.out / "keypoints.png", dpi=130)
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
-    lines = [["image", "row", "col", "count"]]
-    for b, name in enumerate(names):
-        for row, col in torch.nonzero(torch.ones_like(counts[b])).tolist():
-            lines.append([name, row, col, int(counts[b, row, col])])
-    buffer = io.StringIO()
-    csv.writer(buffer).writerows(lines)
-    write_text_atomic(args.out / "counts.csv", buffer.getvalue())
-    key_share = (counts > 0).float().mean(dim=(1, 2))
-    summary = {
-        "images": names,
-        "img_size": size,
-        "patch_size": args.patch_size,
-        "backend": args.backend,
-        "keypoints": [int(k.shape[0]) for k in keypoints],
-        "key_patch_share": [round(float(s), 4) for s in key_share],
-        "seconds": round(seconds, 3),
-    }
-    write_text_atomic(args.out / "summary.json", json.dumps(summary, indent=2))
-    for name, k, share in zip(names, summary["keypoints"], summary["key_patch_share"], strict=True):
-        print(f"{name:>22s}: {k:4d} keypoints, {share:6.1%} of patches are Key")
-    print(f"wrote {args.out / 'keypoints.png'}, {args.out / 'counts.csv'}, {args.out / 'summary.json'}")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -8,7 +8,7 @@ from captum.metrics import infidelity, sensitivity_max
 
 from captum_sift import CaptumSiftError, analyze, count_keypoints
 from captum_sift.attr import SIFTInterrelation
-from captum_sift.data.datasets import sample_images
+from captum_sift.data import sample_images
 
 
 @pytest.fixture(scope="module")

@@ -88,7 +88,7 @@ def test_output_dtype_and_device(device):
 
 
 def test_min_keypoints_zeroes_counts_below_the_bar():
-    from captum_sift.data.datasets import sample_images
+    from captum_sift.data import sample_images
 
     image = sample_images(["astronaut"], size=64)
     t1 = count_keypoints(image, 16)

@@ -87,7 +87,7 @@ def test_kornia_agrees_with_opencv_on_photos():
     pytest.importorskip("cv2")
     from scipy.stats import spearmanr
 
-    from captum_sift.data.datasets import sample_images
+    from captum_sift.data import sample_images
 
     photos = sample_images(["astronaut", "camera"], size=224)
     ours = count_keypoints(photos, 16, backend="kornia")

@@ -69,7 +69,7 @@ def test_native_extrema_with_more_candidates_than_its_first_buffer(native):
 
 def _photo_dog(size: int = 96, images: int = 2) -> torch.Tensor:
     """The octave-0 DoG stack (5, 2 size, 2 size, b) of real photos, from the eager blur."""
-    from captum_sift.data.datasets import SAMPLE_PHOTOS, sample_images
+    from captum_sift.data import SAMPLE_PHOTOS, sample_images
 
     p = SiftParams()
     base = _pyramid.initial_image(sample_images(list(SAMPLE_PHOTOS[:images]), size=size), p)
@@ -125,7 +125,7 @@ def test_native_blur_equals_reference(shape, sigma, native):
 @pytest.mark.parametrize("shape", ["photos", (14, 23, 3), (11, 12, 1)])
 def test_native_octave_equals_the_per_layer_kernels(shape, native, monkeypatch):
     """One streamed pass per octave (rings of rows) = blur per layer, extremum search, subsampling, bit for bit."""
-    from captum_sift.data.datasets import SAMPLE_PHOTOS, sample_images
+    from captum_sift.data import SAMPLE_PHOTOS, sample_images
 
     p = SiftParams()
     if shape == "photos":  # octave 0 of two photos: (192, 192, 2)
@@ -169,7 +169,7 @@ def test_native_base_image_equals_torch(channels, native):
 
 
 def test_native_and_eager_detectors_agree(monkeypatch, native):
-    from captum_sift.data.datasets import SAMPLE_PHOTOS, sample_images
+    from captum_sift.data import SAMPLE_PHOTOS, sample_images
 
     images = sample_images(list(SAMPLE_PHOTOS[:4]), size=128)
     native = detect_keypoints(images)

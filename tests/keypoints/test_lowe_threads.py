@@ -21,7 +21,7 @@ def native():
 
 
 def test_native_chunks_on_threads_give_the_same_keypoints(native):
-    from captum_sift.data.datasets import SAMPLE_PHOTOS, sample_images
+    from captum_sift.data import SAMPLE_PHOTOS, sample_images
 
     images = sample_images(list(SAMPLE_PHOTOS[:5]), size=96)
     threads = torch.get_num_threads()
@@ -39,7 +39,7 @@ def test_native_chunks_on_threads_give_the_same_keypoints(native):
 def test_chunks_run_on_the_caller_and_pool_threads_and_errors_reach_the_caller(native, monkeypatch):
     import threading
 
-    from captum_sift.data.datasets import SAMPLE_PHOTOS, sample_images
+    from captum_sift.data import SAMPLE_PHOTOS, sample_images
 
     images = sample_images(list(SAMPLE_PHOTOS[:6]), size=64)
     expected = count_keypoints(images, 16, chunk_size=1)
@@ -67,7 +67,7 @@ def test_pool_threads_run_torch_ops_on_themselves_alone(native):
     """A torch op on a pool thread makes no OpenMP team (one beside the caller's slows every op in the process)."""
     import os
 
-    from captum_sift.data.datasets import SAMPLE_PHOTOS, sample_images
+    from captum_sift.data import SAMPLE_PHOTOS, sample_images
 
     if _threads._omp_set_num_threads() is None:
         pytest.skip("torch's OpenMP runtime not found here (not Linux, or not an OpenMP build)")
@@ -106,7 +106,7 @@ def test_cpu_scratch_buffers_are_kept_between_calls_up_to_a_bound(monkeypatch):
 def test_chunks_on_threads_work_in_a_forked_child(native):
     import multiprocessing as mp
 
-    from captum_sift.data.datasets import SAMPLE_PHOTOS, sample_images
+    from captum_sift.data import SAMPLE_PHOTOS, sample_images
 
     images = sample_images(list(SAMPLE_PHOTOS[:4]), size=64)
     assert list(_threads._pool(2).map(abs, [-1, -2])) == [1, 2]  # the parent's pool threads exist

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from captum_sift import CaptumSiftError, count_keypoints, detect_keypoints
-from captum_sift.data.datasets import sample_images
+from captum_sift.data import sample_images
 
 cv2 = pytest.importorskip("cv2")
 PHOTOS = ["astronaut", "chelsea", "coffee", "camera"]

@@ -8,7 +8,7 @@ import torch
 from test_functional import loop_classes, loop_focus, loop_theta
 
 from captum_sift import CaptumSiftError, analyze, count_keypoints, find_stages
-from captum_sift.data.datasets import sample_images
+from captum_sift.data import sample_images
 from captum_sift.theta.analysis import analyze_batch, patch_scores_from_report, patch_thetas
 from captum_sift.theta.report import InterrelationReport
 from captum_sift.theta.settings import ThetaSettings

@@ -10,7 +10,7 @@ import torch
 import torchvision
 
 from captum_sift import CaptumSiftError, count_keypoints
-from captum_sift.data.datasets import sample_images
+from captum_sift.data import sample_images
 from captum_sift.theta.controls import (
     distance_classes,
     excess,

@@ -9,8 +9,8 @@ import torch
 from test_analysis import TABLE_KK, _curve_report
 
 from captum_sift import CaptumSiftError, analyze, count_keypoints, find_stages, viz
-from captum_sift.cli.runs import _stage_line
-from captum_sift.data.datasets import sample_images
+from captum_sift.cli.folder import stage_line
+from captum_sift.data import sample_images
 from captum_sift.theta.report import InterrelationReport
 from captum_sift.theta.stages import split_theta_kk
 
@@ -49,7 +49,7 @@ def test_a_curve_still_rising_at_the_last_layer_has_no_coach_stage():
     assert stages.boundaries == (stages.capture[0], None)
     assert stages.confidence["coach_start"] == 1.0  # every resample agrees: no Coach
     info = json.loads(json.dumps(stages.to_dict(), allow_nan=True))
-    assert info["coach"] == [] and "Coach []" in _stage_line(info) and "NO CLEAR STAGES" in _stage_line(info)
+    assert info["coach"] == [] and "Coach []" in stage_line(info) and "NO CLEAR STAGES" in stage_line(info)
     ax = viz.plot_stages(_report(images), stages)
     assert "no Coach stage" in ax.get_title() and len(ax.patches) == 2  # Retrieval and Capture bands only
     ax.figure.canvas.draw()

@@ -44,7 +44,7 @@ def test_resolve_layers_refuses(layers, message):
 def test_defaults_are_the_spec_s():
     s = ThetaSettings()
     assert (s.gamma, s.weighted, s.include_self, s.min_keypoints, s.layers, s.keypoint_backend) == (
-        1.0, True, True, 1, None, "kornia"
+        1.0, True, True, 1, None, "lowe"
     )  # fmt: skip
 
 
@@ -66,7 +66,7 @@ def test_numpy_and_tensor_values_become_python_ones():
         ({"min_keypoints": 1.5}, "min_keypoints to be an int >= 1, got 1.5"),
         ({"weighted": 1}, "weighted to be True or False, got 1"),
         ({"include_self": None}, "include_self to be True or False, got None"),
-        ({"keypoint_backend": "sift"}, r"keypoint_backend in \('kornia', 'opencv'\), got 'sift'"),
+        ({"keypoint_backend": "sift"}, r"keypoint_backend in \('lowe', 'kornia', 'opencv'\), got 'sift'"),
         ({"layers": "middle"}, "stage name in .*got 'middle'"),
         ({"layers": []}, "at least one layer"),
         ({"layers": [1.5]}, r"layer indices \(ints\), got 1.5"),
@@ -99,7 +99,7 @@ def test_dict_round_trip():
         assert isinstance(data["layers"], (list, str, type(None)))  # JSON-ready: no tuple
     assert ThetaSettings(layers=[4, -1]).to_dict() == {
         "gamma": 1.0, "weighted": True, "include_self": True, "min_keypoints": 1, "layers": [4, -1],
-        "keypoint_backend": "kornia",
+        "keypoint_backend": "lowe",
     }  # fmt: skip
 
 

@@ -4,7 +4,6 @@ import errno
 import json
 import os
 
-import numpy as np
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
@@ -21,106 +20,6 @@ def _one_line_error(capsys, message):
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err and err.count("\n") == 1, err
     return err
-
-
-def _hf_folder(path, *, layers=3, seed=0, classifier=True, mae=False):
-    """A tiny save_pretrained folder: a ViT classifier (or its base model, or a ViT-MAE encoder)."""
-    transformers = pytest.importorskip("transformers")
-    torch.manual_seed(seed)
-    options = dict(hidden_size=32, num_hidden_layers=layers, num_attention_heads=2, intermediate_size=64,
-                   image_size=32, patch_size=16)  # fmt: skip
-    if mae:
-        model = transformers.ViTMAEModel(transformers.ViTMAEConfig(**options))
-    elif classifier:
-        model = transformers.ViTForImageClassification(transformers.ViTConfig(num_labels=10, **options))
-    else:
-        model = transformers.ViTModel(transformers.ViTConfig(**options))
-    transformers.utils.logging.disable_progress_bar()
-    model.save_pretrained(path)
-    transformers.utils.logging.enable_progress_bar()
-    return path
-
-
-# -- 25.2: hf folders ----------------------------------------------------------------------------
-def test_resume_refuses_an_hf_folder_whose_weights_changed(tmp_path, monkeypatch, capsys):
-    from captum_sift.cli import runs
-
-    folder = _hf_folder(tmp_path / "hf")
-    out = tmp_path / "out"
-    args = ["analyze", "--out", str(out), "--model", f"hf:{folder}", "--limit", "3", "--batch-size", "1",
-            "--save-every", "1", "--quiet"]  # fmt: skip
-    real_load, calls = runs._InMemory.load, {"n": 0}
-
-    def killed(self, indices):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt
-        return real_load(self, indices)
-
-    monkeypatch.setattr(runs._InMemory, "load", killed)
-    capsys.readouterr()
-    assert main(args) == 130
-    assert capsys.readouterr().err == "captum-sift: interrupted; resume with --resume\n"
-    monkeypatch.setattr(runs._InMemory, "load", real_load)
-    _hf_folder(tmp_path / "other", seed=1)
-    os.replace(tmp_path / "other" / "model.safetensors", folder / "model.safetensors")
-    assert main([*args, "--resume"]) == 2
-    assert "model_files_sha256" in _one_line_error(capsys, "these settings differ")
-
-
-def test_hf_folder_without_the_head_its_config_names_is_refused(tmp_path, capsys):
-    folder = _hf_folder(tmp_path / "hf", classifier=False)
-    config = json.loads((folder / "config.json").read_text())
-    (folder / "config.json").write_text(json.dumps({**config, "architectures": ["ViTForImageClassification"]}))
-    assert main(["analyze", "--out", str(tmp_path / "out"), "--model", f"hf:{folder}", "--limit", "1"]) == 2
-    err = _one_line_error(capsys, "missing keys")
-    assert "classifier.weight" in err
-
-
-def test_hf_model_kwargs_that_drop_weights_are_refused(tmp_path, capsys):
-    folder = _hf_folder(tmp_path / "hf", layers=3)
-    args = ["analyze", "--out", str(tmp_path / "out"), "--model", f"hf:{folder}", "--limit", "1"]
-    assert main([*args, "--model-kwargs", "num_hidden_layers=1"]) == 2
-    assert "layers.1." in _one_line_error(capsys, "unexpected keys (")
-    assert main([*args, "--model-kwargs", "no_such_field=1"]) == 2
-    _one_line_error(capsys, "it has no ['no_such_field']")
-
-
-@pytest.mark.parametrize("option", ["trust_remote_code=True", "revision='main'", "checkpoint_path='/etc/x'"])
-def test_loader_options_in_model_kwargs_are_refused(tmp_path, capsys, option):
-    folder = _hf_folder(tmp_path / "hf")
-    (folder / "evil.py").write_text("open('PWNED', 'w').write('x')\n")
-    args = ["analyze", "--out", str(tmp_path / "out"), "--model", f"hf:{folder}", "--model-kwargs", option]
-    assert main(args) == 2
-    _one_line_error(capsys, "not loader options")
-    assert main(["analyze", "--out", str(tmp_path / "o2"), *TINY[:-1], "depth=1", option]) == 2
-    _one_line_error(capsys, "not loader options")
-
-
-def test_hf_folder_not_found_and_mae_encoders(tmp_path, capsys):
-    assert main(["analyze", "--out", str(tmp_path / "out"), "--model", "hf:/nonexistent/vit"]) == 2
-    _one_line_error(capsys, "Hugging Face model folder not found: /nonexistent/vit")
-    folder = _hf_folder(tmp_path / "mae", mae=True)
-    assert main(["analyze", "--out", str(tmp_path / "out"), "--model", f"hf:{folder}", "--limit", "1"]) == 2
-    _one_line_error(capsys, "MAE encoders are not supported")
-
-
-def test_pretrained_offline_fails_at_once_without_the_network(tmp_path, monkeypatch, capsys):
-    import socket
-    import time
-
-    import huggingface_hub.constants
-    import torch.hub
-
-    attempts = []
-    monkeypatch.setattr(socket.socket, "connect", lambda self, *a: attempts.append(a) or 1 / 0)
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
-    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "torch"))
-    start = time.perf_counter()
-    for model in ("vit_tiny_patch16_224", "torchvision:vit_b_16"):
-        assert main(["analyze", "--out", str(tmp_path / "out"), "--model", model, "--pretrained"]) == 2
-        _one_line_error(capsys, "are not in the local cache")
-    assert attempts == [] and time.perf_counter() - start < 20
 
 
 # -- 25.3: statistics ----------------------------------------------------------------------------
@@ -232,9 +131,9 @@ def test_pretrain_with_a_huge_learning_rate_stops_on_the_first_non_finite_loss(t
 # -- 25.11: sizes ---------------------------------------------------------------------------------------
 @pytest.fixture
 def eight_gib(monkeypatch):
-    from captum_sift.data import datasets as data
+    from captum_sift.data import memory
 
-    monkeypatch.setattr(data, "available_memory", lambda device="cpu": 8 * 2**30)
+    monkeypatch.setattr(memory, "available_memory", lambda device="cpu": 8 * 2**30)
 
 
 @pytest.mark.parametrize(
@@ -256,16 +155,18 @@ def test_sizes_that_cannot_fit_are_refused_with_the_figure(tmp_path, capsys, eig
 
 def test_sample_images_refuses_a_size_that_cannot_fit(eight_gib):
     with pytest.raises(CaptumSiftError, match=r"needs about 1.68e\+03 GiB of memory, 8 GiB is free"):
-        from captum_sift.data.datasets import sample_images
+        from captum_sift.data import sample_images
 
         sample_images(size=100000)
 
 
 def test_limit_applies_before_the_embedded_data_is_resized(tmp_path):
-    from captum_sift.cli.runs import RunConfig, load_data, load_model
+    from captum_sift.cli.loading import load_model
+    from captum_sift.cli.options import AnalyzeOptions
+    from captum_sift.cli.sources import load_data
 
-    config = RunConfig(command="analyze", out=tmp_path, limit=3, img_size=64)
-    source, _ = load_data(config, load_model(config))
+    options = AnalyzeOptions(out=tmp_path, limit=3, img_size=64)
+    source, _ = load_data(options, load_model(options))
     assert tuple(source.images.shape) == (3, 1, 64, 64)
 
 
@@ -306,18 +207,18 @@ def test_pretrain_cache_dir_that_is_a_file(tmp_path, capsys):
 
 # -- 25.13: damaged partial-sum, checkpoint and keypoint-cache files ---------------------------------------
 def _partial(out, state):
-    from captum_sift.cli.runs import _digest
+    from captum_sift.cli.runner import digest
 
-    (out / ".partial-analyze-rank0-of-1.json").write_text(json.dumps({"state": state, "sha256": _digest(state)}))
+    (out / ".partial-analyze-rank0-of-1.json").write_text(json.dumps({"state": state, "sha256": digest(state)}))
 
 
 def test_damaged_partial_files_are_one_line(tmp_path, capsys, monkeypatch):
-    from captum_sift.cli import runs
+    from captum_sift.cli import runner
 
     out = tmp_path / "out"
     args = ["analyze", "--out", str(out), *TINY, "--limit", "2", "--save-every", "1"]
     with monkeypatch.context() as m:
-        m.setattr(runs.Run, "finish", lambda self: None)
+        m.setattr(runner, "finish", lambda run: None)
         assert main(args) == 0
     path = out / ".partial-analyze-rank0-of-1.json"
     good = json.loads(path.read_text())["state"]
@@ -345,24 +246,6 @@ def test_damaged_keypoint_cache_is_refused(tmp_path):
     torch.save(torch.full((2, 4), float("nan")), path)
     with pytest.raises(CaptumSiftError, match="integer counts >= 0; delete it"):
         cached_keypoint_counts(images, 16, tmp_path, "x")
-
-
-# -- 25.16: numpy numbers and float Fashion-MNIST ------------------------------------------------------------
-def test_numpy_numbers_and_float_images_in_data(image_folder):
-    from captum_sift.data.datasets import ImageFolder, fashion_mnist_to_model_size, sample_images
-
-    folder = ImageFolder(image_folder, np.int64(32))
-    images, labels, read, _ = folder.load([np.int64(0)])
-    assert images.shape == (1, 3, 32, 32) and read == [0]
-    assert sample_images(["coffee"], size=np.int64(16)).shape == (1, 3, 16, 16)
-    pixels = np.linspace(0, 1, 28 * 28).reshape(1, 28, 28)
-    x = fashion_mnist_to_model_size(pixels, 28)
-    np.testing.assert_allclose(x[0, 0].numpy(), pixels[0], atol=1e-6)  # the same pixels, not zeros
-    eight_bit = (pixels * 255).round().astype(np.uint8)
-    assert torch.equal(fashion_mnist_to_model_size(eight_bit, 28)[0, 0], torch.from_numpy(eight_bit[0]).float() / 255)
-    for bad in (pixels * 2, pixels - 0.5, np.full((1, 28, 28), np.nan), np.full((1, 28, 28), 300)):
-        with pytest.raises(CaptumSiftError, match="expected"):
-            fashion_mnist_to_model_size(bad, 28)
 
 
 # -- 23.15: help, version ----------------------------------------------------------------------------------

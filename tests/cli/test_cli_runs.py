@@ -49,7 +49,7 @@ def test_mask_eval_writes_table_and_figures(tmp_path, image_folder):
         (["--model", "vit_no_such_model"], "cannot create timm model 'vit_no_such_model'"),
         (["--model", "vit_tiny_patch16_224", "--img-size", "60"], "multiples of its patch size 16"),
         (["--checkpoint", "/no/such.pt"], "weights file not found"),
-        (["--limit", "0"], "--limit >= 1"),
+        (["--limit", "0"], "expected --limit to be an int >= 1, got 0"),
         (["--model", "resnet18"], "expected a Vision Transformer from timm, torchvision or Hugging Face"),
     ],
 )
@@ -70,7 +70,7 @@ def test_checkpoint_that_does_not_fit(tmp_path, capsys):
 
 
 def test_resume_ends_with_the_numbers_of_an_uninterrupted_run(tmp_path, image_folder, monkeypatch, capsys):
-    from captum_sift.data.datasets import ImageFolder
+    from captum_sift.data import ImageFolder
 
     whole = tmp_path / "whole"
     args = ["--images", str(image_folder), *TINY, "--batch-size", "1", "--checkpoint-every", "1"]

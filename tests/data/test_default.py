@@ -7,8 +7,7 @@ import pytest
 import torch
 
 from captum_sift import CaptumSiftError, count_keypoints
-from captum_sift.data.datasets import (
-    _MANIFEST,
+from captum_sift.data import (
     DEFAULT_PATCH_SIZE,
     FASHION_MNIST_ROOT,
     default_dataset,
@@ -16,6 +15,7 @@ from captum_sift.data.datasets import (
     fashion_mnist_to_model_size,
     load_fashion_mnist,
 )
+from captum_sift.data.embedded import _MANIFEST
 
 
 def test_default_model_reaches_the_documented_accuracy_on_the_shipped_subset():
@@ -40,7 +40,7 @@ def test_key_patch_share_is_between_15_and_85_percent():
 
 
 def test_sha256_is_checked(tmp_path, monkeypatch):
-    import captum_sift.data.datasets as data
+    import captum_sift.data.embedded as data
 
     fake = tmp_path / "_data"
     shutil.copytree(data._PACKAGE_DATA, fake)

@@ -8,7 +8,7 @@ import sys
 import torch
 
 from captum_sift.cli.main import main
-from captum_sift.data.datasets import sample_images
+from captum_sift.data import sample_images
 from captum_sift.keypoints import count_keypoints
 
 

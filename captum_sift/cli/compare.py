@@ -1,0 +1,121 @@
+"""``captum-sift compare``: θ next to other attribution methods on faithfulness metrics -> table and figures."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import matplotlib.pyplot as plt
+import torch
+
+from .. import viz
+from .._dist import all_gather_objects
+from ..faithfulness.compare import ComparisonTable, compare, explain, patch_attribution
+from ..masking.evaluate import read_logits, write_rows_csv
+from ..vit import eval_mode
+from ..vit.inputs import to_model_and_pixels
+from .folder import versions, write_index, write_json
+from .options import CompareOptions
+from .runner import Job, Run, execute
+
+__all__ = ["run_compare"]
+
+
+def run_compare(options: CompareOptions) -> None:
+    """Attribution methods side by side (:func:`captum_sift.faithfulness.compare.compare`), gathered over ranks."""
+    execute(options, _job)
+
+
+def _job(run: Run) -> Job:
+    options: CompareOptions = run.options  # type: ignore[assignment]
+    total = TableTotal()
+    fill = options.fill_value
+
+    def step(images: torch.Tensor, _labels: torch.Tensor, read: list[int]) -> None:
+        targets = _predicted(run, images, f"the batch from image {read[0]} (its predicted classes)")
+        part = compare(run.vit, images, targets, options.methods, image_space="pixel", steps=options.steps,
+                       fill=fill, quantus_metrics=options.quantus, ig_steps=options.ig_steps,
+                       batch_size=len(images), progress=False)  # fmt: skip
+        total.add(part)
+
+    return Job(total, step, lambda skipped: write_compare(run, total.table, skipped), "compared")
+
+
+def _predicted(run: Run, images: torch.Tensor, what: str) -> torch.Tensor:
+    """The classes the model predicts for pixels ``images``: what each method explains."""
+    with torch.no_grad(), eval_mode(run.vit.model):
+        logits = run.vit.logits(to_model_and_pixels(run.vit, images, "pixel")[0])
+    return read_logits(logits, logits.shape[0], what).argmax(dim=1)
+
+
+class TableTotal:
+    """The running :class:`ComparisonTable` of one rank, as the runner's accumulator."""
+
+    def __init__(self) -> None:
+        self.table = ComparisonTable()
+
+    def add(self, part: ComparisonTable) -> None:
+        self.table = self.table.merge(part) if self.table.values else part
+
+    @property
+    def num_images(self) -> int:
+        first = next(iter(self.table.values.values()), {})
+        return len(first.get("deletion_auc", []))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"table": self.table.to_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.table = ComparisonTable.from_dict(state["table"])
+
+    def all_reduce(self, device: torch.device) -> None:
+        """Every rank's table merged (every rank gets the whole)."""
+        parts = all_gather_objects(self.table.to_dict())
+        if len(parts) == 1:
+            return
+        merged = ComparisonTable()
+        for part in parts:
+            other = ComparisonTable.from_dict(part)
+            if other.values:
+                merged = merged.merge(other) if merged.values else other
+        self.table = merged
+
+
+def write_compare(run: Run, table: ComparisonTable, skipped: list[list[str]]) -> None:
+    """compare.csv, compare.json, the figures and index.html; the table on stdout."""
+    out = run.out
+    rows = table.rows()
+    write_rows_csv(out / "compare.csv", rows)
+    n_images = next(iter(table.curves.values()))["n"]
+    figures = _draw_figures(run, table)
+    # "images" of the settings counts the data source; the table holds the images compared (--limit, skipped files)
+    shown = {("images_in_data" if k == "images" else k): v for k, v in run.settings.items()}
+    document = {"settings": {"images_compared": n_images, **shown}, "versions": versions(), "num_images": n_images,
+                "rows": rows, "skipped_files": skipped, "table": str(table), "warnings": run.all_warnings(),
+                "curves": table.curves, "data_files": "compare.json, compare.csv"}  # fmt: skip
+    write_json(out / "compare.json", document)
+    write_index(out, "captum-sift compare", document, figures)
+    print(table)
+    print(f"wrote {out}/" + ", ".join(["compare.csv", "compare.json", *figures, "index.html"]))
+
+
+def _draw_figures(run: Run, table: ComparisonTable) -> dict[str, str]:
+    """The curves, the randomisation check and the overlays in --out; -> {file name: caption}."""
+    out, figures = run.out, {}
+    for kind in ("deletion", "insertion"):
+        viz.plot_comparison_curves(table, kind).savefig(out / f"{kind}.png", dpi=110)
+        figures[f"{kind}.png"] = f"{kind} curve of every method (AUC in compare.csv)"
+    sanity = viz.plot_randomisation_check(table)
+    if sanity is not None:
+        sanity.savefig(out / "sanity.png", dpi=110)
+        figures["sanity.png"] = "does each method's attribution change when the model's weights are randomised?"
+    examples = run.first_images(4).to(run.device)
+    if examples.shape[0]:
+        x, _ = to_model_and_pixels(run.vit, examples, "pixel")
+        targets = _predicted(run, examples, "the overlay images")
+        scores = {method: patch_attribution(explain(method, run.vit, x, targets, ig_steps=run.options.ig_steps),
+                                            run.vit.patch_size).detach().cpu()
+                  for method in table.values}  # fmt: skip
+        viz.plot_method_overlays(examples, scores, run.vit.grid(x)).savefig(out / "overlays.png", dpi=90)
+        figures["overlays.png"] = "every method's per-patch relevance on the same images (one row per method)"
+    plt.close("all")
+    return figures
