@@ -1079,7 +1079,7 @@ def _write_compare(run: Run, table: Any, settings: dict[str, Any], skipped: list
     import matplotlib.pyplot as plt
 
     from ..faithfulness.compare import explain, patch_attribution
-    from ..masking.evaluate import read_logits, write_rows_csv
+    from ..masking import read_logits, write_rows_csv
     from ..vit.inputs import to_model_and_pixels
 
     out = run.config.out
@@ -1143,7 +1143,7 @@ def _write_compare(run: Run, table: Any, settings: dict[str, Any], skipped: list
 
 
 def run_mask_eval(config: RunConfig) -> None:
-    from ..masking.evaluate import MaskingTable, evaluate_batch
+    from ..masking import MaskingTable, evaluate_batch
 
     fill = parse_fill(config.fill)
     run = setup(config)
@@ -1210,7 +1210,7 @@ MAX_FILL = 1e6
 def _write_mask_eval(run: Run, table, settings: dict[str, Any], skipped: list[list[str]]) -> None:
     import matplotlib.pyplot as plt
 
-    from ..masking.prompt import patch_scores
+    from ..masking import patch_scores
     from ..viz import figures as viz
 
     out = run.config.out
