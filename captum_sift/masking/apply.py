@@ -42,9 +42,7 @@ MAX_SEED = 2**32 - 1
 
 def num_masked(ratio: float, num_patches: int) -> int:
     """round(ratio * N), halves rounded up (SPEC §7)."""
-    value = as_scalar(ratio)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
-        raise CaptumSiftError(f"expected ratio in [0, 1], got {ratio!r}")
+    value = check_number(ratio, "ratio", 0, 1)
     return min(num_patches, math.floor(value * num_patches + 0.5))
 
 
