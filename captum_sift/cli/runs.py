@@ -1025,7 +1025,7 @@ table{{border-collapse:collapse}} th,td{{border:1px solid #ccc;padding:2px 8px;t
 def run_compare(config: RunConfig) -> None:
     """Attribution methods side by side (:func:`captum_sift.faithfulness.compare.compare`), gathered over ranks."""
     from ..faithfulness.compare import ComparisonTable, compare
-    from ..masking.evaluate import read_logits
+    from ..masking import read_logits
     from ..vit.inputs import to_model_and_pixels
 
     fill = parse_fill(config.fill)
