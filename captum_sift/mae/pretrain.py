@@ -25,11 +25,11 @@ from ..errors import CaptumSiftError
 from .masking import KeyShareSchedule
 from .model import MaskedAutoencoder
 
-__all__ = ["PretrainConfig", "cached_keypoint_counts", "linear_probe", "pretrain"]
+__all__ = ["MAX_PRETRAIN_SEED", "PretrainConfig", "cached_keypoint_counts", "linear_probe", "pretrain"]
 
 
 #: The largest seed: step generators are seeded with (seed x 100003 + epoch) x 100003 + step < 2**64.
-MAX_SEED = 2**30 - 1
+MAX_PRETRAIN_SEED = 2**30 - 1
 
 
 @dataclass
@@ -65,7 +65,7 @@ class PretrainConfig:
         for name in ("lr", "pixel_std"):
             setattr(self, name, check_number(getattr(self, name), name, 0, low_open=True))
         self.weight_decay = check_number(self.weight_decay, "weight_decay")
-        self.seed = check_int(self.seed, "seed", 0, MAX_SEED)
+        self.seed = check_int(self.seed, "seed", 0, MAX_PRETRAIN_SEED)
         self.mask_ratio = check_number(self.mask_ratio, "mask_ratio", 0, 1, low_open=True, high_open=True)
         if self.img_size % self.patch_size:
             raise CaptumSiftError(
