@@ -16,7 +16,7 @@ import json
 import time
 
 from captum_sift.data import default_dataset, default_model
-from captum_sift.masking.evaluate import evaluate_masking
+from captum_sift.masking import evaluate_masking
 
 FILLS = (0.0, "mean", "blur", "drop")
 MODES = ("top", "bottom", "random", "spurious")

@@ -16,9 +16,7 @@ import torchvision
 
 from captum_sift import CaptumSiftError, SIFTInterrelation, ThetaSettings, analyze, count_keypoints
 from captum_sift.cli.main import main
-from captum_sift.masking import select_patches
-from captum_sift.masking.evaluate import evaluate_masking
-from captum_sift.masking.prompt import drop_tokens, patch_scores
+from captum_sift.masking import drop_tokens, evaluate_masking, patch_scores, select_patches
 from captum_sift.vit import iter_attention
 from captum_sift.vit.adapter import ViTAdapter, as_vit
 

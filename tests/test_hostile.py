@@ -16,7 +16,7 @@ from captum_sift.attr.patches import patch_feature_mask
 from captum_sift.cli.main import main
 from captum_sift.data import ImageFolder, decode_image, load_sample_photo, sample_images
 from captum_sift.keypoints import detect_keypoints, keypoints_to_counts
-from captum_sift.masking.evaluate import evaluate_masking, mcnemar_exact, wilson_interval
+from captum_sift.masking import evaluate_masking, mcnemar_exact, wilson_interval
 
 TINY = ["--model", "vit_tiny_patch16_224", "--img-size", "64", "--batch-size", "2", "--quiet"]
 
@@ -361,9 +361,9 @@ def test_bad_api_values_raise_the_one_error(model, pixels, tmp_path):
         (lambda: evaluate_masking(model, [pixels], image_space="pixel", progress=False), "expected batch 0 of the"),
         (lambda: evaluate_masking(model, 5, image_space="pixel"), "expected a (B, C, H, W) tensor or an iterable"),
         (lambda: evaluate_masking(model, pixels, torch.tensor([0, 7]), image_space="pixel", modes=("random",),
-                                  progress=False), "class indices in [0, 5)"),
-        (lambda: wilson_interval(-1, 3), "expected ints 0 <= correct <= total"),
-        (lambda: mcnemar_exact(-1, 2), "expected counts >= 0"),
+                                  progress=False), "expected labels in [0, 5), got values in [0, 7]"),
+        (lambda: wilson_interval(-1, 3), "expected correct to be an int >= 0 and <= 3, got -1"),
+        (lambda: mcnemar_exact(-1, 2), "expected worse to be an int >= 0, got -1"),
         (lambda: ImageFolder(tmp_path / "f", 0), "expected size to be an int >= 1, got 0"),
         (lambda: ImageFolder(tmp_path / "f", 32).load([5]), "expected image indices in [0, 1), got 5"),
         (lambda: keypoints_to_counts(torch.zeros(3, 2), (32, 32), 16), "expected keypoints as a list"),

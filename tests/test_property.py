@@ -24,8 +24,8 @@ from captum_sift.attr import AttentionRollout, RawAttention
 from captum_sift.attr.patches import patch_feature_mask, patch_scores_to_pixels
 from captum_sift.faithfulness.compare import deletion_insertion
 from captum_sift.mae import KeyShareSchedule, guided_masking
+from captum_sift.masking import evaluate_masking
 from captum_sift.masking.apply import mask_images, num_masked, select_patches
-from captum_sift.masking.evaluate import evaluate_masking
 from captum_sift.vit.adapter import as_vit
 
 CHECK = settings(

@@ -10,8 +10,7 @@ import torch
 from .. import viz
 from ..data import ImageFolder
 from ..errors import CaptumSiftError
-from ..masking.evaluate import MaskingTable, evaluate_batch
-from ..masking.prompt import patch_scores
+from ..masking import MaskingTable, evaluate_batch, patch_scores
 from ..vit import eval_mode
 from ..vit.inputs import to_model_and_pixels
 from .folder import versions, write_index, write_json
@@ -54,10 +53,10 @@ class TableTotal:
         return self.table.total
 
     def state_dict(self) -> dict[str, Any]:
-        return self.table.state()
+        return self.table.state_dict()
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.table.load_state(state, len(self.options.modes) * len(self.options.ratios))
+        self.table.load_state_dict(state, len(self.options.modes) * len(self.options.ratios))
 
     def all_reduce(self, device: torch.device) -> None:
         self.table.all_reduce(self.options.modes, self.options.ratios, device)

@@ -16,8 +16,7 @@ from .._checks import check_int, check_number, check_patch_size
 from ..errors import CaptumSiftError
 from ..faithfulness.compare import METHODS
 from ..mae.masking import KeyShareSchedule
-from ..mae.pretrain import MAX_SEED as PRETRAIN_MAX_SEED
-from ..mae.pretrain import PretrainConfig
+from ..mae.pretrain import MAX_PRETRAIN_SEED, PretrainConfig
 from ..masking.apply import check_plan
 from ..theta.settings import ThetaSettings
 
@@ -38,7 +37,7 @@ __all__ = [
 
 #: The largest --seed of every command: pre-training's range (its step generators are seeded with about
 #: seed x 1e10), so that one seed is valid for mask-eval and pretrain alike.
-MAX_SEED = PRETRAIN_MAX_SEED
+MAX_SEED = MAX_PRETRAIN_SEED
 #: The largest |--fill| (model space: normalised inputs are a few units; float32 overflows at 3.4e38).
 MAX_FILL = 1e6
 #: --quick of compare: images, curve points, IntegratedGradients steps.

@@ -25,7 +25,7 @@ from torch import nn
 
 from .._checks import all_finite, check_classes, check_int, shape_of
 from ..errors import CaptumSiftError
-from ..masking.evaluate import _Z95, masked_logits, read_logits
+from ..masking import Z95, masked_logits, read_logits
 from ..vit import ViTAdapter, as_vit, eval_mode
 
 __all__ = [
@@ -380,7 +380,7 @@ class ComparisonTable:
                 n = len(finite)
                 mean = sum(finite) / n if n else float("nan")
                 sd = math.sqrt(sum((v - mean) ** 2 for v in finite) / (n - 1)) if n > 1 else float("nan")
-                half = _Z95 * sd / math.sqrt(n) if n > 1 else float("nan")
+                half = Z95 * sd / math.sqrt(n) if n > 1 else float("nan")
                 out.append({"method": method, "metric": metric, "mean": mean, "ci_low": mean - half,
                             "ci_high": mean + half, "n": n, "better": BETTER.get(metric, "")})  # fmt: skip
             for metric, value in self.cost.get(method, {}).items():

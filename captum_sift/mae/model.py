@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .._checks import check_number
 from ..errors import CaptumSiftError
 from .masking import guided_masking, random_masking
 
@@ -62,8 +63,7 @@ class MaskedAutoencoder(nn.Module):
             raise CaptumSiftError("expected a position embedding that covers the class token (no_embed_class=False)")
         if masking not in ("random", "guided"):
             raise CaptumSiftError(f"expected masking 'random' or 'guided', got {masking!r}")
-        if not 0.0 < mask_ratio < 1.0:
-            raise CaptumSiftError(f"expected mask_ratio in (0, 1), got {mask_ratio!r}")
+        mask_ratio = check_number(mask_ratio, "mask_ratio", 0, 1, low_open=True, high_open=True)
         self.encoder = encoder
         self.masking, self.mask_ratio, self.min_keypoints = masking, mask_ratio, min_keypoints
         self.norm_pix_loss = norm_pix_loss

@@ -12,8 +12,6 @@ import csv
 import hashlib
 import json
 import math
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,15 +19,17 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from .._checks import check_int, check_number
+from .._io import atomic_path
 from ..errors import CaptumSiftError
 from .masking import KeyShareSchedule
 from .model import MaskedAutoencoder
 
-__all__ = ["PretrainConfig", "cached_keypoint_counts", "linear_probe", "pretrain"]
+__all__ = ["MAX_PRETRAIN_SEED", "PretrainConfig", "cached_keypoint_counts", "linear_probe", "pretrain"]
 
 
 #: The largest seed: step generators are seeded with (seed x 100003 + epoch) x 100003 + step < 2**64.
-MAX_SEED = 2**30 - 1
+MAX_PRETRAIN_SEED = 2**30 - 1
 
 
 @dataclass
@@ -58,21 +58,15 @@ class PretrainConfig:
     pixel_std: float = 0.3530
 
     def __post_init__(self) -> None:
+        # Stored as Python numbers (numpy and 0-d tensor numbers accepted), so that asdict() is JSON-ready.
         for name in ("epochs", "batch_size", "probe_every", "img_size", "patch_size", "in_chans", "embed_dim",
                      "depth", "num_heads", "decoder_dim", "decoder_depth"):  # fmt: skip
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise CaptumSiftError(f"expected {name} to be an int >= 1, got {value!r}")
+            setattr(self, name, check_int(getattr(self, name), name, low=1))
         for name in ("lr", "pixel_std"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-                raise CaptumSiftError(f"expected {name} to be a finite number > 0, got {value!r}")
-        if not (isinstance(self.weight_decay, (int, float)) and math.isfinite(self.weight_decay)):
-            raise CaptumSiftError(f"expected a finite weight_decay, got {self.weight_decay!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed <= MAX_SEED:
-            raise CaptumSiftError(f"expected seed to be an int in [0, {MAX_SEED}], got {self.seed!r}")
-        if not 0 < self.mask_ratio < 1:
-            raise CaptumSiftError(f"expected mask_ratio in (0, 1), got {self.mask_ratio!r}")
+            setattr(self, name, check_number(getattr(self, name), name, 0, low_open=True))
+        self.weight_decay = check_number(self.weight_decay, "weight_decay")
+        self.seed = check_int(self.seed, "seed", 0, MAX_PRETRAIN_SEED)
+        self.mask_ratio = check_number(self.mask_ratio, "mask_ratio", 0, 1, low_open=True, high_open=True)
         if self.img_size % self.patch_size:
             raise CaptumSiftError(
                 f"expected img_size a multiple of patch_size, got {self.img_size} and {self.patch_size}"
@@ -128,15 +122,8 @@ def cached_keypoint_counts(
     counts = count_keypoints(images, patch_size, **detector).flatten(1)  # it works in chunks itself
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        # Every torchrun rank counts and writes: a temporary file of its own, then an atomic rename.
-        fd, tmp = tempfile.mkstemp(suffix=".tmp", prefix=path.name + ".", dir=path.parent)
-        os.close(fd)
-        try:
+        with atomic_path(path) as tmp:  # every torchrun rank counts and writes a whole file
             torch.save(counts, tmp)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
     return counts
 
 
@@ -199,7 +186,6 @@ def pretrain(
     ``stop_after_epoch`` ends the run early (to test resuming).
     """
     import torch.distributed as dist
-    from tqdm.auto import tqdm
 
     if config.masking not in ("random", "guided"):
         raise CaptumSiftError(f"expected masking 'random' or 'guided', got {config.masking!r}")
@@ -215,98 +201,137 @@ def pretrain(
     history: list[dict[str, float]] = []
     start_epoch = 0
     out_dir = Path(out) if out is not None else None
-    ckpt = out_dir / "checkpoint.pt" if out_dir is not None else None
-    data_digest = hashlib.sha256((images * 255).round().to(torch.uint8).cpu().numpy().tobytes()).hexdigest()
-    if resume and ckpt is not None and ckpt.exists():
-        advice = f"delete {ckpt} or run without --resume"
-        try:
-            state = torch.load(ckpt, map_location="cpu", weights_only=True)
-            old_config, old_digest = dict(state["config"]), state.get("data_sha256")
-        except Exception as exc:
-            reason = " ".join(str(exc).split())[:200] or type(exc).__name__
-            raise CaptumSiftError(f"--resume: cannot read {ckpt} ({reason}); {advice}") from exc
-        if old_config != json.loads(json.dumps(asdict(config))):
-            new = asdict(config)
-            differ = sorted(
-                k for k in set(new) | set(old_config) if json.loads(json.dumps(new.get(k))) != old_config.get(k)
-            )
-            raise CaptumSiftError(f"--resume: {ckpt} was written with another configuration; these differ: {differ}")
-        if old_digest != data_digest:
-            raise CaptumSiftError(f"--resume: {ckpt} was trained on other images (their sha256 differs); {advice}")
-        try:
-            mae.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            history, start_epoch = state["history"], int(state["epoch"])
-        except Exception as exc:
-            raise CaptumSiftError(f"--resume: {ckpt} does not fit this model ({type(exc).__name__}); {advice}") from exc
+    data_digest = _data_digest(images)
+    if resume and out_dir is not None and (out_dir / "checkpoint.pt").exists():
+        history, start_epoch = _resume(out_dir / "checkpoint.pt", config, data_digest, mae, optimizer)
     model = torch.nn.parallel.DistributedDataParallel(mae) if distributed else mae
-    mean, std = config.pixel_mean, config.pixel_std
-    n_images = len(images)
-    steps = n_images // config.batch_size
+    steps = len(images) // config.batch_size
     if steps == 0:
-        raise CaptumSiftError(f"expected at least one batch: {n_images} images < --batch-size {config.batch_size}")
-    local = config.batch_size // world
+        raise CaptumSiftError(f"expected at least one batch: {len(images)} images < --batch-size {config.batch_size}")
     for epoch in range(start_epoch, config.epochs):
         if stop_after_epoch is not None and epoch >= stop_after_epoch:
             break
         beta = schedule(epoch)
-        order = torch.randperm(n_images, generator=torch.Generator().manual_seed(config.seed * 100_003 + epoch))
-        model.train()
-        total = torch.zeros((), dtype=torch.float64)
-        bar = tqdm(range(steps), desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress or rank != 0)
-        for step in bar:
-            for group in optimizer.param_groups:
-                group["lr"] = _lr(config, epoch + step / steps)
-            batch = order[step * config.batch_size : (step + 1) * config.batch_size]
-            step_gen = torch.Generator().manual_seed((config.seed * 100_003 + epoch) * 100_003 + step)
-            noise = torch.rand(2, config.batch_size, counts.shape[1], generator=step_gen)
-            mine = slice(rank * local, (rank + 1) * local)  # this process's share of the global batch
-            x = ((images[batch[mine]] - mean) / std).to(device)
-            loss, _, _ = model(x, counts[batch[mine]].to(device), beta, noise=noise[:, mine])
-            if not math.isfinite(float(loss.detach())):
-                raise CaptumSiftError(
-                    f"the loss became {float(loss.detach())} at epoch {epoch + 1}, step {step + 1} "
-                    f"(--lr {config.lr:g} is too large?); nothing of this epoch was saved"
-                )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total += float(loss.detach())
-        epoch_loss = total / steps
+        loss = _train_epoch(model, optimizer, config, images, counts, epoch, beta, rank, world, device, progress)
         if distributed:
-            epoch_loss = epoch_loss.to(device)
-            dist.all_reduce(epoch_loss)
-            epoch_loss = epoch_loss.cpu() / world
+            loss = loss.to(device)
+            dist.all_reduce(loss)
+            loss = loss.cpu() / world
         row = {"epoch": epoch + 1, "key_share": beta if config.masking == "guided" else float("nan"),
-               "loss": float(epoch_loss), "probe_accuracy": float("nan")}  # fmt: skip
+               "loss": float(loss), "probe_accuracy": float("nan")}  # fmt: skip
         if (epoch + 1) % config.probe_every == 0 or epoch + 1 == config.epochs:
-            norm = lambda pair: ((pair[0] - mean) / std, pair[1])  # noqa: E731
-            row["probe_accuracy"] = linear_probe(mae, norm(probe_train), norm(probe_test))
+            row["probe_accuracy"] = linear_probe(mae, _normalised(config, probe_train), _normalised(config, probe_test))
         history.append(row)
         if rank == 0 and out_dir is not None:
-            out_dir.mkdir(parents=True, exist_ok=True)
-            _write_history(out_dir / "history.csv", history)
-            state = {"model": mae.state_dict(), "optimizer": optimizer.state_dict(), "history": history,
-                     "epoch": epoch + 1, "config": json.loads(json.dumps(asdict(config))),
-                     "data_sha256": data_digest}  # fmt: skip
-            tmp = out_dir / "checkpoint.tmp"
-            try:
-                torch.save(state, tmp)
-                os.replace(tmp, ckpt)
-            finally:
-                tmp.unlink(missing_ok=True)
+            _save_epoch(out_dir, mae, optimizer, history, config, data_digest)
         if distributed:
             dist.barrier()
     return history
 
 
-def _write_history(path: Path, history: list[dict[str, float]]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
+def _data_digest(images: torch.Tensor) -> str:
+    """sha256 of the images as 8-bit pixels: a checkpoint resumes only on the images it was trained on."""
+    return hashlib.sha256((images * 255).round().to(torch.uint8).cpu().numpy().tobytes()).hexdigest()
+
+
+def _normalised(config: PretrainConfig, pair: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(images, labels) with the images normalised by the config's pixel statistics."""
+    return (pair[0] - config.pixel_mean) / config.pixel_std, pair[1]
+
+
+def _resume(
+    ckpt: Path,
+    config: PretrainConfig,
+    data_digest: str,
+    mae: MaskedAutoencoder,
+    optimizer: torch.optim.Optimizer,
+) -> tuple[list[dict[str, float]], int]:
+    """Load ``ckpt`` into ``mae`` and ``optimizer`` after checking its config and images; (history, epoch)."""
+    advice = f"delete {ckpt} or run without --resume"
     try:
-        with open(tmp, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=["epoch", "key_share", "loss", "probe_accuracy"])
-            writer.writeheader()
-            writer.writerows(history)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+        state = torch.load(ckpt, map_location="cpu", weights_only=True)
+        old_config, old_digest = dict(state["config"]), state.get("data_sha256")
+    except Exception as exc:
+        reason = " ".join(str(exc).split())[:200] or type(exc).__name__
+        raise CaptumSiftError(f"--resume: cannot read {ckpt} ({reason}); {advice}") from exc
+    if old_config != json.loads(json.dumps(asdict(config))):
+        new = asdict(config)
+        differ = sorted(
+            k for k in set(new) | set(old_config) if json.loads(json.dumps(new.get(k))) != old_config.get(k)
+        )
+        raise CaptumSiftError(f"--resume: {ckpt} was written with another configuration; these differ: {differ}")
+    if old_digest != data_digest:
+        raise CaptumSiftError(f"--resume: {ckpt} was trained on other images (their sha256 differs); {advice}")
+    try:
+        mae.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        return state["history"], int(state["epoch"])
+    except Exception as exc:
+        raise CaptumSiftError(f"--resume: {ckpt} does not fit this model ({type(exc).__name__}); {advice}") from exc
+
+
+def _train_epoch(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    config: PretrainConfig,
+    images: torch.Tensor,
+    counts: torch.Tensor,
+    epoch: int,
+    beta: float,
+    rank: int,
+    world: int,
+    device: torch.device,
+    progress: bool,
+) -> torch.Tensor:
+    """One epoch of this process's share of every global batch; the mean loss over the steps (float64, 0-d).
+
+    The order of the images and every step's masking noise come from (seed, epoch, step) alone.
+    """
+    from tqdm.auto import tqdm
+
+    steps = len(images) // config.batch_size
+    local = config.batch_size // world
+    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(config.seed * 100_003 + epoch))
+    model.train()
+    total = torch.zeros((), dtype=torch.float64)
+    bar = tqdm(range(steps), desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress or rank != 0)
+    for step in bar:
+        for group in optimizer.param_groups:
+            group["lr"] = _lr(config, epoch + step / steps)
+        batch = order[step * config.batch_size : (step + 1) * config.batch_size]
+        step_gen = torch.Generator().manual_seed((config.seed * 100_003 + epoch) * 100_003 + step)
+        noise = torch.rand(2, config.batch_size, counts.shape[1], generator=step_gen)
+        mine = slice(rank * local, (rank + 1) * local)  # this process's share of the global batch
+        x = ((images[batch[mine]] - config.pixel_mean) / config.pixel_std).to(device)
+        loss, _, _ = model(x, counts[batch[mine]].to(device), beta, noise=noise[:, mine])
+        if not math.isfinite(float(loss.detach())):
+            raise CaptumSiftError(
+                f"the loss became {float(loss.detach())} at epoch {epoch + 1}, step {step + 1} "
+                f"(--lr {config.lr:g} is too large?); nothing of this epoch was saved"
+            )
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total += float(loss.detach())
+    return total / steps
+
+
+def _save_epoch(
+    out_dir: Path,
+    mae: MaskedAutoencoder,
+    optimizer: torch.optim.Optimizer,
+    history: list[dict[str, float]],
+    config: PretrainConfig,
+    data_digest: str,
+) -> None:
+    """``history.csv`` and ``checkpoint.pt`` after the last epoch of ``history``, each written whole or not at all."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out_dir / "history.csv") as tmp, open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["epoch", "key_share", "loss", "probe_accuracy"])
+        writer.writeheader()
+        writer.writerows(history)
+    state = {"model": mae.state_dict(), "optimizer": optimizer.state_dict(), "history": history,
+             "epoch": history[-1]["epoch"], "config": json.loads(json.dumps(asdict(config))),
+             "data_sha256": data_digest}  # fmt: skip
+    with atomic_path(out_dir / "checkpoint.pt") as tmp:
+        torch.save(state, tmp)

@@ -18,23 +18,31 @@ from ..theta.spurious import key_patches, spurious_patches
 
 __all__ = [
     "DEFAULT_MODES",
+    "MAX_SEED",
     "MODES",
+    "check_fill",
+    "check_generator",
+    "check_image_ids",
     "check_plan",
+    "check_seed",
+    "check_selected",
     "mask_images",
     "num_masked",
+    "random_scores",
+    "random_selection",
     "select_patches",
 ]
 
 MODES = ("top", "bottom", "random", "spurious")
 #: The modes :func:`~captum_sift.masking.evaluate_masking` and ``mask-eval`` run by default (the paper's Fig. 8).
 DEFAULT_MODES = ("top", "bottom", "random")
+#: The largest seed of the random mode (image i draws from a torch.Generator seeded with seed * 1_000_003 + i, 64 bits).
+MAX_SEED = 2**32 - 1
 
 
 def num_masked(ratio: float, num_patches: int) -> int:
     """round(ratio * N), halves rounded up (SPEC §7)."""
-    value = as_scalar(ratio)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
-        raise CaptumSiftError(f"expected ratio in [0, 1], got {ratio!r}")
+    value = check_number(ratio, "ratio", 0, 1)
     return min(num_patches, math.floor(value * num_patches + 0.5))
 
 
@@ -134,6 +142,53 @@ def select_patches(
         order = torch.sort(scores, dim=1, descending=(mode == "top"), stable=True).indices
     selected = torch.zeros(batch, n, dtype=torch.bool, device=scores.device)
     return selected.scatter_(1, order[:, :k], True)
+
+
+def check_seed(seed: object) -> int:
+    """The random mode's seed: an int in [0, 2**32 - 1] (numpy and 0-d tensor ints included)."""
+    return check_int(seed, "seed", 0, MAX_SEED)
+
+
+def check_image_ids(image_ids: object, batch: int) -> torch.Tensor:
+    """Image indices (B,) as a CPU long tensor: ints >= 0, one per image."""
+    ids = torch.as_tensor(image_ids) if isinstance(image_ids, (list, tuple, range)) else image_ids
+    if (
+        not isinstance(ids, torch.Tensor)
+        or ids.shape != (batch,)
+        or ids.dtype == torch.bool
+        or ids.is_floating_point()
+        or ids.is_complex()
+        or (batch and int(ids.min()) < 0)
+    ):
+        got = f"{tuple(ids.shape)} {ids.dtype}" if isinstance(ids, torch.Tensor) else repr(image_ids)
+        raise CaptumSiftError(f"expected image_ids: {batch} ints >= 0, one per image (B,) = ({batch},), got {got}")
+    return ids.cpu().long()
+
+
+def random_scores(indices: torch.Tensor, num_patches: int, seed: int) -> torch.Tensor:
+    """Per-image random scores (B, N) that depend only on (seed, image index).
+
+    The random mode masks the top of these, so an image gets the same random
+    mask whatever batch or process it is in (same numbers under torchrun).
+    """
+    seed = check_seed(seed)
+    rows = [
+        torch.rand(num_patches, generator=torch.Generator().manual_seed(seed * 1_000_003 + int(i)))
+        for i in indices.tolist()
+    ]
+    return torch.stack(rows) if rows else torch.zeros(0, num_patches)
+
+
+def random_selection(
+    indices: torch.Tensor, num_patches: int, ratio: float, seed: int, device: torch.device | str = "cpu"
+) -> torch.Tensor:
+    """The random mode's mask (B, N) bool: image i masks the top round(ratio N) of its :func:`random_scores`.
+
+    The random scheme of :func:`~captum_sift.masking.evaluate.evaluate_masking` and
+    :class:`~captum_sift.masking.prompt.MaskAsPrompt`: an image's mask depends only
+    on (seed, its index), not on the batch it is in.
+    """
+    return select_patches(random_scores(indices, num_patches, seed).to(device), ratio, "top")
 
 
 def check_fill(fill: object) -> None:

@@ -1,8 +1,4 @@
-"""Top / Bottom / Random patch masks "as prompts" at inference (paper §5.1, SPEC §7).
-
-The θ scores that choose the patches (:func:`patch_scores`), token dropping
-(:func:`drop_tokens`) and the :class:`MaskAsPrompt` wrapper.
-"""
+"""Top / Bottom / Random patch masks "as prompts" at inference (paper §5.1, SPEC §7): :class:`MaskAsPrompt`."""
 
 from __future__ import annotations
 
@@ -14,146 +10,29 @@ from torch import nn
 
 from .._checks import check_image_space
 from ..errors import CaptumSiftError
-from ..theta.analysis import patch_thetas
 from ..theta.settings import ThetaSettings
 from ..vit.adapter import ViTAdapter, as_vit
 from ..vit.inputs import to_model_and_pixels
-from .apply import check_fill, check_plan, check_selected, select_patches
-from .evaluate import check_image_ids, check_seed, masked_logits, random_selection, read_logits
+from .apply import check_fill, check_image_ids, check_plan, check_seed, random_selection, select_patches
+from .logits import check_droppable, masked_logits
+from .scores import scores_and_counts
 
-__all__ = ["patch_scores", "scores_and_counts", "drop_tokens", "check_droppable", "MaskAsPrompt"]
-
-
-def patch_scores(
-    model: nn.Module | ViTAdapter,
-    images: torch.Tensor,
-    keypoint_counts: torch.Tensor | None = None,
-    settings: ThetaSettings | None = None,
-    *,
-    image_space: str = "model",
-    mean: Sequence[float] | None = None,
-    std: Sequence[float] | None = None,
-    **options: Any,
-) -> torch.Tensor:
-    """Per-patch score of SPEC §7: θ_i averaged over heads and the chosen layers -> (B, N).
-
-    ``settings`` / ``options`` as :func:`~captum_sift.analyze`; ``layers``: None
-    (all, default), layer indices, or a stage name (found per image), as
-    :class:`~captum_sift.attr.SIFTInterrelation`.
-    """
-    vit = as_vit(model, mean=mean, std=std)
-    theta_settings = ThetaSettings.resolve(settings, **options)
-    return scores_and_counts(vit, images, keypoint_counts, theta_settings, image_space)[0]
-
-
-def scores_and_counts(
-    vit: ViTAdapter,
-    images: torch.Tensor,
-    keypoint_counts: torch.Tensor | None,
-    settings: ThetaSettings,
-    image_space: str = "model",
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(SPEC §7 scores (B, N), keypoint counts (B, N)) from one analysis."""
-    settings.check_for(vit.depth)
-    got = patch_thetas(vit, images, keypoint_counts, settings, image_space)  # type: ignore[arg-type]
-    scores = got.scores(settings.layers).to(images.device)
-    return scores, got.keypoint_counts.to(images.device)
-
-
-def drop_tokens(model: nn.Module | ViTAdapter, images: torch.Tensor, selected: torch.Tensor) -> torch.Tensor:
-    """Logits of a ViT (any family) with the selected patch tokens removed after the position embedding.
-
-    The MAE way of masking: the tokens of the selected patches never enter the
-    blocks (prefix tokens are kept). Every image must have the same number of
-    selected patches (as :func:`select_patches` gives). ``images`` are the
-    model's input (checked as :func:`~captum_sift.analyze` checks model-space
-    images); gradients flow back to them. Refused: models whose blocks take
-    position arguments (EVA's rotary embedding) or hold a relative position
-    bias (BEiT, timm's relpos ViTs), both tied to the full token grid;
-    dropping every patch of a model that pools patch tokens (no class token,
-    or timm's ``global_pool="avg"``); NaN / Inf logits.
-
-    Shape:
-        - images: (B, C, H, W), the model's input
-        - selected: (B, N) bool
-        - output: (B, num_classes)
-    """
-    vit = as_vit(model)
-    to_model_and_pixels(vit, images, "model", need_pixels=True)  # 0..255 or un-normalised input is refused
-    vit.check_classifier()
-    return _drop_tokens(vit, images, selected)
-
-
-def check_droppable(vit: ViTAdapter) -> None:
-    """Raise for a model whose attention adds a relative position bias over the full token grid."""
-    names = []
-    for prefix, module in vit.model.named_modules():  # one walk: module, parameter and buffer names
-        own = [name for name, _ in module.named_parameters(recurse=False)]
-        own += [name for name, _ in module.named_buffers(recurse=False)]
-        names += [prefix] + [f"{prefix}.{name}" if prefix else name for name in own]
-    biased = sorted({n for n in names if "relative_position" in n or "rel_pos" in n})
-    if biased:
-        raise CaptumSiftError(
-            f"fill='drop' is not supported for {type(vit.model).__name__}: its attention adds a relative position "
-            f"bias over the full token grid ({biased[0]}, ...), which does not follow dropped tokens; "
-            "use a fill value ('mean', 'blur', a number) instead"
-        )
-
-
-def _pools_class_token(vit: ViTAdapter) -> bool:
-    """Whether the head reads the class token alone (so that a forward without patch tokens is defined)."""
-    if not vit.class_token:
-        return False
-    if vit.family == "timm":
-        return getattr(vit.model, "global_pool", "token") == "token"
-    return not (vit.family == "hf" and str(getattr(vit.model.config, "model_type", "")).startswith("dinov2"))
-
-
-def _drop_tokens(
-    vit: ViTAdapter, images: torch.Tensor, selected: torch.Tensor, what: str | None = None
-) -> torch.Tensor:
-    """:func:`drop_tokens` on a checked adapter and model input (:func:`masked_logits` calls it per group).
-
-    ``what`` names the images in the non-finite-logits error (default: how many tokens were dropped).
-    """
-    check_droppable(vit)  # a walk over the module names: cheap next to the forward
-    grid = vit.grid(images)
-    selected = check_selected(selected)
-    n = grid[0] * grid[1]
-    if selected.shape != (images.shape[0], n):
-        raise CaptumSiftError(
-            f"expected selected of shape (B, N) = ({images.shape[0]}, {n}), got {tuple(selected.shape)}"
-        )
-    if images.shape[0] == 0:
-        raise CaptumSiftError(f"expected at least one image, got shape {tuple(images.shape)}")
-    per_image = selected.sum(dim=1)
-    if bool((per_image != per_image[0]).any()):
-        raise CaptumSiftError(f"expected the same number of selected patches in every image, got {per_image.tolist()}")
-    dropped = int(per_image[0])
-    if dropped == n and not _pools_class_token(vit):
-        raise CaptumSiftError(
-            f"cannot drop all {n} patch tokens of {type(vit.model).__name__}: its head pools the patch tokens "
-            "(it does not classify from a class token alone), so nothing would be left; use a ratio < 1 or a fill value"
-        )
-    keep = torch.sort((~selected).to(torch.uint8), dim=1, descending=True, stable=True).indices[:, : n - dropped]
-    with vit.dropping_tokens(keep):
-        output = vit.logits(images)
-    return read_logits(output, images.shape[0], what or f"the images with {dropped} of {n} patch tokens dropped")
+__all__ = ["MaskAsPrompt"]
 
 
 class MaskAsPrompt(nn.Module):
     """A drop-in model that masks patches "as prompts" (paper §5.1) before the wrapped ViT sees the images.
 
     ``forward(images)`` computes θ (SPEC §7 scores) on the images, selects
-    the patches of ``mode`` at ``ratio`` (:func:`select_patches`), fills them
-    (:func:`mask_images`) or drops their tokens (``fill="drop"``), and returns
+    the patches of ``mode`` at ``ratio`` (:func:`~captum_sift.masking.apply.select_patches`), fills them
+    (:func:`~captum_sift.masking.apply.mask_images`) or drops their tokens (``fill="drop"``), and returns
     the wrapped model's logits. Swap it for the model in any evaluation loop
     (a plain loop, timm's validation script, Lightning's ``test_step``,
     torchmetrics) to evaluate with masking; over the images of a data set in
     order it gives exactly the accuracy of
     :func:`~captum_sift.masking.evaluate.evaluate_masking` for the same plan and seed.
 
-    The random mode uses :func:`~captum_sift.masking.evaluate.random_selection`,
+    The random mode uses :func:`~captum_sift.masking.apply.random_selection`,
     the scheme of ``evaluate_masking``: image i's mask depends only on
     (``seed``, i), whatever its batch. The index i is ``image_ids`` when
     ``forward`` is given them; otherwise the images are numbered in the
@@ -175,7 +54,7 @@ class MaskAsPrompt(nn.Module):
             usual loader output; checked as :func:`~captum_sift.analyze`
             checks it) or ``"pixel"`` (in [0, 1]; normalised here).
         mean, std: the model's input statistics (default: the adapter's).
-        threshold: of the spurious mode (see :func:`select_patches`).
+        threshold: of the spurious mode (see :func:`~captum_sift.masking.apply.select_patches`).
         seed: of the random mode, an int in [0, 2**32 - 1].
 
     Example:

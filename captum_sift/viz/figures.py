@@ -365,7 +365,7 @@ def plot_mask_grid(
         scores: (N,) SPEC §7 scores of its patches.
         patch_size: P.
         ratios: the columns.
-        table: a :class:`~captum_sift.masking.prompt.MaskingTable`; its accuracies are
+        table: a :class:`~captum_sift.masking.table.MaskingTable`; its accuracies are
             written under each panel.
         fill: as in :func:`~captum_sift.masking.evaluate.evaluate_masking`: a number
             in the model's input space, ``"mean"``, ``"blur"``, a tensor or

@@ -67,7 +67,7 @@ def test_layer_choices(model, pixels, counts):
 @pytest.mark.parametrize("layers", [None, [3, 0, 1], "retrieval", "capture", "coach"])
 def test_attribution_without_a_report_equals_the_report_path(model, pixels, counts, layers):
     """attribute() builds no report unless asked: the same scores, bit for bit, as from the report."""
-    from captum_sift.masking.prompt import scores_and_counts
+    from captum_sift.masking import scores_and_counts
     from captum_sift.theta.analysis import patch_scores_from_report
     from captum_sift.theta.settings import ThetaSettings
 

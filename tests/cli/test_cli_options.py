@@ -18,7 +18,7 @@ from captum_sift.cli.options import (
     check_combinations,
     parse_fill,
 )
-from captum_sift.mae.pretrain import MAX_SEED as PRETRAIN_MAX_SEED
+from captum_sift.mae.pretrain import MAX_PRETRAIN_SEED as PRETRAIN_MAX_SEED
 
 BUILD = {"analyze": AnalyzeOptions, "mask-eval": MaskEvalOptions, "compare": CompareOptions,
          "pretrain": PretrainOptions, "keypoints": KeypointsOptions}  # fmt: skip

@@ -9,8 +9,8 @@ import torch
 from captum_sift import CaptumSiftError, InterrelationReport, MaskAsPrompt, SIFTInterrelation, analyze
 from captum_sift.cli.main import main
 from captum_sift.data import default_dataset, default_model, sample_images
-from captum_sift.masking.apply import select_patches, spurious_patches
-from captum_sift.masking.evaluate import evaluate_masking
+from captum_sift.masking import evaluate_masking, select_patches
+from captum_sift.theta.spurious import spurious_patches
 
 TINY = ["--model", "vit_tiny_patch16_224", "--img-size", "64", "--batch-size", "2", "--quiet"]
 
@@ -143,7 +143,7 @@ def _map(tmp_path):
 def test_random_mask_as_prompt_equals_evaluate_masking_in_a_dataloader_loop(embedded):
     from torch.utils.data import DataLoader, TensorDataset
 
-    from captum_sift.masking.evaluate import random_selection
+    from captum_sift.masking import random_selection
 
     model, images, labels = embedded
     table = evaluate_masking(model, images, labels, ratios=(0.2,), modes=("random",), image_space="pixel",
@@ -230,7 +230,7 @@ def test_mask_as_prompt_refuses_headless_models_and_0_255_images(tiny):
     for mode in ("random", "top"):
         with pytest.raises(CaptumSiftError, match="not normalised with the model's statistics"):
             MaskAsPrompt(model, mode=mode)(pixels * 255)
-    with pytest.raises(CaptumSiftError, match=r"seed to be an int in \[0, 4294967295\], got 1.5"):
+    with pytest.raises(CaptumSiftError, match=r"seed to be an int >= 0 and <= 4294967295, got 1.5"):
         MaskAsPrompt(model, mode="random", seed=1.5)
     with pytest.raises(CaptumSiftError, match="expected fill to be a finite number, got nan"):
         MaskAsPrompt(model, fill=float("nan"))

@@ -16,7 +16,7 @@ from captum_sift.cli.pretrain import pretrain_data
 from captum_sift.mae.masking import KeyShareSchedule
 from captum_sift.mae.pretrain import PretrainConfig, cached_keypoint_counts, pretrain
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SMALL = ["--img-size", "32", "--patch-size", "8", "--batch-size", "100", "--schedule-every", "1", "--quiet"]
 
 
@@ -97,3 +97,27 @@ def test_keypoint_cache_written_by_two_ranks_at_once(tmp_path, monkeypatch):
     assert torch.equal(counts, expected) and torch.equal(other_rank[0], expected)
     (cached,) = tmp_path.iterdir()  # one cache file, no temporary left
     assert cached.suffix == ".pt" and torch.equal(torch.load(cached, weights_only=True), expected)
+
+
+def test_config_checks_and_numpy_numbers():
+    import json
+
+    import numpy as np
+
+    config = PretrainConfig(epochs=np.int64(2), lr=np.float32(0.5), weight_decay=0, seed=torch.tensor(3))
+    assert (config.epochs, config.lr, config.weight_decay, config.seed) == (2, 0.5, 0.0, 3)
+    assert type(config.epochs) is int and type(config.seed) is int and type(config.lr) is float
+    json.dumps(asdict(config))  # JSON-ready: the checkpoint's config
+    bad = [
+        ({"epochs": 0}, "expected epochs to be an int >= 1, got 0"),
+        ({"batch_size": 2.0}, "expected batch_size to be an int >= 1, got 2.0"),
+        ({"lr": 0}, "expected lr to be a finite number > 0, got 0"),
+        ({"pixel_std": float("nan")}, "expected pixel_std to be a finite number > 0, got nan"),
+        ({"weight_decay": float("inf")}, "expected weight_decay to be a finite number, got inf"),
+        ({"seed": 2**30}, "expected seed to be an int >= 0 and <= 1073741823, got 1073741824"),
+        ({"mask_ratio": 1}, "expected mask_ratio to be a finite number > 0 and < 1, got 1"),
+        ({"img_size": 30}, "expected img_size a multiple of patch_size, got 30 and 16"),
+    ]
+    for change, message in bad:
+        with pytest.raises(CaptumSiftError, match=message):
+            PretrainConfig(**change)

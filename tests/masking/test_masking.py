@@ -9,15 +9,16 @@ import torch
 from captum_sift import CaptumSiftError, analyze, count_keypoints
 from captum_sift.data import sample_images
 from captum_sift.masking import (
+    drop_tokens,
     evaluate_masking,
     mask_images,
     mcnemar_exact,
     num_masked,
+    patch_scores,
     random_scores,
     select_patches,
     wilson_interval,
 )
-from captum_sift.masking.prompt import drop_tokens, patch_scores
 
 
 @pytest.fixture(scope="module")
@@ -148,7 +149,7 @@ def test_statistics_hand_worked():
 
 def test_bad_input(model, pixels):
     x = (pixels - 0.5) / 0.5
-    with pytest.raises(CaptumSiftError, match=r"ratio in \[0, 1\], got 1.5"):
+    with pytest.raises(CaptumSiftError, match="expected ratio to be a finite number >= 0 and <= 1, got 1.5"):
         select_patches(torch.rand(2, 16), 1.5)
     with pytest.raises(CaptumSiftError, match=r"scores of shape \(B, N\), got \(16,\)"):
         select_patches(torch.rand(16), 0.1)
@@ -308,15 +309,15 @@ class _DictViT(timm.models.vision_transformer.VisionTransformer):
 
 def test_evaluate_masking_refuses_bad_labels_no_images_and_non_logit_outputs(model, pixels):
     x = (pixels - 0.5) / 0.5
-    with pytest.raises(CaptumSiftError, match="integer class indices as labels, got dtype torch.float32"):
+    with pytest.raises(CaptumSiftError, match="expected integer labels, got dtype torch.float32"):
         evaluate_masking(model, x, torch.tensor([0.5, 1.5, 2.5, 0.0]), modes=("random",), progress=False)
-    with pytest.raises(CaptumSiftError, match="integer class indices as labels, got dtype torch.float32"):
+    with pytest.raises(CaptumSiftError, match="expected integer labels, got dtype torch.float32"):
         evaluate_masking(model, [(x, torch.tensor([0.0, 1.0, 2.0, 3.0]))], modes=("random",), progress=False)
     with pytest.raises(CaptumSiftError, match="at least one image to evaluate, got none"):
         evaluate_masking(model, x[:0], torch.zeros(0, dtype=torch.long), progress=False)
     with pytest.raises(CaptumSiftError, match="at least one image to evaluate, got none"):
         evaluate_masking(model, [], progress=False)
-    with pytest.raises(CaptumSiftError, match=r"seed to be an int in \[0, 4294967295\], got 1.5"):
+    with pytest.raises(CaptumSiftError, match=r"seed to be an int >= 0 and <= 4294967295, got 1.5"):
         evaluate_masking(model, x, torch.zeros(4, dtype=torch.long), seed=1.5)
     import numpy as np
 
