@@ -68,7 +68,7 @@ def test_pretrain_and_keypoints_options():
     assert o.config.schedule["every"] == 3 and o.config.seed == 5 and o.limit == 10000 and o.cache == Path("o")
     assert options("pretrain", "--masking", "random", "--out", "o", "--cache-dir", "c").cache == Path("c")
     k = options("keypoints", "--out", "o", "--photos", "coffee", "moon", "--img-size", "64")
-    assert (k.photos, k.img_size, k.patch_size, k.backend) == (("coffee", "moon"), 64, 16, "kornia")
+    assert (k.photos, k.img_size, k.patch_size, k.backend) == (("coffee", "moon"), 64, 16, "lowe")
 
 
 @pytest.mark.parametrize(
