@@ -1078,7 +1078,7 @@ def _gather_tables(table: Any) -> Any:
 def _write_compare(run: Run, table: Any, settings: dict[str, Any], skipped: list[list[str]]) -> None:
     import matplotlib.pyplot as plt
 
-    from ..faithfulness.compare import explain, patch_attribution
+    from ..faithfulness import explain, patch_attribution
     from ..masking.evaluate import read_logits, write_rows_csv
     from ..vit.inputs import to_model_and_pixels
 
