@@ -411,7 +411,7 @@ def test_mask_eval_refuses_a_fill_that_overflows(tmp_path, capsys):
 
 @pytest.mark.parametrize("fill", ["mean", "drop"])
 def test_mask_eval_figure_is_drawn_with_the_fill_of_the_run(tmp_path, monkeypatch, fill):
-    from captum_sift.viz import figures as viz
+    from captum_sift import viz
     from captum_sift.data.datasets import default_model
     from captum_sift.vit.adapter import as_vit
 
@@ -469,7 +469,7 @@ def test_bad_statistics_are_refused_where_given(model, pixels):
 def test_api_edges_raise_the_one_error(model, pixels):
     from captum_sift.attr.patches import patch_scores_to_pixels
     from captum_sift.faithfulness import explain, patch_attribution
-    from captum_sift.viz.figures import overlay
+    from captum_sift.viz import overlay
 
     x = (pixels - 0.5) / 0.5
     nan_attr = torch.zeros_like(pixels)

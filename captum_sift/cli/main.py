@@ -293,7 +293,7 @@ def _keypoints_outputs(args: argparse.Namespace, names: list[str], size: int, de
     from .._io import write_text_atomic
     from ..data.datasets import sample_images
     from ..keypoints import detect_keypoints, keypoints_to_counts
-    from ..viz.figures import plot_keypoints_grid
+    from ..viz import plot_keypoints_grid
 
     images = sample_images(names, size=size).to(device)
     start = time.perf_counter()

@@ -903,11 +903,11 @@ def _first_images(run: Run, n: int = 8) -> torch.Tensor:
 def _write_analysis(run: Run, report, settings: dict[str, Any], skipped: list[list[str]]) -> None:
     import matplotlib.pyplot as plt
 
+    from .. import viz
     from ..keypoints import detect_keypoints
     from ..theta.analysis import analyze
     from ..theta.report import QUANTITIES
     from ..theta.stages import find_stages
-    from ..viz import figures as viz
 
     out = run.config.out
     patch = run.vit.patch_size
@@ -1210,8 +1210,8 @@ MAX_FILL = 1e6
 def _write_mask_eval(run: Run, table, settings: dict[str, Any], skipped: list[list[str]]) -> None:
     import matplotlib.pyplot as plt
 
+    from .. import viz
     from ..masking.prompt import patch_scores
-    from ..viz import figures as viz
 
     out = run.config.out
     table.save_csv(out / "mask_eval.csv")

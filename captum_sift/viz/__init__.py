@@ -1,18 +1,9 @@
-"""Figures: overlays, per-layer curves, stages, masks."""
+"""Figures: keypoints, per-layer curves and stages, attribution overlays, masks."""
 
-from .figures import (
-    overlay,
-    plot_focus_index,
-    plot_interrelation,
-    plot_keypoints,
-    plot_keypoints_grid,
-    plot_mask_curve,
-    plot_mask_grid,
-    plot_spurious,
-    plot_spurious_positions,
-    plot_stage_heatmaps,
-    plot_stages,
-)
+from .attributions import overlay
+from .curves import plot_focus_index, plot_interrelation, plot_stage_heatmaps, plot_stages
+from .keypoints import plot_keypoints, plot_keypoints_grid
+from .masks import plot_mask_curve, plot_mask_grid, plot_spurious, plot_spurious_positions
 
 __all__ = [
     "overlay",
