@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from .._checks import check_classes, check_int, shape_of
+from .._dist import all_gather_objects
 from ..errors import CaptumSiftError
 from ..masking.evaluate import _Z95, read_logits
 from ..vit.adapter import ViTAdapter, as_vit, eval_mode
@@ -120,8 +121,6 @@ class ComparisonTable:
         (:meth:`state_dict`), so ``device`` (the accumulator protocol's
         argument) does not matter here.
         """
-        from .._dist import all_gather_objects
-
         parts = all_gather_objects(self.state_dict())
         if len(parts) > 1:
             whole = ComparisonTable().merge(*(ComparisonTable.from_dict(part) for part in parts))
@@ -141,7 +140,7 @@ class ComparisonTable:
                 for seconds, images, forward in batches:
                     loaded.add_time(method, float(seconds), int(images), float(forward))
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise CaptumSiftError(f"expected a comparison table written by ComparisonTable.to_dict: {exc!r}") from exc
+            raise CaptumSiftError(f"expected a comparison table (ComparisonTable.state_dict): {exc!r}") from exc
         self.values, self.curves, self.timing = loaded.values, loaded.curves, loaded.timing
 
     def to_dict(self) -> dict[str, Any]:
