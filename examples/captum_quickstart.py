@@ -14,7 +14,7 @@ from captum.attr import FeatureAblation, IntegratedGradients
 
 from captum_sift.attr import SIFTInterrelation
 from captum_sift.data import sample_images
-from captum_sift.viz.figures import overlay
+from captum_sift.viz import overlay
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--model", default="vit_small_patch16_224")

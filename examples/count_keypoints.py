@@ -9,7 +9,7 @@ import torch
 
 from captum_sift import count_keypoints, detect_keypoints
 from captum_sift.data import sample_images
-from captum_sift.viz.figures import plot_keypoints_grid
+from captum_sift.viz import plot_keypoints_grid
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--out", default="keypoints.png")

@@ -35,7 +35,7 @@ from captum_sift.data import (
     load_fashion_mnist,
 )
 from captum_sift.data.shortcut import plant_markers
-from captum_sift.faithfulness.compare import explain, patch_attribution
+from captum_sift.faithfulness import explain, patch_attribution
 from captum_sift.masking import scores_and_counts
 from captum_sift.masking.apply import mask_images, select_patches
 from captum_sift.theta.settings import ThetaSettings

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from captum_sift import CaptumSiftError, InterrelationReport, SIFTInterrelation, ThetaSettings, analyze, count_keypoints
 from captum_sift.attr import AttentionRollout, RawAttention
 from captum_sift.attr.patches import patch_feature_mask, patch_scores_to_pixels
-from captum_sift.faithfulness.compare import deletion_insertion
+from captum_sift.faithfulness import deletion_insertion
 from captum_sift.mae import KeyShareSchedule, guided_masking
 from captum_sift.masking import evaluate_masking
 from captum_sift.masking.apply import mask_images, num_masked, select_patches

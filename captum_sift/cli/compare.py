@@ -9,7 +9,7 @@ import torch
 
 from .. import viz
 from .._dist import all_gather_objects
-from ..faithfulness.compare import ComparisonTable, compare, explain, patch_attribution
+from ..faithfulness import ComparisonTable, compare, explain, patch_attribution
 from ..masking import read_logits, write_rows_csv
 from ..vit import eval_mode
 from ..vit.inputs import to_model_and_pixels

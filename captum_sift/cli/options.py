@@ -14,7 +14,7 @@ import torch
 
 from .._checks import check_int, check_number, check_patch_size
 from ..errors import CaptumSiftError
-from ..faithfulness.compare import METHODS
+from ..faithfulness import METHODS
 from ..mae.masking import KeyShareSchedule
 from ..mae.pretrain import MAX_PRETRAIN_SEED, PretrainConfig
 from ..masking.apply import check_plan

@@ -1,16 +1,8 @@
-"""Faithfulness of attribution methods: deletion/insertion, Quantus metrics, comparison tables."""
+"""Faithfulness of attribution methods: the methods by name, deletion/insertion, Quantus metrics, comparison tables."""
 
-from .compare import (
-    BETTER,
-    DEFAULT_METHODS,
-    METHODS,
-    ComparisonTable,
-    compare,
-    deletion_insertion,
-    deletion_insertion_curves,
-    explain,
-    patch_attribution,
-)
+from .compare import BETTER, ComparisonTable, compare
+from .methods import DEFAULT_METHODS, METHODS, explain, patch_attribution
+from .metrics import deletion_insertion, deletion_insertion_curves
 
 __all__ = [
     "BETTER",

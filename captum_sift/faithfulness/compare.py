@@ -1,14 +1,13 @@
-"""Is θ a faithful explanation? Attribution methods side by side on standard metrics.
+"""Is θ a faithful explanation? Attribution methods side by side on standard metrics, in one table.
 
-:func:`explain` runs one method by name on any model family; :func:`compare`
-runs several on (model, images, labels) and returns one table: patch-level
-deletion and insertion AUC (most relevant patches first; fill or token
-drop), Quantus's ``FaithfulnessCorrelation`` and ``EfficientMPRT`` (does
-the attribution change when the weights are randomised?), the rank of a
-known true patch and the pointing game where one is given, and the cost of
-each method in seconds per image and in plain forwards (each method timed
-between two plain forwards of the same batch, in interleaved rounds; medians
-over the rounds).
+:func:`compare` runs several methods (:mod:`~captum_sift.faithfulness.methods`)
+on (model, images, labels) and returns a :class:`ComparisonTable`: patch-level
+deletion and insertion AUC (most relevant patches first; fill or token drop),
+Quantus's ``FaithfulnessCorrelation`` and ``EfficientMPRT``, the rank of a
+known true patch and the pointing game where one is given
+(:mod:`~captum_sift.faithfulness.metrics`), and the cost of each method in
+seconds per image and in plain forwards (each method timed between two plain
+forwards of the same batch, in interleaved rounds; medians over the rounds).
 """
 
 from __future__ import annotations
@@ -23,261 +22,21 @@ from typing import Any
 import torch
 from torch import nn
 
-from .._checks import all_finite, check_classes, check_int, shape_of
+from .._checks import check_classes, check_int, shape_of
+from .._dist import all_gather_objects
 from ..errors import CaptumSiftError
-from ..masking import Z95, masked_logits, read_logits
+from ..masking import Z95, read_logits
 from ..vit import ViTAdapter, as_vit, eval_mode
+from ..vit.inputs import to_model_and_pixels
+from .methods import DEFAULT_METHODS, METHODS, explain_with, patch_attribution
+from .metrics import measure_deletion_insertion, pointing_game, quantus_scores
 
-__all__ = [
-    "METHODS",
-    "ComparisonTable",
-    "compare",
-    "deletion_insertion",
-    "deletion_insertion_curves",
-    "explain",
-    "patch_attribution",
-]
+__all__ = ["BETTER", "ComparisonTable", "compare"]
 
-#: Methods :func:`explain` knows; ``gradcam`` needs the ``gradcam`` extra (pytorch-grad-cam).
-METHODS = ("theta", "rollout", "raw_attention", "saliency", "integrated_gradients", "feature_ablation", "gradcam",
-           "random")  # fmt: skip
-DEFAULT_METHODS = ("theta", "rollout", "raw_attention", "saliency", "integrated_gradients", "random")
 #: Which way each metric of a :class:`ComparisonTable` is better.
 BETTER = {"deletion_auc": "lower", "insertion_auc": "higher", "faithfulness_correlation": "higher",
           "mprt_complexity_change": "higher", "true_patch_rank": "lower", "pointing_game": "higher",
           "seconds_per_image": "lower", "forwards_per_image": "lower"}  # fmt: skip
-
-
-class _Logits(nn.Module):
-    """The adapter's logits as a plain module (what Captum and Quantus call)."""
-
-    def __init__(self, vit: ViTAdapter) -> None:
-        super().__init__()
-        self.vit = vit
-        self.net = vit.model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.vit.logits(x)
-
-
-def explain(
-    method: str,
-    model: nn.Module | ViTAdapter,
-    images: torch.Tensor,
-    targets: torch.Tensor,
-    *,
-    ig_steps: int = 16,
-    seed: int = 0,
-) -> torch.Tensor:
-    """Attribution (B, C, H, W) of ``method`` for model-space ``images`` and class ``targets`` (B,).
-
-    ``theta``: :class:`~captum_sift.attr.SIFTInterrelation`; ``rollout`` /
-    ``raw_attention``: the attention baselines; ``saliency``,
-    ``integrated_gradients`` (``ig_steps``, baseline 0 = the mean colour),
-    ``feature_ablation`` (over the patches): Captum's; ``gradcam``:
-    pytorch-grad-cam's GradCAM on the last block's first norm, tokens
-    reshaped to the grid; ``random``: uniform noise per patch (a floor).
-    """
-    from ..attr import AttentionRollout, RawAttention, SIFTInterrelation
-    from ..attr.patches import patch_feature_mask, patch_scores_to_pixels
-
-    vit = as_vit(model)
-    if method not in METHODS:
-        raise CaptumSiftError(f"expected a method among {METHODS}, got {method!r}")
-    if not isinstance(images, torch.Tensor) or images.dim() != 4:
-        from .._checks import shape_of
-
-        raise CaptumSiftError(f"expected images of shape (B, C, H, W), got {shape_of(images)}")
-    images = images.detach()
-    if method in _TARGETED:
-        targets = _check_targets(vit, images, targets)
-    if method == "theta":
-        return SIFTInterrelation(vit).attribute(images)
-    if method == "rollout":
-        return AttentionRollout(vit).attribute(images)
-    if method == "raw_attention":
-        return RawAttention(vit).attribute(images)
-    if method == "random":
-        grid = vit.grid(images)
-        g = torch.Generator().manual_seed(seed)
-        scores = torch.rand(images.shape[0], grid[0] * grid[1], generator=g).to(images.device)
-        return patch_scores_to_pixels(scores, images.shape, vit.patch_size)
-    forward = _Logits(vit)
-    targets = targets.to(images.device)
-    with eval_mode(vit.model):
-        if method == "saliency":
-            from captum.attr import Saliency
-
-            return Saliency(forward).attribute(images.clone().requires_grad_(True), target=targets).detach()
-        if method == "integrated_gradients":
-            from captum.attr import IntegratedGradients
-
-            return IntegratedGradients(forward).attribute(images, target=targets, n_steps=ig_steps).detach()
-        if method == "feature_ablation":
-            from captum.attr import FeatureAblation
-
-            mask = patch_feature_mask(images.shape[2], images.shape[3], vit.patch_size, images.device)
-            return FeatureAblation(forward).attribute(images, target=targets, feature_mask=mask,
-                                                      perturbations_per_eval=16).detach()  # fmt: skip
-        return _gradcam(vit, forward, images, targets)
-
-
-#: The methods that explain one class: their targets are checked against the model's outputs.
-_TARGETED = ("saliency", "integrated_gradients", "feature_ablation", "gradcam")
-
-
-def _check_targets(vit: ViTAdapter, images: torch.Tensor, targets: object) -> torch.Tensor:
-    """``targets`` as (B,) class indices in [0, classes) of the model's outputs (one forward of one image)."""
-    batch = images.shape[0]
-    if not isinstance(targets, torch.Tensor) or targets.shape != (batch,) or targets.is_floating_point() \
-            or targets.dtype == torch.bool or targets.is_complex():  # fmt: skip
-        shown = f"shape {tuple(targets.shape)}, {targets.dtype}" if isinstance(targets, torch.Tensor) else repr(targets)
-        raise CaptumSiftError(f"expected targets of shape ({batch},) holding class indices (ints), got {shown}")
-    classes = _num_classes(vit, images)
-    if batch and (int(targets.min()) < 0 or int(targets.max()) >= classes):
-        raise CaptumSiftError(
-            f"expected targets that are class indices in [0, {classes}) of the model's {classes} outputs, "
-            f"got targets in [{int(targets.min())}, {int(targets.max())}]"
-        )
-    return targets
-
-
-def _num_classes(vit: ViTAdapter, images: torch.Tensor) -> int:
-    """The model's number of outputs: read off its head where the family says it, else one forward of one image."""
-    model = vit.model
-    known = {
-        "timm": getattr(model, "num_classes", None),
-        "hf": getattr(getattr(model, "config", None), "num_labels", None),
-        "torchvision": getattr(getattr(getattr(model, "heads", None), "head", None), "out_features", None),
-    }.get(vit.family)
-    if isinstance(known, int) and known > 0:
-        return known
-    vit.check_classifier()
-    with torch.no_grad(), eval_mode(model):
-        return int(vit.logits(images[:1]).shape[1])
-
-
-def _gradcam(vit: ViTAdapter, forward: nn.Module, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    try:
-        from pytorch_grad_cam import GradCAM
-        from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
-    except ImportError as exc:
-        raise CaptumSiftError(
-            "method 'gradcam' needs pytorch-grad-cam: pip install grad-cam "
-            "(from a clone of captum_sift: pip install -c constraints.txt '.[gradcam]')"
-        ) from exc
-    from ..attr.patches import patch_scores_to_pixels
-
-    norms = [m for m in vit.blocks[-1].modules() if isinstance(m, nn.LayerNorm)]
-    if not norms:
-        raise CaptumSiftError(f"no LayerNorm in the last block of {type(vit.model).__name__} for Grad-CAM")
-    grid = vit.grid(images)
-    prefix = vit.num_prefix_tokens
-
-    def reshape(tokens: torch.Tensor) -> torch.Tensor:
-        tokens = tokens[0] if isinstance(tokens, (tuple, list)) else tokens
-        patches = tokens[:, prefix:, :]
-        return patches.reshape(tokens.shape[0], grid[0], grid[1], -1).permute(0, 3, 1, 2)
-
-    with GradCAM(model=forward, target_layers=[norms[0]], reshape_transform=reshape) as cam:
-        heat = cam(input_tensor=images, targets=[ClassifierOutputTarget(int(t)) for t in targets])  # (B, H, W)
-    heat = torch.as_tensor(heat, dtype=images.dtype, device=images.device)
-    scores = torch.nn.functional.avg_pool2d(heat.unsqueeze(1), vit.patch_size).flatten(1)
-    return patch_scores_to_pixels(scores, images.shape, vit.patch_size)
-
-
-def patch_attribution(attributions: torch.Tensor, patch_size: int) -> torch.Tensor:
-    """Per-patch relevance (B, N): the attribution summed over each patch's pixels and channels."""
-    from .._checks import check_patch_size, shape_of
-
-    if not isinstance(attributions, torch.Tensor) or attributions.dim() != 4:
-        raise CaptumSiftError(f"expected attributions of shape (B, C, H, W), got {shape_of(attributions)}")
-    patch_size = check_patch_size(patch_size, attributions.shape[2], attributions.shape[3])
-    pooled = torch.nn.functional.avg_pool2d(attributions.sum(dim=1, keepdim=True), patch_size)
-    return pooled.flatten(1) * patch_size * patch_size
-
-
-def deletion_insertion(
-    vit: ViTAdapter,
-    images: torch.Tensor,
-    targets: torch.Tensor,
-    scores: torch.Tensor,
-    *,
-    steps: int = 8,
-    fill: float | str = 0.0,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Patch-level deletion and insertion AUC per image (B,), most relevant patches first (MoRF).
-
-    Deletion: the softmax probability of the target class as the top 0, N/s,
-    ..., N patches (by ``scores``, ties by index) are masked (``fill`` as
-    :func:`~captum_sift.masking.apply.mask_images`, or ``"drop"``); insertion: as
-    they are revealed on the fully masked image. The AUC is the trapezoid
-    mean over the s + 1 points (lower deletion and higher insertion = more
-    faithful). ``scores`` (B, N) must be finite, ``targets`` (B,) classes of
-    the model and ``steps`` an int >= 1; non-finite logits are an error
-    naming the masking step, never a probability.
-    """
-    points, deletion, insertion = deletion_insertion_curves(vit, images, targets, scores, steps=steps, fill=fill)
-    x = torch.tensor(points, dtype=torch.float64) / scores.shape[1]
-    return _auc(x, deletion), _auc(x, insertion)
-
-
-def deletion_insertion_curves(
-    vit: ViTAdapter,
-    images: torch.Tensor,
-    targets: torch.Tensor,
-    scores: torch.Tensor,
-    *,
-    steps: int = 8,
-    fill: float | str = 0.0,
-) -> tuple[list[int], torch.Tensor, torch.Tensor]:
-    """(numbers of patches masked, deletion probabilities (B, K), insertion probabilities (B, K))."""
-    vit = as_vit(vit)
-    steps = check_int(steps, "steps", low=1)
-    if not isinstance(images, torch.Tensor) or images.dim() != 4:
-        raise CaptumSiftError(f"expected images of shape (B, C, H, W), got {shape_of(images)}")
-    batch = images.shape[0]
-    grid = vit.grid(images)
-    n = grid[0] * grid[1]
-    if not isinstance(scores, torch.Tensor) or tuple(scores.shape) != (batch, n):
-        raise CaptumSiftError(f"expected scores of shape ({batch}, {n}) (one per patch of the {grid[0]} x {grid[1]} "
-                              f"grid), got {shape_of(scores)}")  # fmt: skip
-    if scores.is_complex() or not all_finite(scores.detach().double()):
-        bad = int((~torch.isfinite(scores)).sum()) if not scores.is_complex() else scores.numel()
-        raise CaptumSiftError(f"expected finite real scores, got {bad} NaN, Inf or complex values of {scores.numel()}")
-    targets = check_classes(targets, batch, "targets")
-    order = torch.sort(scores.detach(), dim=1, descending=True, stable=True).indices
-    points = sorted({round(n * i / steps) for i in range(steps + 1)})
-    deletion, insertion = [], []
-    with torch.no_grad(), eval_mode(vit.model):
-        for k in points:
-            top = torch.zeros(batch, n, dtype=torch.bool, device=images.device)
-            top.scatter_(1, order[:, :k].to(images.device), True)
-            masked, revealed = (
-                f"the images with the top {k} of {n} patches masked",
-                f"the images with the top {k} of {n} patches revealed",
-            )
-            deletion.append(_prob(vit, images, top, fill, targets, masked + " (deletion)"))
-            insertion.append(_prob(vit, images, ~top, fill, targets, revealed + " (insertion)"))
-    return points, torch.stack(deletion, 1), torch.stack(insertion, 1)
-
-
-def _prob(
-    vit: ViTAdapter, images: torch.Tensor, selected: torch.Tensor, fill: float | str, targets: torch.Tensor, what: str
-) -> torch.Tensor:
-    """Softmax probability of each image's target class with the ``selected`` patches masked."""
-    if isinstance(fill, str) and fill == "drop" and bool(selected.all()):
-        selected = selected.clone()
-        selected[:, 0] = False  # dropping every token leaves nothing to classify: keep one
-    logits = masked_logits(vit, images, selected, fill, what=what)
-    if targets.numel() and int(targets.max()) >= logits.shape[1]:
-        raise CaptumSiftError(f"expected targets in [0, {logits.shape[1]}) (the model's classes), "
-                              f"got {int(targets.max())}")  # fmt: skip
-    return logits.softmax(dim=1).gather(1, targets.view(-1, 1).to(logits.device)).squeeze(1).double().cpu()
-
-
-def _auc(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    return ((y[:, 1:] + y[:, :-1]) / 2 * (x[1:] - x[:-1])).sum(dim=1)
 
 
 @dataclass
@@ -338,10 +97,13 @@ class ComparisonTable:
                          "forwards_per_image": statistics.median(s / f for s, _, f in batches)}
                 for method, batches in self.timing.items() if batches}  # fmt: skip
 
-    def merge(self, other: ComparisonTable) -> ComparisonTable:
-        """Both tables' images in one (per-image values concatenated, curves added, batch timings listed)."""
+    def merge(self, *others: ComparisonTable) -> ComparisonTable:
+        """One table of every table's images: per-image values concatenated, curves added, timed rounds listed."""
+        for other in others:
+            if not isinstance(other, ComparisonTable):
+                raise CaptumSiftError(f"expected ComparisonTables to merge, got {type(other).__name__}")
         merged = ComparisonTable()
-        for table in (self, other):
+        for table in (self, *others):
             for method, metrics in table.values.items():
                 for metric, vals in metrics.items():
                     merged.add(method, metric, vals)
@@ -352,20 +114,44 @@ class ComparisonTable:
                     merged.add_time(method, seconds, int(images), forward)
         return merged
 
-    def to_dict(self) -> dict[str, Any]:
+    def all_reduce(self, device: torch.device | str = "cpu") -> None:
+        """Every torch.distributed rank's images in this table, in rank order, in place (a no-op in one process).
+
+        Every rank must call it. The tables travel as Python objects
+        (:meth:`state_dict`), so ``device`` (the accumulator protocol's
+        argument) does not matter here.
+        """
+        parts = all_gather_objects(self.state_dict())
+        if len(parts) > 1:
+            whole = ComparisonTable().merge(*(ComparisonTable.from_dict(part) for part in parts))
+            self.values, self.curves, self.timing = whole.values, whole.curves, whole.timing
+
+    def state_dict(self) -> dict[str, Any]:
+        """JSON-ready per-image values, curve sums and timed rounds (:meth:`load_state_dict` reads it back)."""
         return {"values": self.values, "curves": self.curves, "timing": self.timing}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Replace this table's contents by a :meth:`state_dict`'s, checked; anything else is refused."""
+        try:
+            values = {m: {k: [float(v) for v in vals] for k, vals in metrics.items()}
+                      for m, metrics in state["values"].items()}  # fmt: skip
+            loaded = ComparisonTable(values=values, curves=dict(state["curves"]))
+            for method, batches in state["timing"].items():
+                for seconds, images, forward in batches:
+                    loaded.add_time(method, float(seconds), int(images), float(forward))
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise CaptumSiftError(f"expected a comparison table (ComparisonTable.state_dict): {exc!r}") from exc
+        self.values, self.curves, self.timing = loaded.values, loaded.curves, loaded.timing
+
+    def to_dict(self) -> dict[str, Any]:
+        """The :meth:`state_dict`."""
+        return self.state_dict()
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ComparisonTable:
-        try:
-            values = {m: {k: [float(v) for v in vals] for k, vals in metrics.items()}
-                      for m, metrics in data["values"].items()}  # fmt: skip
-            table = cls(values=values, curves=dict(data["curves"]))
-            for method, batches in data["timing"].items():
-                for seconds, images, forward in batches:
-                    table.add_time(method, float(seconds), int(images), float(forward))
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise CaptumSiftError(f"expected a comparison table written by ComparisonTable.to_dict: {exc!r}") from exc
+        """A new table holding a :meth:`state_dict` (:meth:`load_state_dict`)."""
+        table = cls()
+        table.load_state_dict(data)
         return table
 
     def rows(self) -> list[dict[str, Any]]:
@@ -431,7 +217,7 @@ def compare(
     """Every method on (model, images, labels): one :class:`ComparisonTable`.
 
     Metrics per image: ``deletion_auc`` / ``insertion_auc`` (patch level,
-    most relevant first, :func:`deletion_insertion`; lower / higher is
+    most relevant first, :func:`~captum_sift.faithfulness.metrics.deletion_insertion`; lower / higher is
     better; deleting the least relevant first (LeRF) keeps the patch sets of
     insertion, so its AUC equals the insertion AUC and is not repeated),
     ``faithfulness_correlation`` and
@@ -459,8 +245,6 @@ def compare(
     """
     from tqdm.auto import tqdm
 
-    from ..vit.inputs import to_model_and_pixels
-
     vit = as_vit(model, mean=mean, std=std)
     unknown = [m for m in methods if m not in METHODS]
     if unknown or not methods:
@@ -484,36 +268,35 @@ def compare(
     check_classes(labels, x.shape[0], "labels", high=classes)
     bar = tqdm(methods, desc="compare", unit="method", disable=None if progress is None else not progress)
     for method in bar:
-        explain(method, vit, x[:1], labels[:1].to(x.device), ig_steps=ig_steps)  # set-up is no per-image cost
+        explain_with(method, vit, x[:1], labels[:1].to(x.device), ig_steps=ig_steps)  # set-up: no per-image cost
         for lo in range(0, x.shape[0], batch_size):
             xb, yb = x[lo : lo + batch_size], labels[lo : lo + batch_size].to(x.device)
             logits, forward = _timed(_forward, vit, xb)
             read_logits(logits, xb.shape[0], f"the unmasked images {lo}..{lo + xb.shape[0] - 1}")
             for _ in range(max(timing_rounds, 1)):
-                attributions, seconds = _timed(explain, method, vit, xb, yb, ig_steps=ig_steps, seed=lo)
+                attributions, seconds = _timed(explain_with, method, vit, xb, yb, ig_steps=ig_steps, seed=lo)
                 if timing_rounds:
                     after = _timed(_forward, vit, xb)[1]
                     table.add_time(method, seconds, xb.shape[0], min(forward, after))
                     forward = after
             scores = patch_attribution(attributions, vit.patch_size)
             try:
-                points, del_curve, ins_curve = deletion_insertion_curves(vit, xb, yb, scores, steps=steps, fill=fill)
+                measured = measure_deletion_insertion(vit, xb, yb, scores, steps=steps, fill=fill)
             except CaptumSiftError as exc:
                 raise CaptumSiftError(f"method {method!r}, images {lo}..{lo + xb.shape[0] - 1}: {exc}") from exc
-            share = torch.tensor(points, dtype=torch.float64) / scores.shape[1]
-            table.add_curves(method, share.tolist(), del_curve, ins_curve)
-            table.add(method, "deletion_auc", _auc(share, del_curve).tolist())
-            table.add(method, "insertion_auc", _auc(share, ins_curve).tolist())
+            table.add_curves(method, measured.shares, measured.deletion, measured.insertion)
+            table.add(method, "deletion_auc", measured.deletion_auc.tolist())
+            table.add(method, "insertion_auc", measured.insertion_auc.tolist())
             if true_patch is not None:
                 truth = true_patch[lo : lo + batch_size].to(scores.device).view(-1, 1)
                 rank = (scores > scores.gather(1, truth)).sum(dim=1)
                 table.add(method, "true_patch_rank", rank.tolist())
                 if quantus_metrics:
-                    table.add(method, "pointing_game", _pointing_game(vit, xb, yb, attributions, truth.flatten()))
+                    table.add(method, "pointing_game", pointing_game(vit, xb, yb, attributions, truth.flatten()))
                 else:
                     table.add(method, "pointing_game", (rank == 0).double().tolist())
             if quantus_metrics:
-                for metric, values in _quantus(vit, method, xb, yb, attributions, ig_steps).items():
+                for metric, values in quantus_scores(vit, method, xb, yb, attributions, ig_steps).items():
                     table.add(method, metric, values)
     return table
 
@@ -534,73 +317,3 @@ def _timed(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[Any, floa
     if cuda:
         torch.cuda.synchronize()
     return out, time.perf_counter() - start
-
-
-def _pointing_game(
-    vit: ViTAdapter, x: torch.Tensor, y: torch.Tensor, attributions: torch.Tensor, truth: torch.Tensor
-) -> list[float]:
-    """Quantus's PointingGame with the true patch as the ground-truth mask: 1 where the maximum lies in it."""
-    import warnings
-
-    import quantus
-
-    from ..attr.patches import patch_scores_to_pixels
-
-    n = math.prod(vit.grid(x))
-    mask = torch.zeros(x.shape[0], n).scatter_(1, truth.cpu().view(-1, 1), 1.0)
-    s_batch = patch_scores_to_pixels(mask, (x.shape[0], 1, *x.shape[2:]), vit.patch_size).numpy()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        metric = quantus.PointingGame(disable_warnings=True)
-        hits = metric(model=_Logits(vit).eval(), x_batch=x.detach().cpu().numpy(), y_batch=y.cpu().numpy(),
-                      a_batch=attributions.detach().cpu().numpy(), s_batch=s_batch, channel_first=True,
-                      device=str(x.device))  # fmt: skip
-    return [float(h) for h in hits]
-
-
-def _quantus(
-    vit: ViTAdapter, method: str, x: torch.Tensor, y: torch.Tensor, attributions: torch.Tensor, ig_steps: int
-) -> dict[str, list[float]]:
-    """Quantus's FaithfulnessCorrelation and EfficientMPRT for one batch (numpy in, lists out)."""
-    try:
-        import quantus
-    except ImportError as exc:
-        raise CaptumSiftError(
-            "Quantus metrics need quantus: pip install quantus (from a clone of captum_sift: "
-            "pip install -c constraints.txt '.[metrics]')"
-        ) from exc
-    wrapped = _Logits(vit).eval()
-    n = math.prod(vit.grid(x))
-    xs, ys, a = x.detach().cpu().numpy(), y.cpu().numpy(), attributions.detach().cpu().numpy()
-
-    def explain_func(model: nn.Module, inputs: Any, targets: Any, **_: Any) -> Any:
-        net = model.vit if isinstance(model, _Logits) else model
-        t = torch.as_tensor(inputs, dtype=torch.float32)
-        return explain(method, as_vit(net, mean=vit.mean, std=vit.std), t, torch.as_tensor(targets),
-                       ig_steps=ig_steps).detach().cpu().numpy()  # fmt: skip
-
-    import numpy as np
-
-    numpy_state = np.random.get_state()
-    np.random.seed(0)  # Quantus draws its random subsets from numpy's global generator: same table every run
-    try:
-        return _quantus_metrics(quantus, vit, wrapped, xs, ys, a, n, explain_func, x.device)
-    finally:
-        np.random.set_state(numpy_state)
-
-
-def _quantus_metrics(
-    quantus: Any, vit: ViTAdapter, wrapped: nn.Module, xs: Any, ys: Any, a: Any, n: int, explain_func: Any, device: Any
-) -> dict[str, list[float]]:
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        faith = quantus.FaithfulnessCorrelation(nr_runs=20, subset_size=max(1, n // 4) * vit.patch_size**2,
-                                                perturb_baseline="black", return_aggregate=False,
-                                                disable_warnings=True)  # fmt: skip
-        fc = faith(model=wrapped, x_batch=xs, y_batch=ys, a_batch=a, device=str(device), channel_first=True)
-        mprt = quantus.EfficientMPRT(disable_warnings=True)
-        emprt = mprt(model=wrapped, x_batch=xs, y_batch=ys, a_batch=a, explain_func=explain_func,
-                     device=str(device), channel_first=True)  # fmt: skip
-    return {"faithfulness_correlation": [float(v) for v in fc], "mprt_complexity_change": [float(v) for v in emprt]}

@@ -8,7 +8,7 @@ import matplotlib.pyplot as plt
 import torch
 from matplotlib.figure import Figure
 
-from ..faithfulness.compare import ComparisonTable
+from ..faithfulness import ComparisonTable
 
 __all__ = ["plot_comparison_curves", "plot_method_overlays", "plot_randomisation_check"]
 

@@ -11,7 +11,7 @@ from conftest import failure_of
 from captum_sift import CaptumSiftError
 from captum_sift.attr.patches import patch_scores_to_pixels
 from captum_sift.data import default_dataset, default_model
-from captum_sift.faithfulness.compare import (
+from captum_sift.faithfulness import (
     METHODS,
     compare,
     deletion_insertion,
@@ -114,7 +114,7 @@ def test_comparison_tables_merge_and_round_trip(embedded):
     parts = compare(model, x[:2], y[:2], methods=("rollout", "random"), steps=4, quantus_metrics=False).merge(
         compare(model, x[2:], y[2:], methods=("rollout", "random"), steps=4, quantus_metrics=False)
     )
-    from captum_sift.faithfulness.compare import ComparisonTable
+    from captum_sift.faithfulness import ComparisonTable
 
     back = ComparisonTable.from_dict(parts.to_dict())
     for table in (parts, back):
@@ -265,7 +265,7 @@ def test_cost_pairs_each_method_with_the_forwards_of_its_batch(monkeypatch):
 
 
 def test_cost_is_the_median_over_rounds_of_paired_ratios():
-    from captum_sift.faithfulness.compare import ComparisonTable
+    from captum_sift.faithfulness import ComparisonTable
 
     table = ComparisonTable()
     for seconds, forward in ((0.2, 0.1), (9.0, 0.1), (0.3, 0.1)):  # one slow round (9 s) is an outlier
