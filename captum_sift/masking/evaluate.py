@@ -12,7 +12,7 @@ from .._checks import check_classes, check_int, shape_of
 from ..errors import CaptumSiftError
 from ..theta.settings import ThetaSettings
 from ..vit import ViTAdapter, as_vit, eval_mode
-from ..vit.inputs import to_model_and_pixels
+from ..vit.inputs import Batch
 from .apply import DEFAULT_MODES, check_fill, check_plan, check_seed, random_scores, select_patches
 from .logits import check_droppable, masked_logits, read_logits
 from .scores import scores_and_counts
@@ -85,13 +85,12 @@ def evaluate_batch(
     if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[0] == 0:
         raise CaptumSiftError(f"expected a batch of at least one image (B, C, H, W), got {shape_of(images)}")
     check_labels(labels, images.shape[0])  # before any work; below the model's outputs once they are known
-    # θ needs the analysis and the keypoints: only when a ranked mode asks for it. The analysis checks
-    # that model-space input can be normalised images; a random-only plan checks it here (accuracy needs it too).
+    # One check of the batch: model-space input that no normalised image gives is refused, and the pixels
+    # are kept for the keypoints when a ranked mode needs θ (the random mode needs no analysis).
     ranked = bool(set(modes) - {"random"})
-    scores, counts = scores_and_counts(vit, images, None, settings, image_space) if ranked else (None, None)
-    check = image_space == "model" and not ranked
-    model_input, _ = to_model_and_pixels(vit, images, image_space, need_pixels=check)
-    grid = vit.grid(images)
+    batch = Batch.build(vit, images, image_space, need_pixels=ranked or image_space == "model")
+    scores, counts = scores_and_counts(vit, batch, None, settings, image_space) if ranked else (None, None)
+    model_input, grid = batch.model_input, batch.grid
     # the draws of random_selection, once for all ratios
     noise = random_scores(indices, grid[0] * grid[1], seed).to(images.device) if "random" in modes else None
     with torch.no_grad():

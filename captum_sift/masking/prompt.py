@@ -12,7 +12,7 @@ from .._checks import check_image_space
 from ..errors import CaptumSiftError
 from ..theta.settings import ThetaSettings
 from ..vit.adapter import ViTAdapter, as_vit
-from ..vit.inputs import to_model_and_pixels
+from ..vit.inputs import Batch
 from .apply import check_fill, check_image_ids, check_plan, check_seed, random_selection, select_patches
 from .logits import check_droppable, masked_logits
 from .scores import scores_and_counts
@@ -110,11 +110,18 @@ class MaskAsPrompt(nn.Module):
         self, images: torch.Tensor, keypoint_counts: torch.Tensor | None = None, image_ids: object = None
     ) -> torch.Tensor:
         """The patches :meth:`forward` masks, (B, N) bool (``images_seen`` is not advanced)."""
-        grid = self.vit.grid(images)
+        return self._select(self._batch(images, keypoint_counts), keypoint_counts, image_ids)
+
+    def _batch(self, images: torch.Tensor, keypoint_counts: torch.Tensor | None) -> Batch:
+        """The images checked once: pixels kept where θ needs keypoints counted, or for the model-space guard."""
+        counting = self.mode != "random" and keypoint_counts is None
+        return Batch.build(self.vit, images, self.image_space, need_pixels=counting or self.image_space == "model")
+
+    def _select(self, batch: Batch, keypoint_counts: torch.Tensor | None, image_ids: object) -> torch.Tensor:
         if self.mode == "random":
-            ids = self._image_ids(images, image_ids)
-            return random_selection(ids, grid[0] * grid[1], self.ratio, self.seed, images.device)
-        scores, counts = scores_and_counts(self.vit, images, keypoint_counts, self.settings, self.image_space)
+            ids = self._image_ids(batch.model_input, image_ids)
+            return random_selection(ids, batch.num_patches, self.ratio, self.seed, batch.model_input.device)
+        scores, counts = scores_and_counts(self.vit, batch, keypoint_counts, self.settings, self.image_space)
         return select_patches(scores, self.ratio, self.mode, keypoint_counts=counts,
                               min_keypoints=self.settings.min_keypoints, threshold=self.threshold)  # fmt: skip
 
@@ -126,11 +133,12 @@ class MaskAsPrompt(nn.Module):
         ``image_ids`` (B,): the images' indices in the data set, for the
         random mode; None numbers them on from ``images_seen``.
         """
-        # The shared input checks (model-space images that cannot be normalised ones are refused) ...
-        checked, _ = to_model_and_pixels(self.vit, images, self.image_space, need_pixels=self.image_space == "model")
+        # The input checked once (model-space images that cannot be normalised ones are refused) ...
+        batch = self._batch(images, keypoint_counts)
+        checked = batch.model_input
         if checked.shape[0] == 0:
             raise CaptumSiftError(f"expected at least one image, got shape {tuple(images.shape)}")
-        selected = self.select(images, keypoint_counts, image_ids)
+        selected = self._select(batch, keypoint_counts, image_ids)
         # ... and the model input built from the caller's tensor, so that its autograd graph is kept.
         model_input = images if self.image_space == "model" or not images.requires_grad else None
         if model_input is None:

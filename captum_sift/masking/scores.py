@@ -10,7 +10,7 @@ from torch import nn
 
 from ..theta.analysis import patch_thetas
 from ..theta.settings import ThetaSettings
-from ..vit.adapter import ViTAdapter, as_vit
+from ..vit import Batch, ViTAdapter, as_vit
 
 __all__ = ["patch_scores", "scores_and_counts"]
 
@@ -39,13 +39,14 @@ def patch_scores(
 
 def scores_and_counts(
     vit: ViTAdapter,
-    images: torch.Tensor,
+    images: torch.Tensor | Batch,
     keypoint_counts: torch.Tensor | None,
     settings: ThetaSettings,
     image_space: str = "model",
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(SPEC §7 scores (B, N), keypoint counts (B, N)) from one analysis."""
+    """(SPEC §7 scores (B, N), keypoint counts (B, N)) from one analysis; ``images`` may be a checked
+    :class:`~captum_sift.vit.Batch`."""
     settings.check_for(vit.depth)
     got = patch_thetas(vit, images, keypoint_counts, settings, image_space)  # type: ignore[arg-type]
-    scores = got.scores(settings.layers).to(images.device)
-    return scores, got.keypoint_counts.to(images.device)
+    device = images.model_input.device if isinstance(images, Batch) else images.device
+    return got.scores(settings.layers).to(device), got.keypoint_counts.to(device)

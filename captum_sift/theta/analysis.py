@@ -12,8 +12,8 @@ from .._checks import all_finite, check_int, shape_of
 from ..errors import CaptumSiftError
 from ..keypoints import count_keypoints
 from ..vit import ViTAdapter, as_vit, non_finite_attention
-from ..vit.inputs import to_model_and_pixels
-from .functional import check_counts, focus_index, interrelation, patch_block, theta_from_weights, theta_weights
+from ..vit.inputs import Batch
+from .functional import focus_index, interrelation, patch_block, theta_from_weights, theta_weights
 from .report import InterrelationReport
 from .settings import STAGE_NAMES, LayerChoice, ThetaSettings, resolve_layers
 from .stages import split_theta_kk
@@ -93,18 +93,9 @@ class PatchThetas(NamedTuple):
         return _patch_scores(self.patch_theta, self.layers, layers, self.kk)
 
 
-class _Batch(NamedTuple):
-    """The checked inputs of one analysis."""
-
-    model_input: torch.Tensor  # (B, C, H, W), normalised as the model expects
-    counts: torch.Tensor  # (B, N) int64 keypoint counts, on the images' device
-    grid: tuple[int, int]
-    query_index: int | None  # the checked ``query_patch``
-
-
 def analyze_batch(
     vit: ViTAdapter,
-    images: torch.Tensor,
+    images: torch.Tensor | Batch,
     keypoint_counts: torch.Tensor | None,
     settings: ThetaSettings,
     image_space: Literal["model", "pixel"] = "model",
@@ -112,20 +103,21 @@ def analyze_batch(
 ) -> InterrelationReport:
     """:func:`analyze` on an adapter and resolved settings: the full report of one batch."""
     layers = settings.layer_list(vit.depth)
-    batch = _prepare(vit, images, keypoint_counts, settings, image_space, query_patch)
-    if batch.query_index is None:
-        query = batch.counts.argmax(dim=1)  # first patch with the most keypoints
+    batch, query_index = _prepare(vit, images, keypoint_counts, settings, image_space, query_patch)
+    counts = batch.keypoint_counts
+    if query_index is None:
+        query = counts.argmax(dim=1)  # first patch with the most keypoints
     else:
-        query = torch.full((images.shape[0],), batch.query_index, device=images.device)
+        query = torch.full((counts.shape[0],), query_index, device=counts.device)
     theta, focus, query_attention = _stream(vit, batch, settings, layers, query)
-    kk, nk = _classes(theta, batch.counts, settings.min_keypoints)
+    kk, nk = _classes(theta, counts, settings.min_keypoints)
     per_image = {
         "kk": kk,
         "nk": nk,
         "focus": focus,
         "patch_theta": torch.nanmean(theta, dim=2),  # SPEC §7: mean over heads
         "query_attention": query_attention,
-        "keypoint_counts": batch.counts,
+        "keypoint_counts": counts,
         "query_patch": query,
     }
     return InterrelationReport.from_per_image(
@@ -135,7 +127,7 @@ def analyze_batch(
 
 def patch_thetas(
     vit: ViTAdapter,
-    images: torch.Tensor,
+    images: torch.Tensor | Batch,
     keypoint_counts: torch.Tensor | None,
     settings: ThetaSettings,
     image_space: Literal["model", "pixel"] = "model",
@@ -147,37 +139,46 @@ def patch_thetas(
     θ_KK is taken only when ``settings.layers`` is a stage name.
     """
     layers = settings.layer_list(vit.depth)
-    batch = _prepare(vit, images, keypoint_counts, settings, image_space, None)
+    batch, _ = _prepare(vit, images, keypoint_counts, settings, image_space, None)
+    counts = batch.keypoint_counts
     theta, _, _ = _stream(vit, batch, settings, layers, None)
-    kk = _classes(theta, batch.counts, settings.min_keypoints)[0] if isinstance(settings.layers, str) else None
-    return PatchThetas(layers, torch.nanmean(theta, dim=2), kk, batch.counts)
+    kk = _classes(theta, counts, settings.min_keypoints)[0] if isinstance(settings.layers, str) else None
+    return PatchThetas(layers, torch.nanmean(theta, dim=2), kk, counts)
 
 
 def _prepare(
     vit: ViTAdapter,
-    images: torch.Tensor,
+    images: torch.Tensor | Batch,
     keypoint_counts: torch.Tensor | None,
     settings: ThetaSettings,
     image_space: Literal["model", "pixel"],
     query_patch: int | None,
-) -> _Batch:
-    """Check the batch and the query patch; the model's input and the checked counts (counted when None)."""
-    if not isinstance(images, torch.Tensor) or images.dim() != 4:
-        raise CaptumSiftError(f"expected images of shape (B, C, H, W), got {shape_of(images)}")
-    if images.shape[0] == 0:
-        raise CaptumSiftError(f"expected at least one image, got shape {tuple(images.shape)}")
-    grid = vit.grid(images)
-    n = grid[0] * grid[1]
-    query_index = None if query_patch is None else check_int(query_patch, "query_patch", 0, n - 1)
-    model_input, pixels = to_model_and_pixels(vit, images, image_space, need_pixels=keypoint_counts is None)
-    if keypoint_counts is None:
-        keypoint_counts = count_keypoints(pixels, vit.patch_size, backend=settings.keypoint_backend)
-    counts = check_counts(keypoint_counts, images.shape[0], n).to(images.device).long()
-    return _Batch(model_input, counts, grid, query_index)
+) -> tuple[Batch, int | None]:
+    """The batch, checked once (a :class:`~captum_sift.vit.Batch` is taken as built), with its counts
+    (counted on its pixels when neither given nor held), and the checked query patch."""
+    if isinstance(images, Batch):
+        batch, grid = images, images.grid
+    else:
+        if not isinstance(images, torch.Tensor) or images.dim() != 4:
+            raise CaptumSiftError(f"expected images of shape (B, C, H, W), got {shape_of(images)}")
+        if images.shape[0] == 0:
+            raise CaptumSiftError(f"expected at least one image, got shape {tuple(images.shape)}")
+        batch, grid = None, vit.grid(images)  # the grid before the query patch and the values
+    query_index = None if query_patch is None else check_int(query_patch, "query_patch", 0, grid[0] * grid[1] - 1)
+    if batch is None:
+        batch = Batch.build(vit, images, image_space, need_pixels=keypoint_counts is None)
+    if keypoint_counts is not None:
+        return batch.with_counts(keypoint_counts), query_index
+    if batch.keypoint_counts is not None:
+        return batch, query_index
+    if batch.pixels is None:
+        raise CaptumSiftError("expected keypoint_counts, or a Batch built with its pixels to count them on")
+    counts = count_keypoints(batch.pixels, vit.patch_size, backend=settings.keypoint_backend)
+    return batch.with_counts(counts), query_index
 
 
 def _stream(
-    vit: ViTAdapter, batch: _Batch, settings: ThetaSettings, layers: list[int], query: torch.Tensor | None
+    vit: ViTAdapter, batch: Batch, settings: ThetaSettings, layers: list[int], query: torch.Tensor | None
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """θ (B, L, h, N) of the analysed layers; with ``query`` (B,) also focus (B, L, h) and query rows (B, L, N).
 
@@ -186,9 +187,10 @@ def _stream(
     of it. Only one layer's attention is alive at a time.
     """
     prefix, wanted = vit.num_prefix_tokens, set(layers)
-    weights = theta_weights(batch.counts.float(), weighted=settings.weighted, min_keypoints=settings.min_keypoints)
+    counts = batch.keypoint_counts
+    weights = theta_weights(counts.float(), weighted=settings.weighted, min_keypoints=settings.min_keypoints)
     thetas, focuses, query_rows = [], [], []
-    rows = torch.arange(batch.counts.shape[0], device=batch.counts.device)
+    rows = torch.arange(counts.shape[0], device=counts.device)
     attended = None  # S_i of every layer in turn: one buffer
 
     def measure(index: int, attn: torch.Tensor) -> None:
@@ -212,7 +214,7 @@ def _stream(
 
     # Each map is measured inside its block's forward, as the capture hands it over: read while still in
     # cache, and not kept past the block's own use of it.
-    for _ in vit.iter_attention(batch.model_input, layers[-1], unchecked=wanted, consume=measure):
+    for _ in vit.iter_attention(batch, layers[-1], unchecked=wanted, consume=measure):
         pass
     if query is None:
         return torch.stack(thetas, dim=1), None, None
