@@ -8,11 +8,11 @@ import matplotlib.pyplot as plt
 import torch
 
 from .. import viz
-from .._dist import all_gather_objects
-from ..faithfulness import ComparisonTable, compare, explain, patch_attribution
+from ..faithfulness import ComparisonTable, compare, patch_attribution
+from ..faithfulness.methods import explain_with
 from ..masking import read_logits, write_rows_csv
 from ..vit import eval_mode
-from ..vit.inputs import to_model_and_pixels
+from ..vit.inputs import Batch
 from .folder import versions, write_index, write_json
 from .options import CompareOptions
 from .runner import Job, Run, execute
@@ -31,8 +31,9 @@ def _job(run: Run) -> Job:
     fill = options.fill_value
 
     def step(images: torch.Tensor, _labels: torch.Tensor, read: list[int]) -> None:
-        targets = _predicted(run, images, f"the batch from image {read[0]} (its predicted classes)")
-        part = compare(run.vit, images, targets, options.methods, image_space="pixel", steps=options.steps,
+        batch = Batch.build(run.vit, images, "pixel")  # checked once: the targets, the methods and θ's keypoints
+        targets = _predicted(run, batch, f"the batch from image {read[0]} (its predicted classes)")
+        part = compare(run.vit, batch, targets, options.methods, image_space="pixel", steps=options.steps,
                        fill=fill, quantus_metrics=options.quantus, ig_steps=options.ig_steps,
                        batch_size=len(images), progress=False)  # fmt: skip
         total.add(part)
@@ -40,10 +41,10 @@ def _job(run: Run) -> Job:
     return Job(total, step, lambda skipped: write_compare(run, total.table, skipped), "compared")
 
 
-def _predicted(run: Run, images: torch.Tensor, what: str) -> torch.Tensor:
-    """The classes the model predicts for pixels ``images``: what each method explains."""
+def _predicted(run: Run, batch: Batch, what: str) -> torch.Tensor:
+    """The classes the model predicts for a batch: what each method explains."""
     with torch.no_grad(), eval_mode(run.vit.model):
-        logits = run.vit.logits(to_model_and_pixels(run.vit, images, "pixel")[0])
+        logits = run.vit.logits(batch.model_input)
     return read_logits(logits, logits.shape[0], what).argmax(dim=1)
 
 
@@ -54,7 +55,7 @@ class TableTotal:
         self.table = ComparisonTable()
 
     def add(self, part: ComparisonTable) -> None:
-        self.table = self.table.merge(part) if self.table.values else part
+        self.table = self.table.merge(part)
 
     @property
     def num_images(self) -> int:
@@ -62,22 +63,14 @@ class TableTotal:
         return len(first.get("deletion_auc", []))
 
     def state_dict(self) -> dict[str, Any]:
-        return {"table": self.table.to_dict()}
+        return {"table": self.table.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.table = ComparisonTable.from_dict(state["table"])
+        self.table.load_state_dict(state["table"])
 
     def all_reduce(self, device: torch.device) -> None:
         """Every rank's table merged (every rank gets the whole)."""
-        parts = all_gather_objects(self.table.to_dict())
-        if len(parts) == 1:
-            return
-        merged = ComparisonTable()
-        for part in parts:
-            other = ComparisonTable.from_dict(part)
-            if other.values:
-                merged = merged.merge(other) if merged.values else other
-        self.table = merged
+        self.table.all_reduce(device)
 
 
 def write_compare(run: Run, table: ComparisonTable, skipped: list[list[str]]) -> None:
@@ -110,12 +103,13 @@ def _draw_figures(run: Run, table: ComparisonTable) -> dict[str, str]:
         figures["sanity.png"] = "does each method's attribution change when the model's weights are randomised?"
     examples = run.first_images(4).to(run.device)
     if examples.shape[0]:
-        x, _ = to_model_and_pixels(run.vit, examples, "pixel")
-        targets = _predicted(run, examples, "the overlay images")
-        scores = {method: patch_attribution(explain(method, run.vit, x, targets, ig_steps=run.options.ig_steps),
+        batch = Batch.build(run.vit, examples, "pixel")
+        targets = _predicted(run, batch, "the overlay images")
+        scores = {method: patch_attribution(explain_with(method, run.vit, batch.model_input, targets,
+                                                         ig_steps=run.options.ig_steps, pixels=batch.pixels),
                                             run.vit.patch_size).detach().cpu()
                   for method in table.values}  # fmt: skip
-        viz.plot_method_overlays(examples, scores, run.vit.grid(x)).savefig(out / "overlays.png", dpi=90)
+        viz.plot_method_overlays(examples, scores, batch.grid).savefig(out / "overlays.png", dpi=90)
         figures["overlays.png"] = "every method's per-patch relevance on the same images (one row per method)"
     plt.close("all")
     return figures

@@ -27,7 +27,7 @@ from .._dist import all_gather_objects
 from ..errors import CaptumSiftError
 from ..masking import Z95, read_logits
 from ..vit import ViTAdapter, as_vit, eval_mode
-from ..vit.inputs import to_model_and_pixels
+from ..vit.inputs import Batch
 from .methods import DEFAULT_METHODS, METHODS, explain_with, patch_attribution
 from .metrics import measure_deletion_insertion, pointing_game, quantus_scores
 
@@ -198,7 +198,7 @@ class ComparisonTable:
 
 def compare(
     model: nn.Module | ViTAdapter,
-    images: torch.Tensor,
+    images: torch.Tensor | Batch,
     labels: torch.Tensor,
     methods: Sequence[str] = DEFAULT_METHODS,
     *,
@@ -255,11 +255,13 @@ def compare(
     ig_steps = check_int(ig_steps, "ig_steps", low=1)
     batch_size = check_int(batch_size, "batch_size", low=1)
     timing_rounds = check_int(timing_rounds, "timing_rounds", low=0)
-    if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[0] == 0:
+    size = images.model_input.shape[0] if isinstance(images, Batch) else None
+    if size is None and (not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[0] == 0):
         raise CaptumSiftError(f"expected images of shape (B, C, H, W) with B >= 1, got {shape_of(images)}")
-    labels = check_classes(labels, images.shape[0], "labels")
-    x, _ = to_model_and_pixels(vit, images, image_space, need_pixels=image_space == "model")
-    n_patches = math.prod(vit.grid(x))
+    labels = check_classes(labels, images.shape[0] if size is None else size, "labels")
+    batch = images if isinstance(images, Batch) else Batch.build(vit, images, image_space)
+    x, pixels = batch.model_input, batch.pixels
+    n_patches = batch.num_patches
     if true_patch is not None:
         true_patch = check_classes(true_patch, x.shape[0], "true_patch", high=n_patches)
     table = ComparisonTable()
@@ -274,7 +276,8 @@ def compare(
             logits, forward = _timed(_forward, vit, xb)
             read_logits(logits, xb.shape[0], f"the unmasked images {lo}..{lo + xb.shape[0] - 1}")
             for _ in range(max(timing_rounds, 1)):
-                attributions, seconds = _timed(explain_with, method, vit, xb, yb, ig_steps=ig_steps, seed=lo)
+                pb = None if pixels is None else pixels[lo : lo + batch_size]
+                attributions, seconds = _timed(explain_with, method, vit, xb, yb, ig_steps=ig_steps, seed=lo, pixels=pb)
                 if timing_rounds:
                     after = _timed(_forward, vit, xb)[1]
                     table.add_time(method, seconds, xb.shape[0], min(forward, after))

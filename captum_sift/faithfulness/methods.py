@@ -13,6 +13,7 @@ from .._checks import check_classes, check_patch_size, shape_of
 from ..attr import AttentionRollout, RawAttention, SIFTInterrelation
 from ..attr.patches import patch_feature_mask, patch_scores_to_pixels
 from ..errors import CaptumSiftError
+from ..keypoints import count_keypoints
 from ..vit import ViTAdapter, as_vit, eval_mode
 
 __all__ = ["DEFAULT_METHODS", "METHODS", "explain", "patch_attribution"]
@@ -59,9 +60,20 @@ def explain(
 
 
 def explain_with(
-    method: str, vit: ViTAdapter, images: torch.Tensor, targets: torch.Tensor, *, ig_steps: int = 16, seed: int = 0
+    method: str,
+    vit: ViTAdapter,
+    images: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    ig_steps: int = 16,
+    seed: int = 0,
+    pixels: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """:func:`explain` on an adapter (what :func:`~captum_sift.faithfulness.compare` calls for every batch)."""
+    """:func:`explain` on an adapter (what :func:`~captum_sift.faithfulness.compare` calls for every batch).
+
+    ``pixels``: the same images in [0, 1], when the caller holds them: θ counts its keypoints on them
+    (inside the call, so its cost stays in the method's time) instead of undoing the normalisation.
+    """
     if method not in METHODS:
         raise CaptumSiftError(f"expected a method among {METHODS}, got {method!r}")
     if not isinstance(images, torch.Tensor) or images.dim() != 4:
@@ -71,7 +83,13 @@ def explain_with(
         targets = check_classes(targets, images.shape[0], "targets")
         targets = check_classes(targets, images.shape[0], "targets", high=_num_classes(vit, images))
     if method == "theta":
-        return SIFTInterrelation(vit).attribute(images)
+        explainer = SIFTInterrelation(vit)
+        counts = (
+            None
+            if pixels is None
+            else count_keypoints(pixels, vit.patch_size, backend=explainer.settings.keypoint_backend)
+        )
+        return explainer.attribute(images, keypoint_counts=counts)
     if method == "rollout":
         return AttentionRollout(vit).attribute(images)
     if method == "raw_attention":
