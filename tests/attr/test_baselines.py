@@ -3,7 +3,7 @@
 import pytest
 import timm
 import torch
-from test_families import families, pixels, timm_vit  # noqa: F401 - fixtures
+from family_models import families, pixels, timm_vit  # noqa: F401 - fixtures
 
 from captum_sift import CaptumSiftError
 from captum_sift.attr import AttentionRollout, RawAttention

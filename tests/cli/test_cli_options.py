@@ -91,7 +91,10 @@ def test_pretrain_and_keypoints_options():
         (["compare", "--quick", "--steps", "6"], "it cannot go with --steps"),
         (["pretrain", "--masking", "random", "--schedule-every", "0"], "expected --schedule-every to be an int >= 1"),
         (["pretrain", "--masking", "random", "--data", "fashion-mnist-full", "--limit", "0"], "--limit to be an int"),
-        (["pretrain", "--masking", "random", "--mask-ratio", "1"], "expected mask_ratio to be a finite number > 0 and < 1, got 1.0"),
+        (
+            ["pretrain", "--masking", "random", "--mask-ratio", "1"],
+            "expected mask_ratio to be a finite number > 0 and < 1, got 1.0",
+        ),
         (["keypoints", "--img-size", "60"], "multiples of patch_size=16"),
         (["keypoints", "--img-size", "0"], "expected --img-size to be an int >= 1, got 0"),
     ],

@@ -6,7 +6,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import failure_of
+from helpers import failure_of
 
 from captum_sift.cli.main import main
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision
-from conftest import failure_of
+from helpers import failure_of
 
 from captum_sift import CaptumSiftError
 from captum_sift.attr.patches import patch_scores_to_pixels

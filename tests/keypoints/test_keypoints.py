@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import blob_image, ring_image
+from helpers import blob_image, ring_image
 
 from captum_sift import CaptumSiftError, KeypointCounter, count_keypoints, detect_keypoints, keypoints_to_counts
 from captum_sift.keypoints._pyramid import Workspace, _pad_hw, _reflect101_index, num_octaves

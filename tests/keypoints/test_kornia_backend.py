@@ -5,7 +5,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from conftest import blob_image, ring_image
+from helpers import blob_image, ring_image
 
 from captum_sift import CaptumSiftError, KeypointCounter, ThetaSettings, count_keypoints, detect_keypoints
 from captum_sift.keypoints import BACKENDS, DEFAULT_BACKEND, params

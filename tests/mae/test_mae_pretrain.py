@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import failure_of
+from helpers import failure_of
 
 from captum_sift import CaptumSiftError
 from captum_sift.cli.main import main
