@@ -13,7 +13,7 @@ from captum_sift.theta.analysis import analyze_batch, patch_scores_from_report, 
 from captum_sift.theta.report import InterrelationReport
 from captum_sift.theta.settings import ThetaSettings
 from captum_sift.theta.stages import split_stages, split_theta_kk
-from captum_sift.vit import as_vit, iter_attention
+from captum_sift.vit import Batch, as_vit, iter_attention
 
 
 @pytest.fixture(scope="module")
@@ -191,6 +191,27 @@ def test_patch_thetas_are_the_report_s_scores_without_the_report(model, pixels, 
     assert torch.equal(by_name.query_patch, torch.tensor([5, 5, 5]))
     assert torch.equal(by_name.query_attention, analyze_batch(vit, pixels[:3], counts[:3], ThetaSettings(), "pixel",
                                                               query_patch=5).query_attention)  # fmt: skip
+
+
+def test_a_batch_built_once_gives_the_numbers_of_the_images(model, pixels, counts):
+    """analyze_batch / patch_thetas take a vit.Batch as built: same report, counts counted on its pixels."""
+    vit, settings = as_vit(model), ThetaSettings()
+    from_images = analyze_batch(vit, pixels[:3], None, settings, "pixel", query_patch=5)
+    batch = Batch.build(vit, pixels[:3], "pixel")
+    from_batch = analyze_batch(vit, batch, None, settings, "pixel", query_patch=5)
+    assert torch.equal(from_batch.keypoint_counts, counts[:3].flatten(1))  # counted on the batch's pixels
+    for name in ("kk", "nk", "focus", "patch_theta", "query_attention"):
+        torch.testing.assert_close(getattr(from_batch, name), getattr(from_images, name), rtol=0, atol=0,
+                                   equal_nan=True)  # fmt: skip
+    held = patch_thetas(vit, batch.with_counts(counts[:3]), None, settings, "pixel")
+    assert torch.equal(held.patch_theta, from_images.patch_theta)
+    mean, std = vit.stats(pixels[:3])
+    without_pixels = Batch.build(vit, (pixels[:3] - mean) / std, "model", need_pixels=False)
+    assert without_pixels.pixels is None
+    with pytest.raises(CaptumSiftError, match="a Batch built with its pixels"):
+        patch_thetas(vit, without_pixels, None, settings, "model")
+    with pytest.raises(CaptumSiftError, match=r"query_patch .* <= 15, got 16"):
+        analyze_batch(vit, batch, None, settings, "pixel", query_patch=16)
 
 
 def test_bad_input_leaves_the_model_untouched(model, pixels, counts):
