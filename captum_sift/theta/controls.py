@@ -22,6 +22,7 @@ import torch
 
 from .._checks import check_int, shape_of
 from ..errors import CaptumSiftError
+from .functional import _check_attention
 
 __all__ = [
     "Excess",
@@ -60,15 +61,14 @@ def distance_classes(grid_h: int, grid_w: int, device: torch.device | None = Non
 
 
 def _check_block(attn_patch: object, grid: tuple[int, int]) -> torch.Tensor:
+    _check_attention(attn_patch, "attn_patch")
     n = grid[0] * grid[1]
-    if not isinstance(attn_patch, torch.Tensor) or attn_patch.dim() != 4 or attn_patch.shape[-2:] != (n, n):
+    if attn_patch.shape[-1] != n:  # type: ignore[union-attr]
         raise CaptumSiftError(
             f"expected attn_patch of shape (B, heads, N, N) with N = {grid[0]} x {grid[1]} = {n}, "
             f"got {shape_of(attn_patch)}"
         )
-    if not attn_patch.is_floating_point():
-        raise CaptumSiftError(f"expected floating-point attn_patch, got dtype {attn_patch.dtype}")
-    return attn_patch
+    return attn_patch  # type: ignore[return-value]
 
 
 def locality_attention(attn_patch: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
