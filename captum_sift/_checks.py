@@ -74,6 +74,25 @@ def check_int(value: object, name: str, low: int | None = None, high: int | None
     return number
 
 
+def check_index(value: object, name: str, size: int, of: str) -> int:
+    """An index into ``size`` items (blocks, heads), negative counting from the end as in Python, -> [0, size).
+
+    ``of`` names the items in the message, e.g. ``"blocks"``.
+
+    Example:
+        >>> check_index(-1, "layer", 12, "blocks")
+        11
+        >>> check_index(12, "head", 12, "heads")
+        Traceback (most recent call last):
+        ...
+        captum_sift.errors.CaptumSiftError: expected head in [-12, 12) (the model has 12 heads), got 12
+    """
+    index = as_int(value)
+    if index is None or not -size <= index < size:
+        raise CaptumSiftError(f"expected {name} in [-{size}, {size}) (the model has {size} {of}), got {value!r}")
+    return index % size
+
+
 def check_number(
     value: object,
     name: str,

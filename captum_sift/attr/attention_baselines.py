@@ -5,16 +5,19 @@ Both read the post-softmax attention the same way θ does (any model family,
 return a per-patch score spread over the patch's pixels, exactly
 ``inputs.shape``, like :class:`~captum_sift.attr.SIFTInterrelation`. They do
 not depend on the class: ``target`` is accepted and ignored.
+
+Layer and head indices are checked against the model (``[-depth, depth)``,
+``[-heads, heads)``), negative ones counting from the end as in Python.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 from torch import nn
 
-from .._checks import as_int, as_scalar
+from .._checks import as_scalar, check_index
 from ..errors import CaptumSiftError
 from ..vit.adapter import ViTAdapter
 from .patches import _PatchAttribution
@@ -68,7 +71,7 @@ def _read_patches(matrix: torch.Tensor, prefix: int, class_token: bool) -> torch
 class AttentionRollout(_PatchAttribution):
     """Attention rollout (Abnar & Zuidema 2020) as a Captum attribution, for any model family.
 
-    The product over layers of 0.5 A + 0.5 I (A: the heads fused by mean, max
+    The product over the blocks from ``start_layer`` on of 0.5 A + 0.5 I (A: the heads fused by mean, max
     or min, the weakest ``discard_ratio`` of links dropped, rows
     renormalised), streamed: one layer's attention and the (B, T, T) product
     are alive at a time. The score of a patch is the class token's row of
@@ -78,6 +81,9 @@ class AttentionRollout(_PatchAttribution):
 
     Args:
         model: a timm, torchvision or Hugging Face ViT, or an adapter.
+        start_layer: the first block taken into the product (earlier blocks
+            count as the identity; default 0, every block); negative counts
+            from the end, as for :class:`~captum_sift.attr.GradientRollout`.
         head_fusion: ``"mean"`` (default), ``"max"`` or ``"min"``.
         discard_ratio: share of the lowest links dropped per layer, in [0, 1).
         image_space, mean, std: as :class:`~captum_sift.attr.SIFTInterrelation`.
@@ -93,6 +99,7 @@ class AttentionRollout(_PatchAttribution):
         self,
         model: nn.Module | ViTAdapter,
         *,
+        start_layer: int = 0,
         head_fusion: str = "mean",
         discard_ratio: float = 0.0,
         image_space: str = "model",
@@ -106,26 +113,42 @@ class AttentionRollout(_PatchAttribution):
         if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 <= ratio < 1:
             raise CaptumSiftError(f"expected discard_ratio in [0, 1), got {discard_ratio!r}")
         self.head_fusion, self.discard_ratio = head_fusion, float(ratio)
+        self.start_layer = check_index(start_layer, "start_layer", self.vit.depth, "blocks")
 
     def patch_scores(self, images: torch.Tensor) -> torch.Tensor:
         """Rollout score of every patch, (B, N)."""
+        *_, last = self._rollouts(images)
+        return last
+
+    def patch_scores_per_layer(self, images: torch.Tensor) -> torch.Tensor:
+        """The rollout after every block from ``start_layer`` on, (B, depth - start_layer, N), in one forward.
+
+        Entry k is the product over blocks ``start_layer`` to ``start_layer + k``
+        read as :meth:`patch_scores` reads it; the last entry is
+        :meth:`patch_scores`. ``images`` as ``attribute`` takes them.
+        """
+        return torch.stack(list(self._rollouts(images)), dim=1)
+
+    def _rollouts(self, images: torch.Tensor) -> Iterator[torch.Tensor]:
+        """The patch scores (B, N) of the product after each block from ``start_layer`` on."""
         batch = self._batch(images)
         prefix, cls = self.vit.num_prefix_tokens, self.vit.class_token
         joint: torch.Tensor | None = None
 
-        def fuse(_: int, attn: torch.Tensor) -> torch.Tensor:  # inside the block: the map is in cache, then let go
-            return fuse_heads(attn.float(), self.head_fusion)
+        def fuse(index: int, attn: torch.Tensor) -> torch.Tensor | None:  # inside the block: the map is in cache
+            return None if index < self.start_layer else fuse_heads(attn.float(), self.head_fusion)
 
         for _, fused in self.vit.iter_attention(batch, consume=fuse):
+            if fused is None:  # a block before start_layer: the identity
+                continue
             step = rollout_step(fused, self.discard_ratio, keep_first=cls)
             joint = step if joint is None else step @ joint
             del fused, step
-        assert joint is not None
-        return _read_patches(joint, prefix, cls)
+            yield _read_patches(joint, prefix, cls)
 
 
 class RawAttention(_PatchAttribution):
-    """One layer's class-token attention (head mean) over the patches, as a Captum attribution.
+    """One layer's class-token attention (the head mean, or one head) over the patches, as a Captum attribution.
 
     For a model without a class token, the mean over the patch rows. Blocks
     after ``layer`` are not run.
@@ -133,6 +156,12 @@ class RawAttention(_PatchAttribution):
     Args:
         model: a timm, torchvision or Hugging Face ViT, or an adapter.
         layer: the block (negative counts from the end; default the last).
+        head: None (default: the mean over heads) or one head's index
+            (negative counts from the end). One int only: the mean over a
+            subset of heads is the mean of their single-head attributions
+            (the class-token row is linear in the map), and per-head maps of
+            every head at once are :func:`~captum_sift.theta.patch_theta_maps`'s
+            business for θ.
         image_space, mean, std: as :class:`~captum_sift.attr.SIFTInterrelation`.
     """
 
@@ -141,21 +170,21 @@ class RawAttention(_PatchAttribution):
         model: nn.Module | ViTAdapter,
         *,
         layer: int = -1,
+        head: int | None = None,
         image_space: str = "model",
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
     ) -> None:
         super().__init__(model, image_space=image_space, mean=mean, std=std)
-        index = as_int(layer)
-        if index is None or not -self.vit.depth <= index < self.vit.depth:
-            raise CaptumSiftError(f"expected layer in [-{self.vit.depth}, {self.vit.depth}), got {layer!r}")
-        self.layer = index % self.vit.depth
+        self.layer = check_index(layer, "layer", self.vit.depth, "blocks")
+        self.head = None if head is None else check_index(head, "head", self.vit.num_heads, "heads")
 
     def patch_scores(self, images: torch.Tensor) -> torch.Tensor:
-        """Head-mean class-token attention of every patch at ``layer``, (B, N)."""
+        """Class-token attention (head mean, or head ``head``) of every patch at ``layer``, (B, N)."""
         batch = self._batch(images)
         prefix = self.vit.num_prefix_tokens
         for index, attn in self.vit.iter_attention(batch, last=self.layer):
             if index == self.layer:
-                return _read_patches(attn.float().mean(dim=1), prefix, self.vit.class_token)
+                heads = attn.float().mean(dim=1) if self.head is None else attn[:, self.head].float()
+                return _read_patches(heads, prefix, self.vit.class_token)
         raise CaptumSiftError(f"the model never reached block {self.layer}")  # pragma: no cover

@@ -23,7 +23,7 @@ import torch
 from captum.log import log_usage
 from torch import nn
 
-from .._checks import as_int, check_classes
+from .._checks import as_int, check_classes, check_index
 from ..errors import CaptumSiftError
 from ..vit.adapter import ViTAdapter
 from ..vit.capture import eval_mode
@@ -85,10 +85,7 @@ class GradientRollout(_PatchAttribution):
     ) -> None:
         super().__init__(model, image_space=image_space, mean=mean, std=std)
         self.vit.check_classifier()
-        index = as_int(start_layer)
-        if index is None or not -self.vit.depth <= index < self.vit.depth:
-            raise CaptumSiftError(f"expected start_layer in [-{self.vit.depth}, {self.vit.depth}), got {start_layer!r}")
-        self.start_layer = index % self.vit.depth
+        self.start_layer = check_index(start_layer, "start_layer", self.vit.depth, "blocks")
 
     def patch_scores(self, images: torch.Tensor, target: Any = None) -> torch.Tensor:  # type: ignore[override]
         """Relevance of every patch for ``target`` (None: each image's predicted class), (B, N)."""

@@ -6,7 +6,7 @@ import torch
 from family_models import families, pixels, timm_vit  # noqa: F401 - fixtures
 
 from captum_sift import CaptumSiftError
-from captum_sift.attr import AttentionRollout, RawAttention
+from captum_sift.attr import AttentionRollout, GradientRollout, RawAttention
 from captum_sift.vit import iter_attention
 from captum_sift.vit.adapter import as_vit
 
@@ -93,3 +93,55 @@ def test_rollout_raises_on_a_non_finite_map_naming_the_block():
         model.blocks[1].attn.qkv.bias[:] = float("nan")
     with pytest.raises(CaptumSiftError, match="non-finite attention in block 1"):
         AttentionRollout(model).attribute(torch.rand(1, 3, 32, 32))
+
+
+@pytest.mark.parametrize("name", ["timm", "torchvision", "hf"])
+def test_raw_attention_of_one_head_is_that_heads_class_token_row(families, pixels, name):  # noqa: F811
+    model = families[name]
+    x = (pixels - 0.5) / 0.5
+    attns = [a for _, a in iter_attention(model, x)]
+    for layer, head in [(0, 0), (1, 3), (-1, -2)]:
+        got = RawAttention(model, layer=layer, head=head).attribute(x)[:, 0, ::8, ::8].flatten(1)
+        torch.testing.assert_close(got, attns[layer][:, head, 0, 1:], atol=1e-6, rtol=1e-5)
+    # the heads differ, so picking one is no head mean in disguise
+    assert (attns[1][:, 0, 0, 1:] - attns[1][:, 1, 0, 1:]).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("name", ["timm", "torchvision", "hf"])
+def test_rollout_from_a_start_layer_equals_the_loop_over_the_later_blocks(families, pixels, name):  # noqa: F811
+    model = families[name]
+    x = (pixels - 0.5) / 0.5
+    attns = [a for _, a in iter_attention(model, x)]
+    for start in (1, -1):
+        rollout = AttentionRollout(model, start_layer=start, head_fusion="max", discard_ratio=0.2)
+        got = rollout.attribute(x)[:, 0, ::8, ::8].flatten(1).double()
+        torch.testing.assert_close(got, loop_rollout(attns[start:], 1, True, "max", 0.2), atol=1e-5, rtol=1e-4)
+    # start_layer=0 is every block, as before; the per-layer scores are the rollout after each block
+    per_layer = AttentionRollout(model).patch_scores_per_layer(x).double()
+    assert per_layer.shape == (3, len(attns), 16)
+    for k in range(len(attns)):
+        torch.testing.assert_close(per_layer[:, k], loop_rollout(attns[: k + 1], 1, True), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(AttentionRollout(model, start_layer=0).patch_scores(x), per_layer[:, -1].float())
+    assert (per_layer[:, 0] - per_layer[:, -1]).abs().max() > 1e-4  # the blocks change the product
+
+
+def test_layers_and_heads_out_of_range_are_refused_with_one_message():
+    torch.manual_seed(0)
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, depth=2, num_heads=3)
+    for make in (lambda s: AttentionRollout(model, start_layer=s), lambda s: GradientRollout(model, start_layer=s)):
+        expected = r"expected start_layer in \[-2, 2\) \(the model has 2 blocks\), got 2"
+        with pytest.raises(CaptumSiftError, match=expected):
+            make(2)
+        with pytest.raises(CaptumSiftError, match=r"start_layer in \[-2, 2\).*got -3"):
+            make(-3)
+        with pytest.raises(CaptumSiftError, match=r"start_layer in \[-2, 2\).*got 1.0"):
+            make(1.0)
+    assert AttentionRollout(model, start_layer=-1).start_layer == 1
+    assert GradientRollout(model, start_layer=-1).start_layer == 1
+    with pytest.raises(CaptumSiftError, match=r"expected head in \[-3, 3\) \(the model has 3 heads\), got 3"):
+        RawAttention(model, head=3)
+    with pytest.raises(CaptumSiftError, match=r"head in \[-3, 3\).*got \[0, 1\]"):
+        RawAttention(model, head=[0, 1])
+    with pytest.raises(CaptumSiftError, match=r"head in \[-3, 3\).*got True"):
+        RawAttention(model, head=True)
+    assert RawAttention(model, head=-1).head == 2
