@@ -9,9 +9,11 @@ import torch
 from captum.log import log_usage
 from torch import nn
 
+from .._checks import check_index
 from ..errors import CaptumSiftError
 from ..keypoints import count_keypoints
 from ..theta.analysis import analyze_batch, patch_scores_from_report, patch_thetas
+from ..theta.maps import theta_maps
 from ..theta.settings import LayerChoice, ThetaSettings
 from ..vit.adapter import ViTAdapter
 from ..vit.inputs import Batch
@@ -75,7 +77,8 @@ class SIFTInterrelation(_PatchAttribution):
     """θ-based patch attribution of a ViT (paper §5.1, SPEC §7), as a Captum method.
 
     The attribution of every pixel is the score of its patch: θ_i (eq. 3)
-    averaged over heads and the chosen layers, the same for all channels. It
+    averaged over heads and the chosen layers (or of one ``layer`` and/or
+    one ``head``), the same for all channels. It
     measures how much the patch's attention goes to keypoint patches; it does
     not depend on the class, so ``target`` is accepted (for drop-in use in
     Captum loops) and ignored.
@@ -91,6 +94,14 @@ class SIFTInterrelation(_PatchAttribution):
             :func:`~captum_sift.theta.analysis.patch_scores_from_report`) —,
             ``gamma``, ``weighted``, ``include_self``, ``min_keypoints``,
             ``keypoint_backend``.
+        layer: None (default: the layers above) or one block, negative
+            counting from the end: ``layer=l`` is ``layers=[l]``; giving
+            both is refused.
+        head: None (default: the mean over heads) or one head's index,
+            negative counting from the end: θ_i of that head averaged over
+            the chosen layers (for a stage name, the stages are still found
+            on the head-mean θ_KK curve). ``return_report=True`` with a head
+            runs one more forward for the report.
         image_space: ``"model"`` (inputs normalised as the model expects,
             Captum's usual case) or ``"pixel"`` (inputs in [0, 1]; Captum's
             ``forward_func`` then normalises them too, for ``infidelity``).
@@ -141,6 +152,8 @@ class SIFTInterrelation(_PatchAttribution):
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
         output: str = "theta",
+        layer: int | None = None,
+        head: int | None = None,
         **options: Any,
     ) -> None:
         if output not in OUTPUTS:
@@ -148,7 +161,16 @@ class SIFTInterrelation(_PatchAttribution):
         self.output = output
         super().__init__(model, image_space=image_space, mean=mean, std=std)
         self.settings = ThetaSettings.resolve(settings, **options)
+        if layer is not None:
+            if self.settings.layers is not None:
+                raise CaptumSiftError(
+                    f"expected layer= or layers=, not both, got layer={layer!r} and layers={self.settings.layers!r}"
+                )
+            self.settings = ThetaSettings.resolve(
+                self.settings, layers=(check_index(layer, "layer", self.vit.depth, "blocks"),)
+            )
         self.settings.check_for(self.vit.depth)  # validate now, not at the first attribute()
+        self.head = None if head is None else check_index(head, "head", self.vit.num_heads, "heads")
 
     @property
     def layers(self) -> LayerChoice:
@@ -191,7 +213,14 @@ class SIFTInterrelation(_PatchAttribution):
         keypoint_counts = _expand_counts(keypoint_counts, images.detach(), repeat_counts)
         # The report (classes, focus index, query rows, sums) is only built when it is returned.
         layers = self.settings.layers
-        if return_report:
+        if self.head is not None:
+            maps = theta_maps(self.vit, images, keypoint_counts, self.settings, self.image_space)  # type: ignore[arg-type]
+            one_head = maps.patch_thetas(self.head, self.settings.min_keypoints, with_kk=isinstance(layers, str))
+            scores = one_head.scores(layers)
+            if return_report:  # the report holds no per-head θ: its own forward, with the counts just used
+                counts = maps.keypoint_counts
+                report = analyze_batch(self.vit, images, counts, self.settings, self.image_space)  # type: ignore[arg-type]
+        elif return_report:
             report = analyze_batch(self.vit, images, keypoint_counts, self.settings, self.image_space)  # type: ignore[arg-type]
             scores = patch_scores_from_report(report, layers)
         else:

@@ -11,6 +11,7 @@ from .functional import (
     theta_from_weights,
     theta_weights,
 )
+from .maps import ThetaMaps, patch_theta_maps, theta_maps
 from .report import InterrelationReport
 from .report_fields import QUANTITIES, STORED
 from .report_io import nan_to_none
@@ -46,6 +47,7 @@ __all__ = [
     "STAGE_NAMES",
     "STORED",
     "Stages",
+    "ThetaMaps",
     "ThetaSettings",
     "analyze",
     "analyze_batch",
@@ -58,6 +60,7 @@ __all__ = [
     "patch_block",
     "patch_scores_from_report",
     "patch_theta",
+    "patch_theta_maps",
     "patch_thetas",
     "position_counts",
     "resolve_layers",
@@ -66,5 +69,6 @@ __all__ = [
     "split_theta_kk",
     "spurious_patches",
     "theta_from_weights",
+    "theta_maps",
     "theta_weights",
 ]

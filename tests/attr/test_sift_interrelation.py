@@ -5,10 +5,12 @@ import timm
 import torch
 from captum.attr import FeatureAblation, visualization
 from captum.metrics import infidelity, sensitivity_max
+from family_models import families, timm_vit  # noqa: F401 - fixtures
 
 from captum_sift import CaptumSiftError, analyze, count_keypoints
 from captum_sift.attr import SIFTInterrelation
 from captum_sift.data import sample_images
+from captum_sift.theta import patch_theta_maps
 
 
 @pytest.fixture(scope="module")
@@ -165,3 +167,47 @@ def test_counts_for_fewer_images_are_refused_unless_repeat_counts(model, pixels,
 def test_not_a_vit():
     with pytest.raises(CaptumSiftError, match="Vision Transformer"):
         SIFTInterrelation(torch.nn.Linear(2, 2))
+
+
+@pytest.mark.parametrize("name", ["timm", "torchvision", "hf"])
+def test_one_layer_and_one_head_select_from_the_per_head_maps(families, name):  # noqa: F811
+    model = families[name]
+    torch.manual_seed(1)
+    x, t = torch.rand(3, 3, 32, 32) * 2 - 1, torch.randint(0, 3, (3, 16))
+    maps = patch_theta_maps(model, x, t).double()  # (B, L, H, N), checked against loops in tests/theta
+
+    def scores(**kwargs):
+        return SIFTInterrelation(model, **kwargs).attribute(x, t)[:, 0, ::8, ::8].flatten(1).double()
+
+    torch.testing.assert_close(scores(), torch.nanmean(maps, dim=(1, 2)))  # the default: every layer, head mean
+    torch.testing.assert_close(scores(layer=1), maps[:, 1].mean(1))
+    torch.testing.assert_close(scores(layer=1), scores(layers=[1]))
+    torch.testing.assert_close(scores(head=2), maps[:, :, 2].mean(1))
+    torch.testing.assert_close(scores(layer=-1, head=-1), maps[:, 2, 3])
+    torch.testing.assert_close(scores(layers=[0, 2], head=0), maps[:, [0, 2], 0].mean(1))
+    assert (maps[:, 2, 3] - maps[:, 2].mean(1)).abs().max() > 1e-3  # one head is not the head mean
+    out, report = SIFTInterrelation(model, head=1, output="centered").attribute(x, t, return_report=True)
+    torch.testing.assert_close(report.patch_theta.double(), maps.mean(2), atol=1e-6, rtol=1e-5)
+    one = maps[:, :, 1].mean(1)
+    torch.testing.assert_close(out[:, 0, ::8, ::8].flatten(1).double(), one - one.mean(1, keepdim=True))
+
+
+def test_a_head_with_a_stage_name_uses_the_head_mean_stages(model, pixels, counts):
+    from captum_sift.theta.stages import split_theta_kk
+
+    maps = patch_theta_maps(model, pixels, counts, image_space="pixel")
+    report = analyze(model, pixels, counts, image_space="pixel")
+    got = SIFTInterrelation(model, image_space="pixel", layers="capture", head=1).attribute(pixels, counts)
+    for b in range(pixels.shape[0]):
+        start, end = split_theta_kk(torch.nanmean(report.kk[b], dim=1))
+        expected = torch.nanmean(maps[b, start : end + 1, 1], dim=0)
+        torch.testing.assert_close(got[b, 0, ::16, ::16].flatten(), expected)
+
+
+def test_bad_layer_and_head_are_refused(model):
+    with pytest.raises(CaptumSiftError, match=r"expected head in \[-3, 3\) \(the model has 3 heads\), got 3"):
+        SIFTInterrelation(model, head=3)
+    with pytest.raises(CaptumSiftError, match=r"expected layer in \[-4, 4\) \(the model has 4 blocks\), got 4"):
+        SIFTInterrelation(model, layer=4)
+    with pytest.raises(CaptumSiftError, match="layer= or layers=, not both"):
+        SIFTInterrelation(model, layer=1, layers=[2])
