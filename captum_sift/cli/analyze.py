@@ -16,6 +16,7 @@ from ..theta.report import InterrelationReport
 from ..theta.report_fields import QUANTITIES, STORED
 from ..theta.stages import find_stages
 from .folder import stage_line, versions, write_index, write_json
+from .heads import draw_theta_heads, heads_layer
 from .options import AnalyzeOptions
 from .runner import Job, Run, execute
 
@@ -28,6 +29,7 @@ def run_analyze(options: AnalyzeOptions) -> None:
 
 
 def _job(run: Run) -> Job:
+    heads_layer(run)  # --heads-layer checked against the model before the first batch
     total = ReportTotal(run)
 
     def step(images: torch.Tensor, _labels: torch.Tensor, read: list[int]) -> None:
@@ -155,5 +157,6 @@ def _draw_figures(run: Run, report: InterrelationReport, stages: Any) -> dict[st
     if report.positions is not None:
         viz.plot_spurious_positions(report).figure.savefig(out / "spurious_positions.png", dpi=110)
         figures["spurious_positions.png"] = "how often each patch position is flagged spurious among its Key images"
+    figures.update(draw_theta_heads(run, report, examples))
     plt.close("all")
     return figures

@@ -24,7 +24,7 @@ OUTPUT_FILES = (
     "report.json", "per_layer_head.csv", "index.html", "keypoints.png", "interrelation.png", "focus_index.png",
     "stages.png", "heatmaps.png", "spurious.png", "spurious_positions.png", "mask_eval.csv", "mask_eval.png",
     "masked_examples.png", "compare.csv", "compare.json", "deletion.png", "insertion.png", "sanity.png",
-    "overlays.png", "counts.csv", "summary.json",
+    "overlays.png", "counts.csv", "summary.json", "theta_heads.png",
 )  # fmt: skip
 
 

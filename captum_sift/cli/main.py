@@ -139,6 +139,9 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     analyze = sub.add_parser("analyze", help="patch-interrelation analysis -> report folder")
     _add_model_data_options(analyze)
+    analyze.add_argument("--heads-layer", type=int, default=None,
+                         help="layer of theta_heads.png, θ per head of the first image (negative counts from the "
+                         "end; default: where the head-mean θ_KK peaks)")  # fmt: skip
     mask = sub.add_parser("mask-eval", help="Top/Bottom/Random masking accuracy -> table and figures")
     _add_model_data_options(mask)
     mask.add_argument("--ratios", type=float, nargs="+", default=[0.05, 0.1, 0.2, 0.3, 0.4],

@@ -196,6 +196,14 @@ class AnalyzeOptions(RunOptions):
 
     command: ClassVar[str] = "analyze"
 
+    heads_layer: int | None = None
+
+    @classmethod
+    def _own(cls, args: argparse.Namespace) -> dict[str, Any]:
+        # checked against the model's blocks once it is loaded; a figure's layer, so no part of the resume
+        # fingerprint (the figure's caption names the layer)
+        return {"heads_layer": args.heads_layer}
+
 
 @dataclass(frozen=True)
 class MaskEvalOptions(RunOptions):

@@ -273,7 +273,7 @@ NUMBERS = st.sampled_from(["0", "-1", "nan", "inf", "-inf", "1e39", str(2**64), 
 PATHS = st.sampled_from(["", " ", "/", "/dev/null", "/nonexistent/x", "a\x7fb", "-", "~", ".", "x" * 300])
 CACHE_PATHS = st.sampled_from(["", " ", "/dev/null", "a\x7fb", "-", ".", "x" * 300])
 OPTIONS = {
-    "analyze": ["--limit", "--img-size", "--batch-size", "--gamma", "--mean", "--std", "--save-every"],
+    "analyze": ["--limit", "--img-size", "--batch-size", "--gamma", "--mean", "--std", "--save-every", "--heads-layer"],
     "mask-eval": ["--limit", "--ratios", "--fill", "--seed", "--batch-size", "--img-size"],
     "compare": ["--limit", "--fill", "--img-size", "--batch-size"],
     "keypoints": ["--img-size", "--patch-size"],
