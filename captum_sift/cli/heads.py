@@ -41,4 +41,4 @@ def draw_theta_heads(run: Run, report: InterrelationReport, examples: torch.Tens
     fig = plot_theta_heads(examples[0], theta[0, 0].cpu(), grid, layer=layer)
     fig.savefig(run.out / "theta_heads.png", dpi=100)
     how = "--heads-layer" if run.options.heads_layer is not None else "where the head-mean θ_KK peaks"  # type: ignore[attr-defined]
-    return {"theta_heads.png": f"θ_i of every head at layer {layer} ({how}), first image; blank: θ undefined"}
+    return {"theta_heads.png": f"θ_i of every head at layer {layer} ({how}), first image; hatched: θ undefined"}

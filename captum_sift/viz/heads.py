@@ -30,7 +30,7 @@ def plot_theta_heads(
     """One image's θ_i per head for one layer: a grid of heat maps over the image, one scale for all heads.
 
     Patches where θ is undefined (NaN: S_i empty, gamma > 1) are drawn
-    transparent — the image shows through, "no value" — never as 0. The
+    transparent and hatched — "no value", the image shows through — never as 0. The
     colour scale runs from the smallest to the largest defined θ of the
     figure (θ sits in a narrow band), the same for every head, with a colour bar.
 
@@ -81,12 +81,18 @@ def plot_theta_heads(
                               vmin=low, vmax=high)  # fmt: skip
         else:
             shown = ax.imshow(heat, cmap=cmap, interpolation="nearest", vmin=low, vmax=high)
+        h, w = pixels.shape[-2:] if pixels is not None else (gh, gw)
+        x0, y0 = (0.0, 0.0) if pixels is not None else (-0.5, -0.5)
+        for flat in torch.nonzero(torch.isnan(row)).flatten().tolist():  # "no value": hatched, never a colour
+            py, px = divmod(flat, gw)
+            ax.add_patch(plt.Rectangle((x0 + px * w / gw, y0 + py * h / gh), w / gw, h / gh, fill=False,
+                                       hatch="///", ec="0.3", lw=0))  # fmt: skip
         ax.set_title(f"head {head}", fontsize=8)
         ax.set_xticks([])
         ax.set_yticks([])
     missing = int(torch.isnan(values).sum())
     where = f"layer {layer}" if layer is not None else "one layer"
-    note = f"; {missing} blank patch(es): θ undefined (S_i empty)" if missing else ""
+    note = f"; {missing} hatched patch(es): θ undefined (S_i empty)" if missing else ""
     fig.suptitle(f"θ_i per head, {where}{note}", fontsize=9)
     fig.tight_layout()
     if shown is not None:

@@ -1,4 +1,4 @@
-"""plot_theta_heads: one panel per head, θ over the image, NaN left blank (never drawn as 0)."""
+"""plot_theta_heads: one panel per head, θ over the image, NaN hatched (never drawn as 0)."""
 
 import math
 
@@ -36,7 +36,9 @@ def test_every_head_is_a_panel_of_its_theta_with_nan_blank():
         assert heat.get_clim() == pytest.approx((0.0, 0.9))  # one scale: the figure's least and greatest θ
     assert bool(panels[0].get_images()[1].get_array().mask[1, 0])  # the NaN patch is masked, not 0
     assert heat.cmap.get_bad()[3] == 0.0  # and masked patches are transparent: the image shows through
-    assert "layer 5" in fig._suptitle.get_text() and "1 blank patch" in fig._suptitle.get_text()
+    hatched = [[(p.get_x(), p.get_y()) for p in ax.patches if p.get_hatch()] for ax in panels]
+    assert hatched == [[(0.0, 16.0)], [], []]  # the NaN patch (row 1, column 0), hatched; no other
+    assert "layer 5" in fig._suptitle.get_text() and "1 hatched patch" in fig._suptitle.get_text()
 
 
 def test_the_maps_of_a_model_layer_drawn_without_an_image():
