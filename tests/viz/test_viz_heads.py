@@ -22,7 +22,7 @@ def _close_figures():
     plt.close("all")
 
 
-def test_every_head_is_a_panel_of_its_theta_with_nan_blank():
+def test_every_head_is_a_panel_of_its_theta_with_nan_hatched():
     image = torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(0))
     theta = torch.tensor([[0.2, 0.4, math.nan, 0.6], [0.5, 0.5, 0.3, 0.9], [0.0, 0.7, 0.1, 0.35]])
     fig = plot_theta_heads(image, theta, (2, 2), layer=5, heads=[4, 0, 2], ncols=2)
