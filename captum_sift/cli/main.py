@@ -24,7 +24,7 @@ from .. import __version__
 from .._dist import finish
 from ..errors import CaptumSiftError
 from ..keypoints import DEFAULT_BACKEND
-from ..theta.settings import KEYPOINT_BACKENDS
+from ..theta.settings import CONTROL_CHOICES, KEYPOINT_BACKENDS
 from .options import (
     AnalyzeOptions,
     CompareOptions,
@@ -139,6 +139,9 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     analyze = sub.add_parser("analyze", help="patch-interrelation analysis -> report folder")
     _add_model_data_options(analyze)
+    analyze.add_argument("--controls", choices=CONTROL_CHOICES, default="fast",
+                         help="null attentions computed with θ (SPEC §9): none; fast (uniform, locality per layer, "
+                         "2 shuffled draws; default); all (locality per head, 8 draws)")  # fmt: skip
     mask = sub.add_parser("mask-eval", help="Top/Bottom/Random masking accuracy -> table and figures")
     _add_model_data_options(mask)
     mask.add_argument("--ratios", type=float, nargs="+", default=[0.05, 0.1, 0.2, 0.3, 0.4],

@@ -39,7 +39,10 @@ CONTROL_LEVELS: dict[str, tuple[tuple[str, ...], int, bool]] = {
     "all": (CONTROLS, 8, True),
 }
 #: Effect-size floor of the verdict lines: an excess below it is not called one, whatever its p-value.
-MIN_EXCESS = 0.05
+#: Random-weight ViTs (timm, torchvision, HF x 3 seeds, 40 photo crops) reach excesses of up to 0.069 over
+#: the locality control and 0.039 over the shuffled one at p < 0.01 (softmax attention favours textured,
+#: high-norm tokens even untrained); an attention pulled to Key patches beyond locality gives 0.16-0.38.
+MIN_EXCESS = 0.1
 #: Relative slack of the locality control's detection line: a flat profile attends every distance, as
 #: α_ij = 1/N does in exact arithmetic, instead of none by a float64 rounding.
 _TIE = 1e-9

@@ -22,7 +22,8 @@ GRID = 8
 def _inputs(images=5, seed=0):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(images, 3, 64, 64, generator=g)
-    counts = torch.randint(1, 4, (images, GRID * GRID), generator=g) * (torch.rand(images, GRID * GRID, generator=g) < 0.4)
+    n = GRID * GRID
+    counts = torch.randint(1, 4, (images, n), generator=g) * (torch.rand(images, n, generator=g) < 0.4)
     return x, counts
 
 
@@ -120,7 +121,8 @@ def test_state_dict_dict_and_csv_keep_the_controls(tmp_path):
     for loaded in (target, back):
         assert loaded.controls == report.controls
         for name in report.stored_names:
-            assert torch.equal(loaded.sums[name], report.sums[name]) and torch.equal(loaded.counts[name], report.counts[name])
+            assert torch.equal(loaded.sums[name], report.sums[name])
+            assert torch.equal(loaded.counts[name], report.counts[name])
         assert all(torch.equal(loaded.curves[n], report.curves[n]) for n in report.curves)
         assert loaded.control_verdicts() == report.control_verdicts()
     means = report.to_dict()["means"]
@@ -152,11 +154,11 @@ def test_the_gap_excess_is_the_per_image_gap_minus_the_controls():
 
 def test_the_verdict_floor_keeps_small_significant_excesses_silent():
     real = torch.tensor([[0.53], [0.54], [0.52], [0.53], [0.54], [0.53], [0.52], [0.54]])
-    result = excess(real, torch.full_like(real, 0.5))  # +0.03, every image above: p = 1 / 256 + resampling
+    result = excess(real, torch.full_like(real, 0.46))  # +0.07, every image above: p = 1 / 256 + resampling
     assert result.p_value.item() < 0.01
     assert excess_verdict("θ_KK", "locality", result) == "θ_KK exceeds the locality control at layers 0 (p < 0.01)"
     assert excess_verdict("θ_KK", "locality", result, min_excess=MIN_EXCESS) == (
-        "θ_KK does not exceed the locality control at any layer (p < 0.01, excess >= 0.05)"
+        "θ_KK does not exceed the locality control at any layer (p < 0.01, excess >= 0.1)"
     )
     with pytest.raises(CaptumSiftError, match="min_excess >= 0"):
         excess_verdict("θ_KK", "locality", result, min_excess=math.nan)
@@ -182,11 +184,13 @@ def photo_crops():
 @pytest.mark.parametrize("family", ["timm", "torchvision", "hf"])
 def test_random_weight_vits_get_no_exceeds_verdict_over_locality_or_shuffled(family, photo_crops):
     crops, counts = photo_crops
-    for seed in range(3):
+    for seed, level in zip(range(3), ("all", "fast", "all"), strict=True):
         vit = as_vit(_random_vit(family, seed, 64, 8).eval())
-        report = analyze(vit, crops, counts, controls="all", image_space="pixel")
+        report = analyze(vit, crops, counts, controls=level, image_space="pixel")
+        # without the floor, some layers pass at p < 0.01 with excesses of 0.02-0.07: the floor's reason
+        assert max(report.control_excess(c).mean.max().item() for c in ("locality", "shuffled")) < MIN_EXCESS
         verdicts = report.control_verdicts()
         for control in ("locality", "shuffled"):
             assert verdicts[control] == (
-                f"θ_KK does not exceed the {control} control at any layer (p < 0.01, excess >= 0.05)"
+                f"θ_KK does not exceed the {control} control at any layer (p < 0.01, excess >= 0.1)"
             ), (family, seed)
