@@ -57,9 +57,12 @@ def analyze(
             are refused and a suspiciously narrow batch warns, see
             :func:`check_model_space`.
         settings: a :class:`~captum_sift.ThetaSettings` (gamma, weighted,
-            include_self, min_keypoints, layers, keypoint_backend); its
-            fields may also be given as keyword ``options``, which replace
-            them. A stage name as ``layers`` analyses every block.
+            include_self, min_keypoints, layers, keypoint_backend, controls);
+            its fields may also be given as keyword ``options``, which replace
+            them. A stage name as ``layers`` analyses every block. ``controls=
+            "fast"`` or ``"all"`` measures the SPEC §9 null attentions in the
+            same pass (:mod:`~captum_sift.theta.control_theta`; the report's
+            :meth:`~InterrelationReport.control_verdicts`).
         image_space: ``"model"`` or ``"pixel"``, see ``images``.
         mean, std: the model's input statistics per channel (default: the
             adapter's, see :func:`~captum_sift.vit.adapter.as_vit`): sequences,
