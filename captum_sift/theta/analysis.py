@@ -128,7 +128,7 @@ def analyze_batch(
         weights = theta_weights(counts.float(), weighted=settings.weighted, min_keypoints=settings.min_keypoints)
         own = torch.arange(counts.shape[0]) if ids is None else ids
         controls = ControlPass(counts, batch.grid, weights, settings, own)
-    theta, focus, query_attention, control_classes = _stream(vit, batch, settings, layers, query, controls)
+    theta, focus, query_attention = _stream(vit, batch, settings, layers, query, controls)
     kk, nk = _classes(theta, counts, settings.min_keypoints)
     per_image = {
         "kk": kk,
@@ -141,7 +141,7 @@ def analyze_batch(
     }
     report = InterrelationReport.from_per_image(
         layers=layers, grid_size=batch.grid, settings=_report_settings(vit, settings), per_image=per_image,
-        controls=control_classes,
+        controls=None if controls is None else controls.classes(),
     )  # fmt: skip
     return report if ids is None else report.with_image_index(ids)
 
@@ -162,7 +162,7 @@ def patch_thetas(
     layers = settings.layer_list(vit.depth)
     batch, _ = _prepare(vit, images, keypoint_counts, settings, image_space, None)
     counts = batch.keypoint_counts
-    theta, *_ = _stream(vit, batch, settings, layers, None, None)
+    theta, _, _ = _stream(vit, batch, settings, layers, None)
     kk = _classes(theta, counts, settings.min_keypoints)[0] if isinstance(settings.layers, str) else None
     return PatchThetas(layers, torch.nanmean(theta, dim=2), kk, counts)
 
@@ -204,10 +204,10 @@ def _stream(
     settings: ThetaSettings,
     layers: list[int],
     query: torch.Tensor | None,
-    controls: ControlPass | None,
-) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, dict[str, torch.Tensor] | None]:
+    controls: ControlPass | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """θ (B, L, h, N) of the analysed layers; with ``query`` (B,) also focus (B, L, h) and query rows (B, L, N);
-    with ``controls``, {"kk_<control>", "nk_<control>": (B, L, h)}.
+    ``controls`` measure each analysed map too (their :meth:`~ControlPass.classes` afterwards).
 
     Each map is measured inside its block's forward, as the capture hands it
     over: read while still in cache, and not kept past the block's own use
@@ -218,7 +218,7 @@ def _stream(
     weights = theta_weights(counts.float(), weighted=settings.weighted, min_keypoints=settings.min_keypoints)
     if controls is not None:
         weights = controls.weights(weights)
-    thetas, focuses, query_rows, control_layers = [], [], [], []
+    thetas, focuses, query_rows = [], [], []
     rows = torch.arange(counts.shape[0], device=counts.device)
     attended = None  # S_i of every layer in turn: one buffer
 
@@ -239,7 +239,7 @@ def _stream(
         sums = _attended_sums(attn_patch, weights, settings.gamma, settings.include_self, line, attended)
         thetas.append(sums[..., 0] / sums[..., 1])  # (B, h, N): eq. 3, 0 / 0 = NaN where S_i is empty
         if controls is not None:
-            control_layers.append(controls.layer(sums, profile))
+            controls.add_layer(sums, profile)
         if query is not None:
             focuses.append(focus_index(attn_patch))
             query_rows.append(attn_patch[rows, :, query].mean(dim=1))
@@ -248,16 +248,9 @@ def _stream(
     # cache, and not kept past the block's own use of it.
     for _ in vit.iter_attention(batch, layers[-1], unchecked=wanted, consume=measure):
         pass
-    classes = None
-    if controls is not None:
-        classes = {
-            f"{q}_{name}": torch.stack([layer[name][i] for layer in control_layers], dim=1)
-            for name in controls.names
-            for i, q in enumerate(("kk", "nk"))
-        }
     if query is None:
-        return torch.stack(thetas, dim=1), None, None, classes
-    return torch.stack(thetas, dim=1), torch.stack(focuses, dim=1), torch.stack(query_rows, dim=1), classes
+        return torch.stack(thetas, dim=1), None, None
+    return torch.stack(thetas, dim=1), torch.stack(focuses, dim=1), torch.stack(query_rows, dim=1)
 
 
 def _classes(theta: torch.Tensor, counts: torch.Tensor, min_keypoints: int) -> tuple[torch.Tensor, torch.Tensor]:

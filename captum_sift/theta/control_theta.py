@@ -60,7 +60,8 @@ def _distance_layout(grid: tuple[int, int], device: torch.device) -> tuple[torch
 
 
 class ControlPass:
-    """The controls' θ_KK and θ_NK for one batch: set up once from its counts, then :meth:`layer` per map."""
+    """The controls' θ_KK and θ_NK for one batch: set up once from its counts, then per map :meth:`profile`
+    (before the map's S_i overwrites the scratch buffer) and :meth:`add_layer`; :meth:`classes` at the end."""
 
     def __init__(
         self,
@@ -71,6 +72,7 @@ class ControlPass:
         image_ids: torch.Tensor,
     ) -> None:
         self.names, self.draws, self.per_head = CONTROL_LEVELS[settings.controls]
+        self.layers: list[dict[str, tuple[torch.Tensor, torch.Tensor]]] = []  # what add_layer measured
         self.counts, self.gamma, self.min_keypoints = counts, settings.gamma, settings.min_keypoints
         self.include_self = settings.include_self
         batch, n = counts.shape
@@ -112,6 +114,18 @@ class ControlPass:
         total = rows.new_zeros(*rows.shape[:2], self.pairs.numel())
         total.index_add_(-1, self.flat, rows.view(*rows.shape[:2], n * n))
         return total.double() / (n * self.pairs * (1 if self.per_head else heads))
+
+    def add_layer(self, sums: torch.Tensor, profile: torch.Tensor | None) -> None:
+        """Measure one layer (:meth:`layer`) and keep it for :meth:`classes`."""
+        self.layers.append(self.layer(sums, profile))
+
+    def classes(self) -> dict[str, torch.Tensor]:
+        """{"kk_<control>", "nk_<control>": (B, L, h)} of every layer added, in order."""
+        return {
+            f"{q}_{name}": torch.stack([layer[name][i] for layer in self.layers], dim=1)
+            for name in self.names
+            for i, q in enumerate(("kk", "nk"))
+        }
 
     def layer(self, sums: torch.Tensor, profile: torch.Tensor | None) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """{control: (θ_KK, θ_NK)} of one layer, each (B, h); ``sums``: the product with :meth:`weights`."""
