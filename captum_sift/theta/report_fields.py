@@ -62,6 +62,10 @@ def validate_report(report: Any) -> None:
     if set(report.sums) != set(stored) or set(report.counts) != set(stored):
         raise CaptumSiftError(f"expected sums and counts of {list(stored)}, got {sorted(report.sums)} and "
                               f"{sorted(report.counts)}")  # fmt: skip
+    paired = {f"{q}_{c}" for c in report.controls for q in ("kk", "nk")}
+    if set(stored[len(STORED) :]) != paired:
+        raise CaptumSiftError(f"expected each control's sums of both 'kk_<control>' and 'nk_<control>', got "
+                              f"{list(stored[len(STORED) :])}")  # fmt: skip
     for name in stored:
         _check_stored(report, name, high[name])
     _check_per_image(report, high)

@@ -138,6 +138,11 @@ def test_state_dict_dict_and_csv_keep_the_controls(tmp_path):
     damaged["curves"].pop("nk_locality")
     with pytest.raises(CaptumSiftError, match="expected curves"):
         InterrelationReport.from_dict(damaged)
+    half = report.to_dict()
+    for part in ("sums", "counts"):
+        half[part].pop("nk_uniform")
+    with pytest.raises(CaptumSiftError, match="both 'kk_<control>' and 'nk_<control>', got"):
+        InterrelationReport.from_dict(half)
 
 
 def test_the_gap_excess_is_the_per_image_gap_minus_the_controls():
