@@ -16,7 +16,11 @@ counts given, CPU):
   (without it the same figure swung between -7 and +150 MiB from run to run;
   with it, runs agree to 0.1 MiB).
 
-Usage: python benchmarks/analysis.py [--quick] [--models NAME ...] [--batch 8]
+* the cost of the SPEC §9 controls computed in the same pass (``controls="fast"`` and ``"all"``): each
+  as a ratio to ``analyze`` without controls and to a plain forward, batch 1 and 8, 1 and 2 threads,
+  median of per-round ratios over interleaved rounds (target: fast <= 1.3 x analyze).
+
+Usage: python benchmarks/analysis.py [--quick] [--models NAME ...] [--batch 8] [--controls-only]
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ import sys
 
 import timm
 import torch
-from _timing import best_time
+from _timing import best_time, interleaved
 
 from captum_sift import analyze
 
@@ -78,6 +82,32 @@ def family_ratios(quick: bool, batch: int, repeats: int) -> None:
         t_analysis = best_time(lambda vit=vit, x=x, counts=counts: analyze(vit, x, counts), repeats)
         print(f"RATIO analysis / forward time [family {family}, ViT-B/16 layout, batch {batch}x{size}px]: "
               f"{t_analysis / t_forward:.2f}  (forward {t_forward:.3f} s, analysis {t_analysis:.3f} s)")  # fmt: skip
+
+
+def controls_ratios(name: str, img: int, rounds: int) -> None:
+    """analyze with controls "fast" and "all" / analyze without controls, and / a plain forward."""
+    model = build(name, img)
+    grid = img // model.patch_embed.patch_size[0]
+    threads = torch.get_num_threads()
+    for num_threads in (1, 2):
+        torch.set_num_threads(num_threads)
+        for batch in (1, 8):
+            x, counts = inputs(batch, img, grid)
+
+            def forward(x=x):
+                with torch.no_grad():
+                    model(x)
+
+            methods = {"forward": forward}
+            for level in ("none", "fast", "all"):
+                methods[level] = lambda x=x, c=counts, level=level: analyze(model, x, c, controls=level)
+            best, to_forward = interleaved(methods, rounds, "forward")
+            _, to_none = interleaved({k: methods[k] for k in ("none", "fast", "all")}, rounds, "none")
+            print(f"CONTROLS [{name}, batch {batch}x{img}px, {num_threads} thr]: "
+                  f"fast / analyze {to_none['fast']:.2f}, all / analyze {to_none['all']:.2f} (target fast <= 1.3); "
+                  f"/ forward: analyze {to_forward['none']:.2f}, fast {to_forward['fast']:.2f}, "
+                  f"all {to_forward['all']:.2f} (forward {best['forward']:.3f} s)")  # fmt: skip
+    torch.set_num_threads(threads)
 
 
 def inputs(batch: int, img: int, grid: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -134,6 +164,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--img", type=int, default=224)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--controls-only", action="store_true", help="only the cost of the controls")
     parser.add_argument("--child", choices=("forward", "analysis"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -142,6 +173,9 @@ def main() -> None:
     if args.quick:
         args.models, args.batch, args.img, args.repeats = ["vit_tiny_patch16_224"], 2, 64, 1
     print(f"torch {torch.__version__}, timm {timm.__version__}, {torch.get_num_threads()} threads, CPU")
+    controls_ratios(args.models[0], args.img, args.repeats + 2)
+    if args.controls_only:
+        return
     family_ratios(args.quick, args.batch, args.repeats)
     for name in args.models:
         model = build(name, args.img)

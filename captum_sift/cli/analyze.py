@@ -13,8 +13,9 @@ from ..errors import CaptumSiftError
 from ..keypoints import detect_keypoints
 from ..theta.analysis import analyze, patch_scores_from_report
 from ..theta.report import InterrelationReport
-from ..theta.report_fields import QUANTITIES, STORED
+from ..theta.report_fields import CONTROL_STORED, QUANTITIES, STORED
 from ..theta.stages import find_stages
+from .control_lines import control_section
 from .folder import stage_line, versions, write_index, write_json
 from .heads import draw_theta_heads, heads_layer
 from .options import AnalyzeOptions
@@ -33,8 +34,9 @@ def _job(run: Run) -> Job:
     total = ReportTotal(run)
 
     def step(images: torch.Tensor, _labels: torch.Tensor, read: list[int]) -> None:
-        part = analyze(run.vit, images, settings=run.options.theta, image_space="pixel").without_per_image()
-        total.add(part.with_image_index(read))  # the stage bootstrap takes the images in data-set order
+        # the data-set index orders the images for the bootstraps and seeds the shuffled control's draws
+        part = analyze(run.vit, images, settings=run.options.analysis, image_space="pixel", image_index=read)
+        total.add(part.without_per_image())
 
     return Job(total, step, lambda skipped: write_analysis(run, total.report, skipped), "analysed")
 
@@ -88,11 +90,13 @@ def empty_report(run: Run) -> InterrelationReport:
     """A report of no image with this run's layers, heads and grid (zero sums and counts)."""
     shape = (run.vit.depth, run.vit.num_heads)
     side = run.source.size // run.vit.patch_size
+    controls = CONTROL_STORED if run.options.controls != "none" else ()
+    stored = STORED + controls
     return InterrelationReport(
         layers=list(range(run.vit.depth)), num_heads=shape[1], grid_size=(side, side), settings={}, num_images=0,
-        sums={n: torch.zeros(shape, dtype=torch.float64) for n in STORED},
-        counts={n: torch.zeros(shape, dtype=torch.long) for n in STORED},
-        curves={n: torch.zeros(0, shape[0]) for n in ("kk", "focus")},
+        sums={n: torch.zeros(shape, dtype=torch.float64) for n in stored},
+        counts={n: torch.zeros(shape, dtype=torch.long) for n in stored},
+        curves={n: torch.zeros(0, shape[0]) for n in ("kk", "focus", *(("nk", *controls) if controls else ()))},
         positions={n: torch.zeros(side * side, dtype=torch.long) for n in ("key", "spurious")},
     )  # fmt: skip
 
@@ -112,7 +116,7 @@ def write_analysis(run: Run, report: InterrelationReport, skipped: list[list[str
         "means": data["means"], "image_counts": {n: report.image_count(n).tolist() for n in ("kk", "nk", "focus")},
         "layer_means": {n: report.layer_mean(n).tolist() for n in QUANTITIES},
         "sums": data["sums"], "counts": data["counts"], "curves": data.get("curves"), "stages": stage_info,
-        "skipped_files": skipped,
+        "controls": control_section(report), "skipped_files": skipped,
         "data_files": "report.json, per_layer_head.csv",
         "warnings": run.all_warnings(),
         "spurious_positions": (
@@ -125,6 +129,8 @@ def write_analysis(run: Run, report: InterrelationReport, skipped: list[list[str
     report.save_csv(out / "per_layer_head.csv")
     write_index(out, "captum-sift analyze", document, figures)
     print(f"analysed {report.num_images} images; {stage_line(stage_info)}; wrote {out}/index.html")
+    for line in (document["controls"] or {}).get("verdicts", []):
+        print(line)
 
 
 def _draw_figures(run: Run, report: InterrelationReport, stages: Any) -> dict[str, str]:

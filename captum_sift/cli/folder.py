@@ -16,6 +16,7 @@ import torchvision
 from .. import __version__
 from .._io import write_text_atomic
 from ..theta.report_io import nan_to_none
+from .control_lines import CONTROLS_EXPLAINED
 
 __all__ = ["OUTPUT_FILES", "clear_outputs", "stage_line", "versions", "write_index", "write_json"]
 
@@ -79,6 +80,10 @@ def _summary(document: dict[str, Any]) -> str:
         summary += f"<p{style}>{html.escape(stage_line(st))}.</p><p>{html.escape(st['rule'])}</p>"
     elif "stages" in document:
         summary += f"<p>No stages: {html.escape(document['stages']['error'])}</p>"
+    controls = document.get("controls")
+    if controls:
+        lines = "".join(f"<li>{html.escape(line)}</li>" for line in controls["verdicts"])
+        summary += f"<h2>Controls</h2><p>{html.escape(CONTROLS_EXPLAINED)}</p><ul>{lines}</ul>"
     if "table" in document:
         summary += "<pre>" + html.escape(document["table"]) + "</pre>"
     skipped = document.get("skipped_files") or []

@@ -24,7 +24,7 @@ from .. import __version__
 from .._dist import finish
 from ..errors import CaptumSiftError
 from ..keypoints import DEFAULT_BACKEND
-from ..theta.settings import KEYPOINT_BACKENDS
+from ..theta.settings import CONTROL_CHOICES, KEYPOINT_BACKENDS
 from .options import (
     AnalyzeOptions,
     CompareOptions,
@@ -142,6 +142,9 @@ def _parser() -> argparse.ArgumentParser:
     analyze.add_argument("--heads-layer", type=int, default=None,
                          help="layer of theta_heads.png, θ per head of the first image (negative counts from the "
                          "end; default: where the head-mean θ_KK peaks)")  # fmt: skip
+    analyze.add_argument("--controls", choices=CONTROL_CHOICES, default="fast",
+                         help="null attentions computed with θ (SPEC §9): none; fast (uniform, locality per layer, "
+                         "2 shuffled draws; default); all (locality per head, 8 draws)")  # fmt: skip
     mask = sub.add_parser("mask-eval", help="Top/Bottom/Random masking accuracy -> table and figures")
     _add_model_data_options(mask)
     mask.add_argument("--ratios", type=float, nargs="+", default=[0.05, 0.1, 0.2, 0.3, 0.4],

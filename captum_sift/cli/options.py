@@ -6,7 +6,7 @@ import argparse
 import ast
 import json
 from collections.abc import Set
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -18,7 +18,7 @@ from ..faithfulness import METHODS
 from ..mae.masking import KeyShareSchedule
 from ..mae.pretrain import MAX_PRETRAIN_SEED, PretrainConfig
 from ..masking.apply import check_plan
-from ..theta.settings import ThetaSettings
+from ..theta.settings import CONTROL_CHOICES, ThetaSettings
 
 __all__ = [
     "MAX_FILL",
@@ -192,17 +192,29 @@ class RunOptions:
 
 @dataclass(frozen=True)
 class AnalyzeOptions(RunOptions):
-    """``captum-sift analyze``."""
+    """``captum-sift analyze``: ``controls`` are the SPEC §9 controls computed with θ (``ThetaSettings.controls``)."""
 
     command: ClassVar[str] = "analyze"
 
     heads_layer: int | None = None
+    controls: str = "fast"
+
+    @property
+    def analysis(self) -> ThetaSettings:
+        """The θ settings of the data-set pass: ``theta`` with the controls."""
+        return replace(self.theta, controls=self.controls)
 
     @classmethod
     def _own(cls, args: argparse.Namespace) -> dict[str, Any]:
-        # checked against the model's blocks once it is loaded; a figure's layer, so no part of the resume
-        # fingerprint (the figure's caption names the layer)
-        return {"heads_layer": args.heads_layer}
+        controls = getattr(args, "controls", "fast")
+        if controls not in CONTROL_CHOICES:
+            raise CaptumSiftError(f"expected --controls in {CONTROL_CHOICES}, got {controls!r}")
+        # heads_layer is checked against the model's blocks once it is loaded; a figure's layer, so no part of
+        # the resume fingerprint (the figure's caption names the layer)
+        return {"heads_layer": args.heads_layer, "controls": controls}
+
+    def own_settings(self) -> dict[str, Any]:
+        return {"controls": self.controls}
 
 
 @dataclass(frozen=True)

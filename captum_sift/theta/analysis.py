@@ -13,8 +13,10 @@ from ..errors import CaptumSiftError
 from ..keypoints import count_keypoints
 from ..vit import ViTAdapter, as_vit, non_finite_attention
 from ..vit.inputs import Batch
-from .functional import focus_index, interrelation, patch_block, theta_from_weights, theta_weights
+from .control_theta import ControlPass
+from .functional import _attended_sums, focus_index, interrelation, patch_block, theta_weights
 from .report import InterrelationReport
+from .report_io import int_tensor
 from .settings import STAGE_NAMES, LayerChoice, ThetaSettings, resolve_layers
 from .stages import split_theta_kk
 
@@ -31,6 +33,7 @@ def analyze(
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
     query_patch: int | None = None,
+    image_index: Any = None,
     **options: Any,
 ) -> InterrelationReport:
     """Patch-interrelation analysis of a ViT on a batch (paper §3-4, SPEC §2-5).
@@ -54,9 +57,12 @@ def analyze(
             are refused and a suspiciously narrow batch warns, see
             :func:`check_model_space`.
         settings: a :class:`~captum_sift.ThetaSettings` (gamma, weighted,
-            include_self, min_keypoints, layers, keypoint_backend); its
-            fields may also be given as keyword ``options``, which replace
-            them. A stage name as ``layers`` analyses every block.
+            include_self, min_keypoints, layers, keypoint_backend, controls);
+            its fields may also be given as keyword ``options``, which replace
+            them. A stage name as ``layers`` analyses every block. ``controls=
+            "fast"`` or ``"all"`` measures the SPEC §9 null attentions in the
+            same pass (:mod:`~captum_sift.theta.control_theta`; the report's
+            :meth:`~InterrelationReport.control_verdicts`).
         image_space: ``"model"`` or ``"pixel"``, see ``images``.
         mean, std: the model's input statistics per channel (default: the
             adapter's, see :func:`~captum_sift.vit.adapter.as_vit`): sequences,
@@ -64,6 +70,10 @@ def analyze(
             every channel or one per channel.
         query_patch: patch whose attention row is kept for Fig. 7b (default:
             the patch with the most keypoints of each image).
+        image_index: the data-set index of each image (B,) unique ints >= 0
+            (default 0 .. B-1): seeds the shuffled control's draws per image
+            and orders the per-image curves (:meth:`InterrelationReport.with_image_index`),
+            so that a data set split over batches or processes gives the numbers of one pass.
 
     Returns:
         An :class:`InterrelationReport`.
@@ -77,7 +87,7 @@ def analyze(
     """
     vit = as_vit(model, mean=mean, std=std)
     theta_settings = ThetaSettings.resolve(settings, **options)
-    return analyze_batch(vit, images, keypoint_counts, theta_settings, image_space, query_patch)
+    return analyze_batch(vit, images, keypoint_counts, theta_settings, image_space, query_patch, image_index)
 
 
 class PatchThetas(NamedTuple):
@@ -100,6 +110,7 @@ def analyze_batch(
     settings: ThetaSettings,
     image_space: Literal["model", "pixel"] = "model",
     query_patch: int | None = None,
+    image_index: Any = None,
 ) -> InterrelationReport:
     """:func:`analyze` on an adapter and resolved settings: the full report of one batch."""
     layers = settings.layer_list(vit.depth)
@@ -109,7 +120,15 @@ def analyze_batch(
         query = counts.argmax(dim=1)  # first patch with the most keypoints
     else:
         query = torch.full((counts.shape[0],), query_index, device=counts.device)
-    theta, focus, query_attention = _stream(vit, batch, settings, layers, query)
+    ids = None if image_index is None else int_tensor(image_index, "image index")
+    if ids is not None and tuple(ids.shape) != (counts.shape[0],):
+        raise CaptumSiftError(f"expected an image index of shape ({counts.shape[0]},), got {tuple(ids.shape)}")
+    controls = None
+    if settings.controls != "none":
+        weights = theta_weights(counts.float(), weighted=settings.weighted, min_keypoints=settings.min_keypoints)
+        own = torch.arange(counts.shape[0]) if ids is None else ids
+        controls = ControlPass(counts, batch.grid, weights, settings, own)
+    theta, focus, query_attention = _stream(vit, batch, settings, layers, query, controls)
     kk, nk = _classes(theta, counts, settings.min_keypoints)
     per_image = {
         "kk": kk,
@@ -120,9 +139,11 @@ def analyze_batch(
         "keypoint_counts": counts,
         "query_patch": query,
     }
-    return InterrelationReport.from_per_image(
-        layers=layers, grid_size=batch.grid, settings=_report_settings(vit, settings), per_image=per_image
-    )
+    report = InterrelationReport.from_per_image(
+        layers=layers, grid_size=batch.grid, settings=_report_settings(vit, settings), per_image=per_image,
+        controls=None if controls is None else controls.classes(),
+    )  # fmt: skip
+    return report if ids is None else report.with_image_index(ids)
 
 
 def patch_thetas(
@@ -178,9 +199,15 @@ def _prepare(
 
 
 def _stream(
-    vit: ViTAdapter, batch: Batch, settings: ThetaSettings, layers: list[int], query: torch.Tensor | None
+    vit: ViTAdapter,
+    batch: Batch,
+    settings: ThetaSettings,
+    layers: list[int],
+    query: torch.Tensor | None,
+    controls: ControlPass | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-    """θ (B, L, h, N) of the analysed layers; with ``query`` (B,) also focus (B, L, h) and query rows (B, L, N).
+    """θ (B, L, h, N) of the analysed layers; with ``query`` (B,) also focus (B, L, h) and query rows (B, L, N);
+    ``controls`` measure each analysed map too (their :meth:`~ControlPass.classes` afterwards).
 
     Each map is measured inside its block's forward, as the capture hands it
     over: read while still in cache, and not kept past the block's own use
@@ -189,6 +216,8 @@ def _stream(
     prefix, wanted = vit.num_prefix_tokens, set(layers)
     counts = batch.keypoint_counts
     weights = theta_weights(counts.float(), weighted=settings.weighted, min_keypoints=settings.min_keypoints)
+    if controls is not None:
+        weights = controls.weights(weights)
     thetas, focuses, query_rows = [], [], []
     rows = torch.arange(counts.shape[0], device=counts.device)
     attended = None  # S_i of every layer in turn: one buffer
@@ -206,8 +235,11 @@ def _stream(
             raise non_finite_attention(index)
         if attended is None:
             attended = torch.empty(attn_patch.shape, dtype=attn_patch.dtype, device=attn_patch.device)
-        theta = theta_from_weights(attn_patch, weights, settings.gamma, settings.include_self, line, attended)
-        thetas.append(theta)  # (B, h, N)
+        profile = None if controls is None else controls.profile(attn_patch, line, attended)
+        sums = _attended_sums(attn_patch, weights, settings.gamma, settings.include_self, line, attended)
+        thetas.append(sums[..., 0] / sums[..., 1])  # (B, h, N): eq. 3, 0 / 0 = NaN where S_i is empty
+        if controls is not None:
+            controls.add_layer(sums, profile)
         if query is not None:
             focuses.append(focus_index(attn_patch))
             query_rows.append(attn_patch[rows, :, query].mean(dim=1))
@@ -237,7 +269,7 @@ def _report_settings(vit: ViTAdapter, settings: ThetaSettings) -> dict[str, Any]
         "num_prefix_tokens": vit.num_prefix_tokens,
         "model": vit.name,
         "family": vit.family,
-    }
+    } | ({"controls": settings.controls} if settings.controls != "none" else {})
 
 
 def patch_scores_from_report(report: InterrelationReport, layers: LayerChoice = None) -> torch.Tensor:

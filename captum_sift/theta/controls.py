@@ -239,19 +239,29 @@ def excess(real: torch.Tensor, control: torch.Tensor, *, resamples: int = 2000, 
 
 
 def excess_verdict(
-    quantity: str, control: str, result: Excess, layers: Sequence[int] | None = None, alpha: float = 0.01
+    quantity: str,
+    control: str,
+    result: Excess,
+    layers: Sequence[int] | None = None,
+    alpha: float = 0.01,
+    min_excess: float = 0.0,
 ) -> str:
-    """One line naming the layers where ``quantity`` exceeds ``control`` (mean > 0, interval above 0,
-    p < alpha), e.g. ``"θ_KK exceeds the locality control at layers 3-9 (p < 0.01)"``; ``layers`` are
-    the layer numbers of the L entries (default 0 .. L-1)."""
-    above = (result.mean > 0) & (result.low > 0) & (result.p_value < alpha)
+    """One line naming the layers where ``quantity`` exceeds ``control`` (mean > ``min_excess`` and > 0,
+    interval above 0, p < alpha), e.g. ``"θ_KK exceeds the locality control at layers 3-9 (p < 0.01)"``;
+    ``layers`` are the layer numbers of the L entries (default 0 .. L-1). A floor ``min_excess`` > 0 names
+    the size too: ``"... (p < 0.01, excess >= 0.05)"``."""
+    min_excess = float(min_excess)
+    if not min_excess >= 0:
+        raise CaptumSiftError(f"expected min_excess >= 0, got {min_excess!r}")
+    above = (result.mean > 0) & (result.mean >= min_excess) & (result.low > 0) & (result.p_value < alpha)
     numbers = list(range(above.numel())) if layers is None else list(layers)
     if len(numbers) != above.numel():
         raise CaptumSiftError(f"expected {above.numel()} layer numbers, got {len(numbers)}")
     layers = [numbers[i] for i, flag in enumerate(above.tolist()) if flag]
+    bar = f"p < {alpha:g}" + (f", excess >= {min_excess:g}" if min_excess > 0 else "")
     if not layers:
-        return f"{quantity} does not exceed the {control} control at any layer (p < {alpha:g})"
-    return f"{quantity} exceeds the {control} control at layers {_ranges(layers)} (p < {alpha:g})"
+        return f"{quantity} does not exceed the {control} control at any layer ({bar})"
+    return f"{quantity} exceeds the {control} control at layers {_ranges(layers)} ({bar})"
 
 
 def _ranges(values: list[int]) -> str:

@@ -143,6 +143,23 @@ def theta_from_weights(
     ``line``: the row means of ``attn_patch`` (B, h, N, 1), when already taken;
     ``out``: a contiguous (B, h, N, N) float buffer for S_i (one per batch, not one per layer).
     """
+    sums = _attended_sums(attn_patch, weights, gamma, include_self, line, out)  # (B, h, N, 2)
+    return sums[..., 0] / sums[..., 1]  # 0 / 0 = NaN where S_i is empty
+
+
+def _attended_sums(
+    attn_patch: torch.Tensor,
+    weights: torch.Tensor,
+    gamma: float,
+    include_self: bool,
+    line: torch.Tensor | None = None,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Σ_{j∈S_i} of every weight column (B, h, N, C): eqs. 2-3's sums for weights (B, 1, N, C), C = 2 per θ.
+
+    S_i depends on the attention alone, so several count sets (the shuffled control's draws) share it:
+    their weights side by side in ``weights`` cost one product.
+    """
     if line is None:
         line = attn_patch.mean(dim=-1, keepdim=True)  # (B, h, N, 1): eq. 2
     if gamma != 1:
@@ -152,8 +169,7 @@ def theta_from_weights(
     torch.ge(attn_patch, line, out=attended)
     if not include_self:
         attended.diagonal(dim1=-2, dim2=-1).zero_()
-    sums = attended @ weights  # (B, h, N, 2)
-    return sums[..., 0] / sums[..., 1]  # 0 / 0 = NaN where S_i is empty
+    return attended @ weights
 
 
 class Interrelation(NamedTuple):

@@ -11,7 +11,19 @@ import torch
 
 from .._dist import all_gather_objects, all_reduce_sum
 from ..errors import CaptumSiftError
-from .report_fields import CURVES, PER_IMAGE, POSITIONS, QUANTITIES, SOURCE, STORED, validate_report
+from .control_theta import MIN_EXCESS, control_excess, control_verdicts
+from .controls import Excess
+from .report_fields import (
+    CONTROL_STORED,
+    CURVES,
+    PER_IMAGE,
+    POSITIONS,
+    QUANTITIES,
+    SOURCE,
+    STORED,
+    control_names,
+    validate_report,
+)
 from .report_io import fields_from_csv, fields_from_dict, int_tensor, read_json, report_to_dict, write_csv, write_json
 from .spurious import position_counts
 
@@ -48,6 +60,13 @@ class InterrelationReport:
     see :func:`~captum_sift.theta.spurious.position_counts`), each (N,) int64;
     summed by :meth:`merge` and :meth:`all_reduce`.
 
+    Controls (SPEC §9, when the analysis computed them, ``ThetaSettings.controls``):
+    ``sums`` and ``counts`` also hold ``"kk_<control>"`` and ``"nk_<control>"``
+    (L, h) for each of :attr:`controls`, read by :meth:`mean` like θ_KK, and
+    ``curves`` the per-image head-mean curves of θ_NK (``"nk"``) and of each
+    control's two classes, from which :meth:`control_excess` bootstraps the
+    excess over images and :meth:`control_verdicts` gives the verdict lines.
+
     An accumulator: :meth:`merge`, :meth:`all_reduce`, :meth:`state_dict`
     and :meth:`load_state_dict` (checkpoints of a long run). The dict, JSON
     and CSV forms are in :mod:`~captum_sift.theta.report_io`, the names of
@@ -81,12 +100,18 @@ class InterrelationReport:
         grid_size: tuple[int, int],
         settings: dict[str, Any],
         per_image: dict[str, torch.Tensor],
+        controls: dict[str, torch.Tensor] | None = None,
     ) -> InterrelationReport:
-        """A report of per-image tensors (named as the fields); sums, counts, curves and positions are derived."""
+        """A report of per-image tensors (named as the fields); sums, counts, curves and positions are derived.
+
+        ``controls``: ``{"kk_<control>", "nk_<control>": (B, L, h)}`` of the controls computed.
+        """
         kk = per_image["kk"]
         sums, counts = {}, {}
-        for name in STORED:
-            values = per_image[name].double().cpu()
+        values_of = {**per_image, **(controls or {})}
+        stored = STORED + tuple(n for n in CONTROL_STORED if n in values_of)
+        for name in stored:
+            values = values_of[name].double().cpu()
             valid = ~torch.isnan(values)  # NaN (no Key or no Non-key patch) is left out, with its count
             sums[name] = torch.where(valid, values, torch.zeros_like(values)).sum(0)
             counts[name] = valid.sum(0)
@@ -100,7 +125,10 @@ class InterrelationReport:
             sums=sums,
             counts=counts,
             num_images=int(kk.shape[0]),
-            curves={name: torch.nanmean(per_image[name].float(), dim=2).cpu() for name in CURVES},
+            curves={
+                name: torch.nanmean(values_of[name].float(), dim=2).cpu()
+                for name in CURVES + ((("nk",) + stored[len(STORED) :]) if controls else ())
+            },
             positions=position_counts(scores, per_image["keypoint_counts"].cpu(), min_keypoints),
             **{name: per_image[name].cpu() for name in PER_IMAGE},
         )
@@ -129,10 +157,20 @@ class InterrelationReport:
     def has_per_image(self) -> bool:
         return self.kk is not None
 
+    @property
+    def controls(self) -> tuple[str, ...]:
+        """The SPEC §9 controls this report holds, in SPEC order (empty when none was computed)."""
+        return control_names(self.sums)
+
+    @property
+    def stored_names(self) -> tuple[str, ...]:
+        """Every quantity kept as sums and counts: :data:`STORED` and each control's two classes."""
+        return STORED + tuple(n for n in CONTROL_STORED if n in self.sums)
+
     # -- data-set level --------------------------------------------------------
     def mean(self, name: str) -> torch.Tensor:
-        """Mean over images, ignoring NaN, per layer x head: (L, h) float64 (SPEC §4)."""
-        source = _source(name)
+        """Mean over images, ignoring NaN, per layer x head: (L, h) float64 (SPEC §4); also ``"kk_<control>"``."""
+        source = self._source(name)
         value = self.sums[source] / self.counts[source]  # 0 / 0 = NaN: no image contributed
         if name in ("kn", "nn"):
             return 1 - value
@@ -142,7 +180,7 @@ class InterrelationReport:
 
     def image_count(self, name: str) -> torch.Tensor:
         """Number of images behind each value of :meth:`mean`: (L, h) int64."""
-        return self.counts[_source(name)].clone()
+        return self.counts[self._source(name)].clone()
 
     def layer_mean(self, name: str) -> torch.Tensor:
         """Mean over heads of :meth:`mean` (the solid line of Fig. 5): (L,) float64, NaN heads left out."""
@@ -160,10 +198,11 @@ class InterrelationReport:
             if not isinstance(other, InterrelationReport):
                 raise CaptumSiftError(f"expected InterrelationReports to merge, got {type(other).__name__}")
             self._same_setup(other)
+        stored = self.stored_names
         merged = replace(
             self,
-            sums=_add([r.sums for r in reports], STORED),
-            counts=_add([r.counts for r in reports], STORED),
+            sums=_add([r.sums for r in reports], stored),
+            counts=_add([r.counts for r in reports], stored),
             num_images=sum(r.num_images for r in reports),
             extra=dict(self.extra),
         )
@@ -184,7 +223,7 @@ class InterrelationReport:
         passes an empty report of the same layers and heads).
         """
         device = torch.device(device)
-        for name in STORED:
+        for name in self.stored_names:
             self.sums[name] = all_reduce_sum(self.sums[name], device)
             self.counts[name] = all_reduce_sum(self.counts[name], device)
         self.num_images = int(all_reduce_sum(torch.tensor([self.num_images]), device)[0])
@@ -233,6 +272,22 @@ class InterrelationReport:
     def without_per_image(self) -> InterrelationReport:
         """A copy holding only the data-set sums and counts (small, for big runs), the curves and positions."""
         return replace(self, extra=dict(self.extra), **{name: None for name in PER_IMAGE})
+
+    def control_excess(self, control: str, quantity: str = "kk", *, resamples: int = 2000) -> Excess:
+        """Per layer, the excess of θ_KK (``"kk"``) or of the gap θ_KK − θ_NK (``"gap"``) over ``control``:
+        mean, 95 % bootstrap interval over images, one-sided sign-flip p-value
+        (:func:`~captum_sift.theta.control_theta.control_excess`)."""
+        return control_excess(self, control, quantity, resamples=resamples)
+
+    def control_verdicts(self, alpha: float = 0.01, min_excess: float = MIN_EXCESS) -> dict[str, str]:
+        """{control: one verdict line} (:func:`~captum_sift.theta.control_theta.control_verdicts`)."""
+        return control_verdicts(self, alpha, min_excess)
+
+    def _source(self, name: str) -> str:
+        """The stored quantity behind one of :data:`QUANTITIES` or a control's class."""
+        if name in CONTROL_STORED and name in self.sums:
+            return name
+        return _source(name)
 
     def _same_setup(self, other: InterrelationReport) -> None:
         mine = (self.layers, self.num_heads, self.grid_size, self.settings)
@@ -319,7 +374,8 @@ def _cat_curves(parts: list[dict[str, torch.Tensor] | None]) -> dict[str, torch.
     """
     if any(p is None for p in parts):
         return None
-    curves = {n: torch.cat([p[n] for p in parts]) for n in CURVES}
+    names = [n for n in parts[0] if n != "image"]
+    curves = {n: torch.cat([p[n] for p in parts]) for n in names}
     if all("image" in p or p["kk"].shape[0] == 0 for p in parts):
         curves["image"] = torch.cat([p.get("image", torch.zeros(0, dtype=torch.long)) for p in parts])
     return curves

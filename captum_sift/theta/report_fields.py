@@ -10,7 +10,18 @@ import torch
 from .._checks import as_int, check_int, shape_of
 from ..errors import CaptumSiftError
 
-__all__ = ["CURVES", "PER_IMAGE", "POSITIONS", "QUANTITIES", "SOURCE", "STORED", "stored_high", "validate_report"]
+__all__ = [
+    "CONTROL_STORED",
+    "CURVES",
+    "PER_IMAGE",
+    "POSITIONS",
+    "QUANTITIES",
+    "SOURCE",
+    "STORED",
+    "control_names",
+    "stored_high",
+    "validate_report",
+]
 
 #: Quantities kept as float64 sums and int64 counts over images, (L, h) each.
 STORED = ("kk", "nk", "focus")
@@ -24,6 +35,15 @@ PER_IMAGE = ("kk", "nk", "focus", "patch_theta", "keypoint_counts", "query_patch
 CURVES = ("kk", "focus")
 #: Per patch position counts (N,) of every report (``positions``).
 POSITIONS = ("key", "spurious")
+#: θ_KK and θ_NK of each SPEC §9 control (SPEC order), stored like :data:`STORED` and kept as head-mean
+#: curves beside the real θ_NK curve ``"nk"`` when the analysis computed the control.
+CONTROL_STORED = tuple(f"{q}_{c}" for c in ("uniform", "locality", "shuffled") for q in ("kk", "nk"))
+
+
+def control_names(names: object) -> tuple[str, ...]:
+    """The controls whose θ_KK and θ_NK are both among ``names`` (stored sums or curves), in SPEC order."""
+    present = set(names)  # type: ignore[call-overload]
+    return tuple(n[3:] for n in CONTROL_STORED[::2] if n in present and f"nk_{n[3:]}" in present)
 
 
 def stored_high(name: str, num_patches: int) -> float:
@@ -37,12 +57,20 @@ def validate_report(report: Any) -> None:
     """:meth:`InterrelationReport.validate`: setup, sums and counts, per-image data, curves, position counts."""
     _check_setup(report)
     n = report.grid_size[0] * report.grid_size[1]
-    high = {name: stored_high(name, n) for name in STORED}
-    for name in STORED:
+    stored = report.stored_names
+    high = {name: stored_high(name, n) for name in stored}
+    if set(report.sums) != set(stored) or set(report.counts) != set(stored):
+        raise CaptumSiftError(f"expected sums and counts of {list(stored)}, got {sorted(report.sums)} and "
+                              f"{sorted(report.counts)}")  # fmt: skip
+    paired = {f"{q}_{c}" for c in report.controls for q in ("kk", "nk")}
+    if set(stored[len(STORED) :]) != paired:
+        raise CaptumSiftError(f"expected each control's sums of both 'kk_<control>' and 'nk_<control>', got "
+                              f"{list(stored[len(STORED) :])}")  # fmt: skip
+    for name in stored:
         _check_stored(report, name, high[name])
     _check_per_image(report, high)
     if report.curves is not None:
-        _check_curves(report.curves, report.num_images, len(report.layers), high)
+        _check_curves(report.curves, report.num_images, len(report.layers), high, report.controls)
     if report.positions is not None:
         _check_positions(report.positions, n, report.num_images)
 
@@ -122,14 +150,17 @@ def _check_per_image(report: Any, high: dict[str, float]) -> None:
             raise CaptumSiftError(f"expected per-image {name!r} to be {bound}, got {value.dtype} out of range")
 
 
-def _check_curves(curves: dict[str, torch.Tensor], images: int, layers: int, high: dict[str, float]) -> None:
-    if not isinstance(curves, dict) or not set(CURVES) <= set(curves) <= {*CURVES, "image"}:
-        raise CaptumSiftError("expected curves {'kk', 'focus'} and optionally 'image'")
-    for name in CURVES:
+def _check_curves(
+    curves: dict[str, torch.Tensor], images: int, layers: int, high: dict[str, float], controls: tuple[str, ...]
+) -> None:
+    names = (*CURVES, "nk", *(f"{q}_{c}" for c in controls for q in ("kk", "nk"))) if controls else CURVES
+    if not isinstance(curves, dict) or set(curves) - {"image"} != set(names):
+        raise CaptumSiftError(f"expected curves {list(names)} and optionally 'image', got {sorted(curves)}")
+    for name in names:
         got = shape_of(curves[name])
         if got != (images, layers):
             raise CaptumSiftError(f"expected {name!r} curves of shape {(images, layers)}, got {got}")
-        _check_range(curves[name], f"{name!r} curves", high[name])
+        _check_range(curves[name], f"{name!r} curves", high.get(name, 1.0))
     if "image" in curves:
         index = curves["image"]
         if shape_of(index) != (images,) or index.is_floating_point() or index.dtype == torch.bool:

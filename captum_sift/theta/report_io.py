@@ -19,7 +19,7 @@ import torch
 
 from .._checks import check_int
 from ..errors import CaptumSiftError
-from .report_fields import CURVES, PER_IMAGE, POSITIONS, QUANTITIES, STORED
+from .report_fields import CONTROL_STORED, CURVES, PER_IMAGE, POSITIONS, QUANTITIES, STORED
 
 __all__ = ["nan_to_none"]
 
@@ -35,11 +35,12 @@ def report_to_dict(report: Any, per_image: bool = True, *, means: bool = True) -
         "grid_size": list(report.grid_size),
         "settings": dict(report.settings),
         "num_images": report.num_images,
-        "sums": {n: report.sums[n].tolist() for n in STORED},
-        "counts": {n: report.counts[n].tolist() for n in STORED},
+        "sums": {n: report.sums[n].tolist() for n in report.stored_names},
+        "counts": {n: report.counts[n].tolist() for n in report.stored_names},
     }
     if means:
-        data["means"] = {n: nan_to_none(report.mean(n).tolist()) for n in QUANTITIES}
+        names = QUANTITIES + report.stored_names[len(STORED) :]
+        data["means"] = {n: nan_to_none(report.mean(n).tolist()) for n in names}
     data["extra"] = dict(report.extra)
     if report.curves is not None:
         data["curves"] = {n: nan_to_none(v.tolist()) for n, v in report.curves.items()}
@@ -56,18 +57,25 @@ def write_json(report: Any, path: str | Path, per_image: bool = True) -> None:
 
 
 def write_csv(report: Any, path: str | Path) -> None:
-    """:meth:`InterrelationReport.save_csv`: one row per layer x head."""
+    """:meth:`InterrelationReport.save_csv`: one row per layer x head; with controls, each control's θ_KK,
+    θ_NK and the excess of θ_KK and of the gap θ_KK − θ_NK over it (means over images) too."""
+    stored, controls = report.stored_names, report.controls
+    excess = tuple(f"excess_{q}_{c}" for c in controls for q in ("kk", "gap"))
+    columns = QUANTITIES + stored[len(STORED) :] + excess
+    means = {n: report.mean(n) for n in QUANTITIES + stored[len(STORED) :]}
+    for c in controls:
+        means[f"excess_kk_{c}"] = means["kk"] - means[f"kk_{c}"]
+        means[f"excess_gap_{c}"] = means["kk"] - means["nk"] - means[f"kk_{c}"] + means[f"nk_{c}"]
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["layer", "head", *QUANTITIES, *(f"images_{n}" for n in STORED),
-                         *(f"sum_{n}" for n in STORED), "num_images", "grid_h", "grid_w", "settings"])  # fmt: skip
-        means = {n: report.mean(n) for n in QUANTITIES}
+        writer.writerow(["layer", "head", *columns, *(f"images_{n}" for n in stored),
+                         *(f"sum_{n}" for n in stored), "num_images", "grid_h", "grid_w", "settings"])  # fmt: skip
         settings = json.dumps(report.settings, sort_keys=True)
         for li, layer in enumerate(report.layers):
             for head in range(report.num_heads):
-                row = [layer, head, *(f"{float(means[n][li, head]):.6g}" for n in QUANTITIES)]
-                row += [int(report.counts[n][li, head]) for n in STORED]
-                row += [repr(float(report.sums[n][li, head])) for n in STORED]
+                row = [layer, head, *(f"{float(means[n][li, head]):.6g}" for n in columns)]
+                row += [int(report.counts[n][li, head]) for n in stored]
+                row += [repr(float(report.sums[n][li, head])) for n in stored]
                 row += [report.num_images, *report.grid_size, settings]
                 writer.writerow(row)
 
@@ -134,9 +142,11 @@ def _fields_from_dict(data: Any) -> dict[str, Any]:
         raise CaptumSiftError(f"expected 'grid_size' [Gh, Gw], got {grid!r}")
     curves = data.get("curves")
     if curves is not None:
-        if not isinstance(curves, dict) or not set(CURVES) <= set(curves) <= {*CURVES, "image"}:
-            raise CaptumSiftError("expected 'curves' to be a dict of 'kk', 'focus' and optionally 'image'")
-        curves = {n: float_tensor(curves[n], f"{n!r} curves") for n in CURVES} | (
+        if not isinstance(curves, dict) or not set(CURVES) <= set(curves) <= {*CURVES, "image", "nk", *CONTROL_STORED}:
+            raise CaptumSiftError(
+                "expected 'curves' to be a dict of 'kk', 'focus', optionally 'image' and the controls' curves"
+            )
+        curves = {n: float_tensor(v, f"{n!r} curves") for n, v in curves.items() if n != "image"} | (
             {"image": int_tensor(curves["image"], "curves' image index")} if "image" in curves else {}
         )  # fmt: skip
     positions = data.get("positions")
@@ -144,6 +154,7 @@ def _fields_from_dict(data: Any) -> dict[str, Any]:
         if not isinstance(positions, dict):
             raise CaptumSiftError(f"expected 'positions' to be a dict, got {type(positions).__name__}")
         positions = {n: int_tensor(positions[n], f"{n!r} positions") for n in POSITIONS}
+    stored = STORED + tuple(n for n in CONTROL_STORED if n in data["sums"])
     extra = data.get("extra", {})
     if not isinstance(extra, dict):
         raise CaptumSiftError(f"expected 'extra' to be a dict, got {type(extra).__name__}")
@@ -152,8 +163,8 @@ def _fields_from_dict(data: Any) -> dict[str, Any]:
         "num_heads": check_int(data["num_heads"], "num_heads", low=1),
         "grid_size": (check_int(grid[0], "grid_size[0]", low=1), check_int(grid[1], "grid_size[1]", low=1)),
         "settings": dict(data["settings"]),
-        "sums": {n: float_tensor(data["sums"][n], f"sums of {n!r}", torch.float64) for n in STORED},
-        "counts": {n: int_tensor(data["counts"][n], f"counts of {n!r}") for n in STORED},
+        "sums": {n: float_tensor(data["sums"][n], f"sums of {n!r}", torch.float64) for n in stored},
+        "counts": {n: int_tensor(data["counts"][n], f"counts of {n!r}") for n in stored},
         "num_images": check_int(data["num_images"], "num_images", low=0),
         "extra": dict(extra),
         "positions": positions,
@@ -164,11 +175,12 @@ def _fields_from_dict(data: Any) -> dict[str, Any]:
 def _fields_from_csv_rows(rows: list[dict[str, str]]) -> dict[str, Any]:
     layers = sorted({int(r["layer"]) for r in rows})
     heads = max(int(r["head"]) for r in rows) + 1
-    sums = {n: torch.zeros(len(layers), heads, dtype=torch.float64) for n in STORED}
-    counts = {n: torch.zeros(len(layers), heads, dtype=torch.long) for n in STORED}
+    stored = STORED + tuple(n for n in CONTROL_STORED if f"sum_{n}" in rows[0])
+    sums = {n: torch.zeros(len(layers), heads, dtype=torch.float64) for n in stored}
+    counts = {n: torch.zeros(len(layers), heads, dtype=torch.long) for n in stored}
     for r in rows:
         li, head = layers.index(int(r["layer"])), int(r["head"])
-        for n in STORED:
+        for n in stored:
             sums[n][li, head] = float(r[f"sum_{n}"])
             counts[n][li, head] = int(r[f"images_{n}"])
     first = rows[0]

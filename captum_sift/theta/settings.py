@@ -1,4 +1,4 @@
-"""ThetaSettings: the six options of θ (SPEC §2-3, §7) in one frozen object, checked once."""
+"""ThetaSettings: the seven options of θ (SPEC §2-3, §7) in one frozen object, checked once."""
 
 from __future__ import annotations
 
@@ -11,9 +11,10 @@ from .._checks import as_int, check_gamma, check_min_keypoints
 from ..errors import CaptumSiftError
 from ..keypoints.params import BACKENDS, DEFAULT_BACKEND
 
-__all__ = ["KEYPOINT_BACKENDS", "LayerChoice", "ThetaSettings", "resolve_layers"]
+__all__ = ["CONTROL_CHOICES", "KEYPOINT_BACKENDS", "LayerChoice", "ThetaSettings", "resolve_layers"]
 
 KEYPOINT_BACKENDS = BACKENDS
+CONTROL_CHOICES = ("none", "fast", "all")
 STAGE_NAMES = ("retrieval", "capture", "coach")
 LayerChoice = Union[Literal["retrieval", "capture", "coach"], int, Iterable[int], None]  # noqa: UP007
 
@@ -67,6 +68,13 @@ class ThetaSettings:
             (per-patch scores only; the analysis then runs every block).
         keypoint_backend: ``"lowe"`` (the package's detector, default),
             ``"kornia"`` (kornia's detector) or ``"opencv"``.
+        controls: the null attentions of SPEC §9 that :func:`~captum_sift.analyze`
+            computes in the same pass (:mod:`~captum_sift.theta.control_theta`):
+            ``"none"`` (default), ``"fast"`` (uniform, locality and 2 shuffled
+            draws) or ``"all"`` (the same with SPEC's 8 draws). Default none:
+            a library call is often one small batch, where a bootstrap over its
+            images says little, and its report keeps the fields it always had;
+            ``captum-sift analyze`` runs ``"fast"`` over the data set.
 
     Every entry point also takes these as keyword options, which replace the
     fields of ``settings``: ``analyze(model, x, gamma=2.0)`` is
@@ -88,8 +96,11 @@ class ThetaSettings:
     min_keypoints: int = 1
     layers: Any = None
     keypoint_backend: str = DEFAULT_BACKEND
+    controls: str = "none"
 
     def __post_init__(self) -> None:
+        if self.controls not in CONTROL_CHOICES:
+            raise CaptumSiftError(f"expected controls in {CONTROL_CHOICES}, got {self.controls!r}")
         object.__setattr__(self, "gamma", check_gamma(self.gamma))
         object.__setattr__(self, "min_keypoints", check_min_keypoints(self.min_keypoints))
         for name in ("weighted", "include_self"):

@@ -39,15 +39,20 @@ def _per_head(report, name: str, ax: Axes, label: str) -> None:
 
 
 def plot_interrelation(report, *, ax: Axes | None = None) -> Axes:
-    """Fig. 5: θ_KK and θ_NK per layer; every head a point, head mean a line, dotted trend."""
+    """Fig. 5: θ_KK and θ_NK per layer; every head a point, head mean a line, dotted trend; with the report's
+    SPEC §9 controls, each control's θ_KK and θ_NK head means as dashed lines in the same colours."""
     if ax is None:
         _, ax = plt.subplots(figsize=(7, 3.5))
     _per_head(report, "kk", ax, "KK (Key → Key)")
     _per_head(report, "nk", ax, "NK (Non-key → Key)")
+    for control, marker in zip(getattr(report, "controls", ()), ("", "x", "^"), strict=False):
+        for name in ("kk", "nk"):  # each control's head means, dashed, in the colour of its real class
+            ax.plot(report.layers, report.layer_mean(f"{name}_{control}").numpy(), ls="--", marker=marker, ms=3,
+                    lw=1, color=_COLORS[name], alpha=0.8, label=f"{name.upper()}, {control} control")  # fmt: skip
     ax.set_xlabel("layer")
     ax.set_ylabel("θ (weighted)" if report.settings.get("weighted", True) else "θ (unweighted)")
     ax.set_title(f"Patch interrelation, {report.num_images} images", fontsize=9)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7 if getattr(report, "controls", ()) else 8, ncol=2 if getattr(report, "controls", ()) else 1)
     ax.figure.tight_layout()  # keeps the "layer" label inside the saved figure
     return ax
 

@@ -39,7 +39,9 @@ def test_analyze_options_are_typed_and_frozen():
     assert o.model_kwargs == (("depth", 2), ("global_pool", "avg")) and o.mean == (0.5,) and o.std == (0.25,)
     assert o.limit == 3 and o.batch_size == 64 and o.save_every == 5 and o.img_size is None
     assert o.theta == ThetaSettings(gamma=2.0, weighted=False) and o.device == torch.device("cpu")
-    assert o.own_settings() == {}
+    assert o.own_settings() == {"controls": "fast"}  # the default: the controls within 1.3x of the analysis
+    assert o.analysis == ThetaSettings(gamma=2.0, weighted=False, controls="fast")
+    assert options("analyze", "--out", "o", "--controls", "all").analysis.controls == "all"
     with pytest.raises(dataclasses.FrozenInstanceError):
         o.limit = 4
 

@@ -33,6 +33,42 @@ def test_analyze_writes_the_report_folder(tmp_path, image_folder):
     assert len((out / "per_layer_head.csv").read_text().splitlines()) == 1 + 12 * 3
 
 
+def test_analyze_reports_the_controls_on_the_embedded_default(tmp_path, capsys):
+    import csv
+    import html
+
+    from matplotlib import image
+
+    out = tmp_path / "out"
+    assert main(["analyze", "--out", str(out), "--limit", "24", "--batch-size", "12", "--quiet"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    verdicts = lines[-3:]
+    for line, control in zip(verdicts, ("uniform", "locality", "shuffled"), strict=True):
+        assert line.startswith(("θ_KK exceeds the ", "θ_KK does not exceed the ")), line
+        assert f"the {control} control" in line and line.endswith("(p < 0.01, excess >= 0.1))"[:-1])
+    report = json.loads((out / "report.json").read_text())
+    assert report["settings"]["controls"] == "fast" and report["controls"]["verdicts"] == verdicts
+    for control in ("uniform", "locality", "shuffled"):
+        entry = report["controls"][control]
+        assert len(entry["kk"]) == len(report["layers"]) and entry["verdict"] in verdicts
+        assert set(entry["excess_kk"]) == {"mean", "low", "high", "p_value", "images"}
+        assert entry["excess_kk"]["images"] == [24] * len(report["layers"])
+        expected = np.array(report["layer_means"]["kk"]) - np.array(entry["kk"])
+        np.testing.assert_allclose(entry["excess_kk"]["mean"], expected, atol=1e-6)  # every image has Key patches
+    with open(out / "per_layer_head.csv") as f:
+        header = next(csv.reader(f))
+    assert {"kk_locality", "nk_shuffled", "excess_kk_uniform", "excess_gap_locality"} <= set(header)
+    page = (out / "index.html").read_text()
+    assert "A control is a null attention" in page and all(html.escape(v) in page for v in verdicts)
+    assert image.imread(out / "interrelation.png").shape[0] > 100
+    none = tmp_path / "none"
+    assert main(["analyze", "--out", str(none), "--limit", "4", "--quiet", "--controls", "none"]) == 0
+    assert "control" not in capsys.readouterr().out
+    document = json.loads((none / "report.json").read_text())
+    assert document["controls"] is None and document["settings"]["controls"] == "none"
+    assert "A control is" not in (none / "index.html").read_text()
+
+
 def test_mask_eval_writes_table_and_figures(tmp_path, image_folder):
     out = tmp_path / "out"
     args = ["mask-eval", "--out", str(out), "--images", str(image_folder), *TINY, "--ratios", "0.25", "0.5"]
@@ -94,6 +130,15 @@ def test_resume_ends_with_the_numbers_of_an_uninterrupted_run(tmp_path, image_fo
     a, b = json.loads((whole / "report.json").read_text()), json.loads((cut / "report.json").read_text())
     assert a["sums"] == b["sums"] and a["counts"] == b["counts"] and a["means"] == b["means"]
     assert a["skipped_files"] == b["skipped_files"]
+    assert a["controls"] == b["controls"] and "kk_shuffled" in a["sums"]  # the excess bootstraps the same images
+    # a resumed run with other controls is refused: its partial sums hold other quantities
+    monkeypatch.setattr(ImageFolder, "load", flaky)
+    calls["n"] = 0
+    assert main(["analyze", "--out", str(cut), *args]) == 130
+    capsys.readouterr()
+    monkeypatch.setattr(ImageFolder, "load", real_load)
+    assert main(["analyze", "--out", str(cut), *args, "--resume", "--controls", "all"]) == 2
+    assert "these settings differ: ['controls']" in capsys.readouterr().err
 
 
 # report.json fields that differ between 1 and N processes, and why: the process count itself

@@ -93,13 +93,13 @@ def test_resolve_replaces_the_given_fields_only():
 
 def test_dict_round_trip():
     for s in (ThetaSettings(), ThetaSettings(gamma=1.5, include_self=False, min_keypoints=3, layers=[4, -1]),
-              ThetaSettings(layers="capture", keypoint_backend="opencv")):  # fmt: skip
+              ThetaSettings(layers="capture", keypoint_backend="opencv", controls="all")):  # fmt: skip
         data = s.to_dict()
         assert ThetaSettings(**data) == s
         assert isinstance(data["layers"], (list, str, type(None)))  # JSON-ready: no tuple
     assert ThetaSettings(layers=[4, -1]).to_dict() == {
         "gamma": 1.0, "weighted": True, "include_self": True, "min_keypoints": 1, "layers": [4, -1],
-        "keypoint_backend": "lowe",
+        "keypoint_backend": "lowe", "controls": "none",
     }  # fmt: skip
 
 

@@ -66,6 +66,23 @@ def test_interrelation_draws_every_head_and_the_head_means():
     assert ax.get_ylabel() == "θ (weighted)"
 
 
+def test_interrelation_draws_each_control_dashed_beside_the_real_classes():
+    report = Report()
+    report.controls = ("uniform", "locality")
+    g = torch.Generator().manual_seed(1)
+    report.means |= {f"{q}_{c}": torch.rand(4, 2, generator=g, dtype=torch.float64)
+                     for c in report.controls for q in ("kk", "nk")}  # fmt: skip
+    ax = plot_interrelation(report)
+    dashed = [line for line in ax.get_lines() if line.get_linestyle() == "--"]
+    assert len(dashed) == 4
+    for line, (c, q) in zip(dashed, [(c, q) for c in report.controls for q in ("kk", "nk")], strict=True):
+        np.testing.assert_array_equal(line.get_ydata(), report.layer_mean(f"{q}_{c}").numpy())
+        assert line.get_label() == f"{q.upper()}, {c} control"
+        assert line.get_color() == {"kk": "tab:blue", "nk": "tab:orange"}[q]  # the colour of its real class
+    solid = [line for line in ax.get_lines() if line.get_linestyle() == "-"]
+    np.testing.assert_array_equal(solid[0].get_ydata(), report.layer_mean("kk").numpy())
+
+
 def test_focus_index_draws_the_chosen_index():
     report = Report()
     for normalized, name, label in ((False, "focus", "focus index"), (True, "focus_normalized", "focus / log N")):
