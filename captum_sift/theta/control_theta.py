@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from ..errors import CaptumSiftError
-from .controls import Excess, distance_classes, excess, excess_verdict, shuffled_counts
+from .controls import Excess, distance_classes, excess, excess_verdict, joint_verdict, shuffled_counts
 from .functional import interrelation, theta_weights
 
 __all__ = ["CONTROLS", "CONTROL_LEVELS", "MIN_EXCESS", "ControlPass", "control_excess", "control_verdicts"]
@@ -193,8 +193,15 @@ def control_excess(report: Any, control: str, quantity: str = "kk", *, resamples
 
 def control_verdicts(report: Any, alpha: float = 0.01, min_excess: float = MIN_EXCESS) -> dict[str, str]:
     """{control: its verdict line on θ_KK} (:func:`~captum_sift.theta.controls.excess_verdict`), every control
-    the report holds; a layer counts only where the excess is also at least ``min_excess``."""
-    return {
-        control: excess_verdict("θ_KK", control, control_excess(report, control), report.layers, alpha, min_excess)
-        for control in report.controls
+    the report holds; a layer counts only where the excess is also at least ``min_excess``. With both the
+    locality and the shuffled control, ``"joint"`` holds SPEC §9's verdict: the layers where θ_KK exceeds
+    both at once (:func:`~captum_sift.theta.controls.joint_verdict`)."""
+    results = {control: control_excess(report, control) for control in report.controls}
+    verdicts = {
+        control: excess_verdict("θ_KK", control, result, report.layers, alpha, min_excess)
+        for control, result in results.items()
     }
+    if {"locality", "shuffled"} <= set(results):
+        both = {control: results[control] for control in ("locality", "shuffled")}
+        verdicts["joint"] = joint_verdict("θ_KK", both, report.layers, alpha, min_excess)
+    return verdicts

@@ -29,6 +29,8 @@ __all__ = [
     "distance_classes",
     "excess",
     "excess_verdict",
+    "exceeding_layers",
+    "joint_verdict",
     "locality_attention",
     "shuffled_counts",
     "uniform_attention",
@@ -238,6 +240,14 @@ def excess(real: torch.Tensor, control: torch.Tensor, *, resamples: int = 2000, 
     )
 
 
+def exceeding_layers(result: Excess, alpha: float = 0.01, min_excess: float = 0.0) -> torch.Tensor:
+    """(L,) bool: the layers where the excess counts (mean > 0 and >= ``min_excess``, interval above 0, p < alpha)."""
+    min_excess = float(min_excess)
+    if not min_excess >= 0:
+        raise CaptumSiftError(f"expected min_excess >= 0, got {min_excess!r}")
+    return (result.mean > 0) & (result.mean >= min_excess) & (result.low > 0) & (result.p_value < alpha)
+
+
 def excess_verdict(
     quantity: str,
     control: str,
@@ -246,22 +256,52 @@ def excess_verdict(
     alpha: float = 0.01,
     min_excess: float = 0.0,
 ) -> str:
-    """One line naming the layers where ``quantity`` exceeds ``control`` (mean > ``min_excess`` and > 0,
-    interval above 0, p < alpha), e.g. ``"θ_KK exceeds the locality control at layers 3-9 (p < 0.01)"``;
-    ``layers`` are the layer numbers of the L entries (default 0 .. L-1). A floor ``min_excess`` > 0 names
-    the size too: ``"... (p < 0.01, excess >= 0.05)"``."""
-    min_excess = float(min_excess)
-    if not min_excess >= 0:
-        raise CaptumSiftError(f"expected min_excess >= 0, got {min_excess!r}")
-    above = (result.mean > 0) & (result.mean >= min_excess) & (result.low > 0) & (result.p_value < alpha)
-    numbers = list(range(above.numel())) if layers is None else list(layers)
-    if len(numbers) != above.numel():
-        raise CaptumSiftError(f"expected {above.numel()} layer numbers, got {len(numbers)}")
-    layers = [numbers[i] for i, flag in enumerate(above.tolist()) if flag]
-    bar = f"p < {alpha:g}" + (f", excess >= {min_excess:g}" if min_excess > 0 else "")
-    if not layers:
+    """One line naming the layers where ``quantity`` exceeds ``control`` (:func:`exceeding_layers`),
+    e.g. ``"θ_KK exceeds the locality control at layers 3-9 (p < 0.01)"``; ``layers`` are the layer
+    numbers of the L entries (default 0 .. L-1). A floor ``min_excess`` > 0 names the size too:
+    ``"... (p < 0.01, excess >= 0.05)"``."""
+    found = _layer_numbers(exceeding_layers(result, alpha, min_excess), layers)
+    bar = _bar(alpha, min_excess)
+    if not found:
         return f"{quantity} does not exceed the {control} control at any layer ({bar})"
-    return f"{quantity} exceeds the {control} control at layers {_ranges(layers)} ({bar})"
+    return f"{quantity} exceeds the {control} control at layers {_ranges(found)} ({bar})"
+
+
+def joint_verdict(
+    quantity: str,
+    results: dict[str, Excess],
+    layers: Sequence[int] | None = None,
+    alpha: float = 0.01,
+    min_excess: float = 0.0,
+) -> str:
+    """SPEC §9's verdict: the layers where ``quantity`` exceeds every control of ``results`` at once
+    (``{"locality": ..., "shuffled": ...}``), e.g. ``"θ_KK exceeds the locality and shuffled controls
+    together at layers 4-5 (p < 0.01, excess >= 0.1): the paper's Key bias beyond geometry"``."""
+    if not results:
+        raise CaptumSiftError("expected at least one control's excess, got none")
+    flags = [exceeding_layers(r, alpha, min_excess) for r in results.values()]
+    if len({f.numel() for f in flags}) != 1:
+        raise CaptumSiftError(f"expected one number of layers for every control, got {[f.numel() for f in flags]}")
+    found = _layer_numbers(torch.stack(flags).all(dim=0), layers)
+    names = " and ".join(results)
+    bar = _bar(alpha, min_excess)
+    if not found:
+        return f"{quantity} exceeds the {names} controls together at no layer ({bar}): no Key bias beyond geometry"
+    return (
+        f"{quantity} exceeds the {names} controls together at layers {_ranges(found)} ({bar}): "
+        "the paper's Key bias beyond geometry"
+    )
+
+
+def _layer_numbers(flags: torch.Tensor, layers: Sequence[int] | None) -> list[int]:
+    numbers = list(range(flags.numel())) if layers is None else list(layers)
+    if len(numbers) != flags.numel():
+        raise CaptumSiftError(f"expected {flags.numel()} layer numbers, got {len(numbers)}")
+    return [numbers[i] for i, flag in enumerate(flags.tolist()) if flag]
+
+
+def _bar(alpha: float, min_excess: float) -> str:
+    return f"p < {alpha:g}" + (f", excess >= {float(min_excess):g}" if min_excess > 0 else "")
 
 
 def _ranges(values: list[int]) -> str:

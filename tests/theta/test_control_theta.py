@@ -10,7 +10,15 @@ import torch
 from captum_sift import CaptumSiftError, ThetaSettings, analyze, count_keypoints
 from captum_sift.data import sample_images
 from captum_sift.theta.control_theta import MIN_EXCESS
-from captum_sift.theta.controls import excess, excess_verdict, locality_attention, shuffled_counts, uniform_attention
+from captum_sift.theta.controls import (
+    Excess,
+    excess,
+    excess_verdict,
+    joint_verdict,
+    locality_attention,
+    shuffled_counts,
+    uniform_attention,
+)
 from captum_sift.theta.functional import interrelation, patch_block, patch_theta
 from captum_sift.theta.report import InterrelationReport
 from captum_sift.vit import as_vit, iter_attention
@@ -169,6 +177,33 @@ def test_the_verdict_floor_keeps_small_significant_excesses_silent():
         excess_verdict("θ_KK", "locality", result, min_excess=math.nan)
 
 
+def _excess_of(means, lows, ps):
+    t = lambda v: torch.tensor(v, dtype=torch.float64)  # noqa: E731
+    return Excess(t(means), t(lows), t(means) + 0.05, t(ps), torch.full((len(means),), 40))
+
+
+def test_the_joint_verdict_names_only_the_layers_where_both_controls_are_exceeded():
+    # layer:          0     1     2     3     4
+    locality = _excess_of([0.20, 0.20, 0.20, 0.05, 0.20], [0.1, 0.1, 0.1, 0.01, -0.01], [0.001] * 5)
+    shuffled = _excess_of([0.00, 0.15, 0.30, 0.30, 0.30], [-0.1, 0.1, 0.2, 0.2, 0.2], [0.5, 0.001, 0.001, 0.001, 0.001])
+    both = {"locality": locality, "shuffled": shuffled}
+    # 0: shuffled not above; 1, 2: both; 3: locality below the floor; 4: locality's interval reaches 0
+    assert joint_verdict("θ_KK", both, [3, 4, 5, 6, 7], min_excess=0.1) == (
+        "θ_KK exceeds the locality and shuffled controls together at layers 4-5 (p < 0.01, excess >= 0.1): "
+        "the paper's Key bias beyond geometry"
+    )
+    assert joint_verdict("θ_KK", both, [3, 4, 5, 6, 7], alpha=0.0005, min_excess=0.1) == (
+        "θ_KK exceeds the locality and shuffled controls together at no layer (p < 0.0005, excess >= 0.1): "
+        "no Key bias beyond geometry"
+    )
+    single = excess_verdict("θ_KK", "locality", locality, min_excess=0.1)
+    assert single.endswith("at layers 0-2 (p < 0.01, excess >= 0.1)")
+    with pytest.raises(CaptumSiftError, match="one number of layers"):
+        joint_verdict("θ_KK", {"locality": locality, "shuffled": _excess_of([0.2], [0.1], [0.001])})
+    with pytest.raises(CaptumSiftError, match="at least one control"):
+        joint_verdict("θ_KK", {})
+
+
 def test_a_key_to_key_attention_passes_the_verdict_with_the_floor_and_a_local_one_does_not():
     counts = _clustered_counts(40, GRID, torch.Generator().manual_seed(0))
     for bonus, word in ((2.0, "exceeds"), (0.0, "does not exceed")):
@@ -199,3 +234,4 @@ def test_random_weight_vits_get_no_exceeds_verdict_over_locality_or_shuffled(fam
             assert verdicts[control] == (
                 f"θ_KK does not exceed the {control} control at any layer (p < 0.01, excess >= 0.1)"
             ), (family, seed)
+        assert verdicts["joint"].endswith("together at no layer (p < 0.01, excess >= 0.1): no Key bias beyond geometry")
