@@ -12,19 +12,20 @@ channels (its patch embedding plus its position embedding).
 
 The rules, each a backward below:
 
-- linear layers, residual sums and the attention products: the ε-rule,
+- linear layers and residual sums: the ε-rule,
   ``R_x = x ⊙ Wᵀ(R_z / (z + ε·sign z))`` (:class:`_Epsilon` on the output,
   the rest is the plain gradient); the bias keeps its share;
 - LayerNorm: the identity rule on the normalisation, i.e. the denominator
-  ``sqrt(var + eps)`` is detached and the rest (centring, affine map) is
-  linear (:func:`_layer_norm`);
+  ``sqrt(var + eps)`` is held constant and the rest (centring, affine map)
+  is linear (:class:`_LayerNormRule`);
 - element-wise activations (GELU): the identity rule ``R_x = R_y``
   (:class:`_IdentityRule`);
 - softmax: AttnLRP's Prop. 3.1, the linearisation at its input,
   ``R_x = x ⊙ (R - s Σ_j R_j)`` without the bias term, which absorbs
   ``Σ R - Σ R_x`` (:class:`_SoftmaxRule`);
 - the bilinear products ``Q Kᵀ`` and ``A V``: the uniform rule, half of the
-  output's relevance to each factor (:class:`_Half` on both).
+  output's relevance to each factor (:class:`_Half` on both), with ε → 0
+  (gradient × input never divides by the product, so none is needed).
 
 With all biases zero and ε → 0 the relevance is conserved except for what
 the softmax rule's bias term absorbs (tests/attr/test_attn_lrp.py checks
@@ -73,19 +74,21 @@ class _Epsilon(torch.autograd.Function):
 
 
 class _IdentityRule(torch.autograd.Function):
-    """``act(x)`` forward; backward ``g ⊙ act(x) / x``, so that ``x ⊙ g_x = y ⊙ g_y``: the identity rule."""
+    """``act(x)`` forward; backward ``g ⊙ act(x) / x``, so that ``x ⊙ g_x = y ⊙ g_y``: the identity rule.
+
+    Only ``x`` is kept; ``act(x)`` is recomputed in the backward (one element-wise pass, a (B, T, 4C) tensor less).
+    """
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, act: nn.Module, eps: float) -> torch.Tensor:
-        y = act(x)
-        ctx.save_for_backward(x, y)
-        ctx.eps = eps
-        return y
+        ctx.save_for_backward(x)
+        ctx.act, ctx.eps = act, eps
+        return act(x)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
-        x, y = ctx.saved_tensors
-        return grad * y / _stable(x, ctx.eps), None, None
+        (x,) = ctx.saved_tensors
+        return grad * ctx.act(x) / _stable(x, ctx.eps), None, None
 
 
 class _Half(torch.autograd.Function):
@@ -102,14 +105,13 @@ class _Half(torch.autograd.Function):
 
 class _SoftmaxRule(torch.autograd.Function):
     """Softmax over the last dimension; backward AttnLRP's rule (Prop. 3.1): with ``R = s ⊙ g`` the output's
-    relevance, ``g_x = R - s Σ_j R_j``, so that ``x ⊙ g_x`` is the rule's ``R_x`` (which is also the plain
-    gradient: the rule is the softmax's linearisation at ``x``).
-
-    ``ledger``, when a list, receives per image the relevance the bias term absorbs, ``Σ R - Σ R_x`` (B,).
+    relevance, ``g_x = R - s Σ_j R_j``, so that ``x ⊙ g_x`` is the rule's ``R_x``. That is also softmax's own
+    gradient (the rule is its linearisation at ``x``), so :func:`_softmax` uses this class only to keep a ledger:
+    ``ledger`` receives per image the relevance the left-out bias term absorbs, ``Σ R - Σ R_x`` (B,).
     """
 
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, ledger: list | None) -> torch.Tensor:
+    def forward(ctx: Any, x: torch.Tensor, ledger: list) -> torch.Tensor:
         s = torch.softmax(x, dim=-1)
         ctx.save_for_backward(x, s)
         ctx.ledger = ledger
@@ -120,9 +122,34 @@ class _SoftmaxRule(torch.autograd.Function):
         x, s = ctx.saved_tensors
         relevance = s * grad  # R
         grad_x = relevance - s * relevance.sum(dim=-1, keepdim=True)
-        if ctx.ledger is not None:
-            ctx.ledger.append((relevance.flatten(1).sum(1) - (x * grad_x).flatten(1).sum(1)).detach())
+        ctx.ledger.append((relevance.flatten(1).sum(1) - (x * grad_x).flatten(1).sum(1)).detach())
         return grad_x, None
+
+
+def _softmax(x: torch.Tensor, ledger: list | None) -> torch.Tensor:
+    """Softmax with AttnLRP's rule as its backward (autograd's own, which keeps only the output, without a ledger)."""
+    return torch.softmax(x, dim=-1) if ledger is None else _SoftmaxRule.apply(x, ledger)
+
+
+class _LayerNormRule(torch.autograd.Function):
+    """LayerNorm forward (``F.layer_norm``); backward with the denominator ``sqrt(var + eps)`` held constant
+    (AttnLRP's identity rule on the normalisation): ``g_x = (g_w - mean(g_w)) / σ`` with ``g_w = g ⊙ weight``,
+    the gradient of the centring and affine map, which are linear. Keeps only 1/σ (B, T, 1).
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, norm: Norm) -> torch.Tensor:
+        y = F.layer_norm(x, x.shape[-1:], norm.weight, norm.bias, norm.eps)
+        inverse = torch.rsqrt(x.var(dim=-1, unbiased=False, keepdim=True) + norm.eps)
+        ctx.save_for_backward(inverse)
+        ctx.weight = norm.weight
+        return y
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        (inverse,) = ctx.saved_tensors
+        weighted = grad if ctx.weight is None else grad * ctx.weight
+        return (weighted - weighted.mean(dim=-1, keepdim=True)) * inverse, None
 
 
 def _linear(x: torch.Tensor, dense: Dense, eps: float) -> torch.Tensor:
@@ -130,15 +157,7 @@ def _linear(x: torch.Tensor, dense: Dense, eps: float) -> torch.Tensor:
 
 
 def _layer_norm(x: torch.Tensor, norm: Norm | None) -> torch.Tensor:
-    """LayerNorm with its denominator detached (AttnLRP's identity rule for the normalisation)."""
-    if norm is None:
-        return x
-    centred = x - x.mean(dim=-1, keepdim=True)
-    scale = torch.sqrt(centred.pow(2).mean(dim=-1, keepdim=True) + norm.eps).detach()
-    y = centred / scale
-    if norm.weight is not None:
-        y = y * norm.weight
-    return y if norm.bias is None else y + norm.bias
+    return x if norm is None else _LayerNormRule.apply(x, norm)
 
 
 def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:
@@ -150,9 +169,11 @@ def _block(x: torch.Tensor, part: BlockParts, eps: float, ledger: list | None) -
     """One pre-norm block with the rules; forward values are the block's own."""
     h = _layer_norm(x, part.norm1)
     q, k, v = (_heads(_linear(h, dense, eps), part.heads) for dense in (part.query, part.key, part.value))
-    logits = _Epsilon.apply(_Half.apply(q * part.scale) @ _Half.apply(k).transpose(-2, -1), eps)
-    attn = _SoftmaxRule.apply(logits, ledger)
-    mixed = _Epsilon.apply(_Half.apply(attn) @ _Half.apply(v), eps)
+    # the uniform rule with ε -> 0 on the two products (the plain gradient halved, as lxt): ε there would keep
+    # a (B, h, T, T) tensor per block for a factor ≈ 1, and gradient × input never divides by the product
+    logits = _Half.apply(q * part.scale) @ _Half.apply(k).transpose(-2, -1)
+    attn = _softmax(logits, ledger)
+    mixed = _Half.apply(attn) @ _Half.apply(v)
     out = _linear(mixed.transpose(1, 2).reshape(x.shape[0], x.shape[1], -1), part.proj, eps)
     x = _Epsilon.apply(x + (out if part.ls1 is None else out * part.ls1), eps)
     hidden = _IdentityRule.apply(_linear(_layer_norm(x, part.norm2), part.fc1, eps), part.act, eps)

@@ -9,9 +9,9 @@ from family_models import CLASSES, SIZE, families, timm_vit, to_hf, to_torchvisi
 
 from captum_sift import CaptumSiftError
 from captum_sift.attr import AttnLRP
-from captum_sift.attr.attn_lrp import _Epsilon, _Half, _SoftmaxRule, lrp_logits
+from captum_sift.attr.attn_lrp import _Epsilon, _Half, _LayerNormRule, _SoftmaxRule, lrp_logits
 from captum_sift.vit import as_vit
-from captum_sift.vit.parts import Dense, vit_parts
+from captum_sift.vit.parts import Dense, Norm, vit_parts
 
 
 @pytest.fixture(scope="module")
@@ -137,10 +137,10 @@ def test_softmax_rule_equals_the_formula_by_hand():
 
 
 def test_uniform_rule_halves_a_product():
-    """A V with the uniform rule: each factor gets half of the output's relevance, spread as the ε-rule does."""
+    """A V with the uniform rule: each factor gets half of the output's relevance, spread as the LRP-0 rule does."""
     torch.manual_seed(0)
     a, v, relevance = torch.rand(3, 4, requires_grad=True), torch.randn(4, 2, requires_grad=True), torch.randn(3, 2)
-    out = _Epsilon.apply(_Half.apply(a) @ _Half.apply(v), 1e-9)
+    out = _Half.apply(a) @ _Half.apply(v)
     grad_a, grad_v = torch.autograd.grad(out, (a, v), relevance / out.detach())
     expected_a = torch.zeros(3, 4)
     for i in range(3):
@@ -206,3 +206,20 @@ def test_dense_holds_detached_weights(timm_vit):  # noqa: F811
     blocks, head = vit_parts(as_vit(timm_vit))
     assert isinstance(head.classifier, Dense) and not head.classifier.weight.requires_grad
     assert blocks[0].query.weight.data_ptr() == timm_vit.blocks[0].attn.qkv.weight.data_ptr()  # a view, not a copy
+
+
+def test_layer_norm_rule_holds_the_denominator():
+    """The LayerNorm rule's gradient is that of (x - mean) / σ ⊙ w + b with σ a constant; without a bias it keeps
+    the relevance: Σ x ⊙ g_x = Σ y ⊙ g."""
+    torch.manual_seed(0)
+    x, grad = torch.randn(2, 6, requires_grad=True), torch.randn(2, 6)
+    norm = Norm(torch.randn(6), None, 1e-5)
+    y = _LayerNormRule.apply(x, norm)
+    (got,) = torch.autograd.grad(y, x, grad)
+    sigma = torch.sqrt(x.detach().var(dim=-1, unbiased=False, keepdim=True) + 1e-5)
+    x2 = x.detach().clone().requires_grad_()
+    y2 = (x2 - x2.mean(dim=-1, keepdim=True)) / sigma * norm.weight
+    (expected,) = torch.autograd.grad(y2, x2, grad)
+    torch.testing.assert_close(y, torch.nn.functional.layer_norm(x, (6,), norm.weight, None, 1e-5))
+    torch.testing.assert_close(got, expected)
+    torch.testing.assert_close((x.detach() * got).sum(1), (y.detach() * grad).sum(1))
