@@ -75,6 +75,17 @@ def test_functional_forward_layer_scale_and_pooling(kwargs):
                                    atol=1e-5)  # fmt: skip
 
 
+def test_functional_forward_hf_deit():
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.DeiTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                                     image_size=32, patch_size=16, num_labels=3)  # fmt: skip
+    vit = as_vit(transformers.DeiTForImageClassification(config).eval())
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(lrp_logits(vit.stem(x)[0], vit_parts(vit), 1e-6), vit.logits(x), rtol=0, atol=1e-5)
+
+
 @pytest.mark.parametrize("to_family", [lambda m: m, to_torchvision, to_hf], ids=["timm", "torchvision", "hf"])
 def test_conservation_without_biases(timm_vit, images, to_family):  # noqa: F811
     """Σ relevance of the tokens + what the softmax rule's bias term absorbs = the target logit."""
@@ -162,8 +173,9 @@ def test_uniform_rule_halves_a_product():
         ),  # fmt: skip
         lambda: torchvision.models.VisionTransformer(32, 16, 1, 2, 16, 32, num_classes=3, representation_size=8),
         lambda: timm.create_model("eva02_tiny_patch14_224", img_size=28, depth=1, num_classes=3),
+        lambda: timm.create_model("deit_tiny_distilled_patch16_224", img_size=32, depth=1, num_classes=3),
     ],
-    ids=["qk_norm", "attention_pool", "no_head", "swiglu", "pre_logits", "eva"],
+    ids=["qk_norm", "attention_pool", "no_head", "swiglu", "pre_logits", "eva", "distilled"],
 )
 def test_unsupported_models_are_refused(build):
     with pytest.raises(CaptumSiftError, match="unsupported|expected a classifier"):
