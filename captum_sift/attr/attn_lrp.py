@@ -55,7 +55,7 @@ __all__ = ["AttnLRP"]
 
 def _stable(z: torch.Tensor, eps: float) -> torch.Tensor:
     """``z + ε·sign(z)`` with sign(0) = 1: the ε-rule's denominator."""
-    return z + eps * torch.where(z >= 0, 1.0, -1.0).to(z.dtype)
+    return torch.where(z >= 0, z + eps, z - eps)
 
 
 class _Epsilon(torch.autograd.Function):
@@ -70,7 +70,8 @@ class _Epsilon(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
         (z,) = ctx.saved_tensors
-        return grad * z / _stable(z, ctx.eps), None
+        magnitude = z.abs()  # z / (z + ε sign z) = |z| / (|z| + ε): four passes over z
+        return grad * magnitude.div_(magnitude + ctx.eps), None
 
 
 class _IdentityRule(torch.autograd.Function):
