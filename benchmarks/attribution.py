@@ -7,7 +7,8 @@ attention rollout and raw attention (the last layer), Captum's Saliency,
 IntegratedGradients (50 steps) and FeatureAblation over the patches (the
 same ``feature_mask``), each as a multiple of one forward, and the minor
 page faults of one call of each fast method. Targets: θ (keypoints counted)
-<= 1.2, rollout <= 1.2, gradient rollout <= 2.5.
+<= 1.2, rollout <= 1.2, gradient rollout <= 2.5; AttnLRP's cost is printed
+beside them (no target).
 
 This machine's speed drifts by 10-20 % within a minute (other tenants), so the
 fast methods run in interleaved rounds (forward, θ, ..., forward, θ, ...):
@@ -22,7 +23,14 @@ itself, as over a data set (what a call leaves behind is paid by the same
 method's next call, not by another's), the median over rounds of the ratio
 to the forward's time in the same round.
 
+``MEMORY``: the extra peak memory of one call of each method on
+``--memory-model`` (ViT-B) with ``--memory-batch`` (8) images at 224 px,
+above what is in use before it (model and input): CUDA's allocator peak on
+a GPU, else the process's peak resident set (``/proc/self/clear_refs``
+resets it), as MB and as a multiple of a plain no-grad forward's.
+
 Usage: python benchmarks/attribution.py [--quick] [--model NAME] [--batch 4] [--rounds 9]
+       [--memory-model vit_base_patch16_224] [--memory-batch 8]
 """
 
 from __future__ import annotations
@@ -32,15 +40,17 @@ import resource
 
 import timm
 import torch
+from _memory import can_measure, extra_peak_bytes
 from _timing import best_time, in_a_row, interleaved
 from captum.attr import FeatureAblation, IntegratedGradients, Saliency
 
-from captum_sift.attr import AttentionRollout, GradientRollout, RawAttention, SIFTInterrelation
+from captum_sift.attr import AttentionRollout, AttnLRP, GradientRollout, RawAttention, SIFTInterrelation
 from captum_sift.data import SAMPLE_PHOTOS, sample_images
 from captum_sift.keypoints import count_keypoints
 
 THETA, ROLLOUT, GRADIENT = "SIFTInterrelation (counts included)", "AttentionRollout", "GradientRollout (target)"
-TARGETS = {THETA: 1.2, ROLLOUT: 1.2, GRADIENT: 2.5}
+LRP = "AttnLRP (target)"
+TARGETS = {THETA: 1.2, ROLLOUT: 1.2, GRADIENT: 2.5, LRP: None}
 
 
 def report(label: str, best: dict, median: dict, batch: int) -> None:
@@ -51,7 +61,7 @@ def report(label: str, best: dict, median: dict, batch: int) -> None:
     for name, target in TARGETS.items():
         print(
             f"{label}RATIO {name.split()[0]} / forward: {median[name]:.2f}  (median of paired rounds; "
-            f"best rounds {best[name] / one:.2f}; target <= {target})"
+            f"best rounds {best[name] / one:.2f}; " + (f"target <= {target})" if target else "no target)")
         )
 
 
@@ -81,10 +91,14 @@ def main() -> None:
     parser.add_argument("--model", default="vit_small_patch16_224")
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=9)
+    parser.add_argument("--memory-model", default="vit_base_patch16_224")
+    parser.add_argument("--memory-batch", type=int, default=8)
     args = parser.parse_args()
     size, steps, name = 224, 50, args.model
     if args.quick:
         size, steps, name, args.batch, args.rounds = 64, 4, "vit_tiny_patch16_224", 2, 1
+        args.memory_model, args.memory_batch = "vit_tiny_patch16_224", 2
+    memory(args.memory_model, args.memory_batch, size)
     torch.manual_seed(0)
     model = timm.create_model(name, pretrained=False, img_size=size).eval()
     pixels = sample_images(list(SAMPLE_PHOTOS[: args.batch]), size=size)
@@ -108,6 +122,7 @@ def main() -> None:
         ROLLOUT: lambda: AttentionRollout(model).attribute(x),
         "RawAttention (last layer)": lambda: RawAttention(model).attribute(x),
         GRADIENT: lambda: GradientRollout(model).attribute(x, target=target),
+        LRP: lambda: AttnLRP(model).attribute(x, target=target),
         "Saliency": lambda: Saliency(model).attribute(x, target=target),
     }
     # A data set's pass: the photos and their mirror images in batches, each method over all of them in a row.
@@ -136,6 +151,42 @@ def main() -> None:
         report_in_a_row("ONE THREAD ", in_a_row(row, batches, row_rounds, "plain forward"), len(batches), row_rounds)
     finally:
         torch.set_num_threads(threads)
+
+
+def memory(name: str, batch: int, size: int) -> None:
+    """Extra peak memory of one call of each method (after one untimed call), see the module docstring."""
+    device = torch.device("cpu")
+    if not can_measure(device):
+        print("MEMORY: not measured (needs Linux's /proc/self/clear_refs)")
+        return
+    torch.manual_seed(0)
+    model = timm.create_model(name, pretrained=False, img_size=size).eval()
+    x = torch.randn(batch, 3, size, size)
+    with torch.no_grad():
+        target = model(x).argmax(1)
+
+    def forward() -> None:
+        with torch.no_grad():
+            model(x)
+
+    methods = {
+        "plain forward": forward,
+        "SIFTInterrelation (counts given)": lambda: SIFTInterrelation(model).attribute(
+            x, keypoint_counts=torch.ones(batch, (size // 16) ** 2, dtype=torch.long)
+        ),
+        ROLLOUT: lambda: AttentionRollout(model).attribute(x),
+        "RawAttention (last layer)": lambda: RawAttention(model).attribute(x),
+        GRADIENT: lambda: GradientRollout(model).attribute(x, target=target),
+        LRP: lambda: AttnLRP(model).attribute(x, target=target),
+        "Saliency (forward + backward)": lambda: Saliency(model).attribute(x, target=target),
+    }
+    print(f"MEMORY {name}, {size}px, batch {batch}, CPU, extra peak resident memory of one call (after a warm-up):")
+    extra = {}
+    for label, fn in methods.items():
+        fn()
+        extra[label] = extra_peak_bytes(fn, device)
+    for label, value in extra.items():
+        print(f"MEMORY {label}: {value / 2**20:.0f} MB = {value / extra['plain forward']:.1f} plain forwards")
 
 
 if __name__ == "__main__":

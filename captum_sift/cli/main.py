@@ -23,6 +23,7 @@ from typing import Any
 from .. import __version__
 from .._dist import finish
 from ..errors import CaptumSiftError
+from ..faithfulness import DEFAULT_METHODS, METHODS
 from ..keypoints import DEFAULT_BACKEND
 from ..theta.settings import CONTROL_CHOICES, KEYPOINT_BACKENDS
 from .options import (
@@ -158,9 +159,7 @@ def _parser() -> argparse.ArgumentParser:
     mask.add_argument("--seed", type=int, default=0, help="seed of the random mode")
     cmp = sub.add_parser("compare", help="θ next to other attribution methods on faithfulness metrics")
     _add_model_data_options(cmp)
-    cmp.add_argument("--methods", default="theta,rollout,raw_attention,saliency,integrated_gradients,random",
-                     help="comma-separated among theta,rollout,raw_attention,saliency,integrated_gradients,"
-                     "feature_ablation,gradcam,random")  # fmt: skip
+    cmp.add_argument("--methods", default=",".join(DEFAULT_METHODS), help=f"comma-separated among {','.join(METHODS)}")
     cmp.add_argument("--steps", type=int, default=8, help="points of the deletion / insertion curves")
     cmp.add_argument(
         "--fill", default="0.0", help="what masked patches become: a number (model space), mean, blur, drop"

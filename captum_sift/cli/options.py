@@ -14,7 +14,7 @@ import torch
 
 from .._checks import check_int, check_number, check_patch_size
 from ..errors import CaptumSiftError
-from ..faithfulness import METHODS
+from ..faithfulness import DEFAULT_METHODS, METHODS
 from ..mae.masking import KeyShareSchedule
 from ..mae.pretrain import MAX_PRETRAIN_SEED, PretrainConfig
 from ..masking.apply import check_plan
@@ -249,7 +249,7 @@ class CompareOptions(RunOptions):
 
     command: ClassVar[str] = "compare"
 
-    methods: tuple[str, ...] = ("theta", "rollout", "raw_attention", "saliency", "integrated_gradients", "random")
+    methods: tuple[str, ...] = DEFAULT_METHODS
     fill: str = "0.0"
     steps: int = 8
     ig_steps: int = 16

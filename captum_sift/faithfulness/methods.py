@@ -1,4 +1,5 @@
-"""The attribution methods by name: θ, the attention baselines, Captum's, Grad-CAM and a random floor.
+"""The attribution methods by name: θ, the attention baselines, the class-specific transformer methods
+(gradient rollout, AttnLRP), Captum's, Grad-CAM and a random floor.
 
 :func:`explain` runs one method on any model family and gives a pixel
 attribution (B, C, H, W); :func:`patch_attribution` sums it over each patch.
@@ -10,7 +11,7 @@ import torch
 from torch import nn
 
 from .._checks import check_classes, check_patch_size, shape_of
-from ..attr import AttentionRollout, RawAttention, SIFTInterrelation
+from ..attr import AttentionRollout, AttnLRP, GradientRollout, RawAttention, SIFTInterrelation
 from ..attr.patches import patch_feature_mask, patch_scores_to_pixels
 from ..errors import CaptumSiftError
 from ..keypoints import count_keypoints
@@ -19,11 +20,13 @@ from ..vit import ViTAdapter, as_vit, eval_mode
 __all__ = ["DEFAULT_METHODS", "METHODS", "explain", "patch_attribution"]
 
 #: Methods :func:`explain` knows; ``gradcam`` needs the ``gradcam`` extra (pytorch-grad-cam).
-METHODS = ("theta", "rollout", "raw_attention", "saliency", "integrated_gradients", "feature_ablation", "gradcam",
-           "random")  # fmt: skip
-DEFAULT_METHODS = ("theta", "rollout", "raw_attention", "saliency", "integrated_gradients", "random")
+METHODS = ("theta", "rollout", "raw_attention", "gradient_rollout", "attnlrp", "saliency", "integrated_gradients",
+           "feature_ablation", "gradcam", "random")  # fmt: skip
+#: Every method but the two slowest (feature ablation: a forward per patch; Grad-CAM: an extra package).
+DEFAULT_METHODS = ("theta", "rollout", "raw_attention", "gradient_rollout", "attnlrp", "saliency",
+                   "integrated_gradients", "random")  # fmt: skip
 #: The methods that explain one class: their targets are checked against the model's outputs.
-_TARGETED = ("saliency", "integrated_gradients", "feature_ablation", "gradcam")
+_TARGETED = ("gradient_rollout", "attnlrp", "saliency", "integrated_gradients", "feature_ablation", "gradcam")
 
 
 class _Logits(nn.Module):
@@ -50,7 +53,10 @@ def explain(
     """Attribution (B, C, H, W) of ``method`` for model-space ``images`` and class ``targets`` (B,).
 
     ``theta``: :class:`~captum_sift.attr.SIFTInterrelation`; ``rollout`` /
-    ``raw_attention``: the attention baselines; ``saliency``,
+    ``raw_attention``: the attention baselines; ``gradient_rollout`` /
+    ``attnlrp``: :class:`~captum_sift.attr.GradientRollout` (Chefer et al.
+    2021b) and :class:`~captum_sift.attr.AttnLRP` (Achtibat et al. 2024)
+    for ``targets``; ``saliency``,
     ``integrated_gradients`` (``ig_steps``, baseline 0 = the mean colour),
     ``feature_ablation`` (over the patches): Captum's; ``gradcam``:
     pytorch-grad-cam's GradCAM on the last block's first norm, tokens
@@ -94,6 +100,10 @@ def explain_with(
         return AttentionRollout(vit).attribute(images)
     if method == "raw_attention":
         return RawAttention(vit).attribute(images)
+    if method == "gradient_rollout":
+        return GradientRollout(vit).attribute(images, target=targets.to(images.device)).detach()
+    if method == "attnlrp":
+        return AttnLRP(vit).attribute(images, target=targets.to(images.device)).detach()
     if method == "random":
         grid = vit.grid(images)
         g = torch.Generator().manual_seed(seed)

@@ -90,6 +90,8 @@ def test_attribution_benchmark_quick_mode():
     assert re.search(r"RATIO SIFTInterrelation / forward: [\d.]+", result.stdout)
     assert re.search(r"ONE THREAD IN A ROW RATIO AttentionRollout / forward: [\d.]+", result.stdout)
     assert re.search(r"ONE THREAD RATIO GradientRollout / forward: [\d.]+", result.stdout)
+    assert re.search(r"ONE THREAD RATIO AttnLRP / forward: [\d.]+", result.stdout)
+    assert re.search(r"MEMORY AttnLRP \(target\): \d+ MB = [\d.]+ plain forwards", result.stdout)
 
 
 def test_bottom_prompt_fills_example_runs_as_written():
