@@ -18,6 +18,7 @@ import warnings
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
 
 from .._checks import check_classes, check_int, shape_of
@@ -124,7 +125,6 @@ def localisation_scores(scores: torch.Tensor, masks: torch.Tensor, *, k: int = T
         raise CaptumSiftError(f"expected at least 2 patches to localise among, got scores of shape {(batch, n)}")
     k = check_int(k, "k (patches of the top-k intersection)", low=1, high=n - 1)
     quantus = _quantus()
-    import numpy as np
 
     a_all = scores.detach().cpu().double()
     finite = torch.isfinite(a_all).all(dim=1)
@@ -149,22 +149,6 @@ def localisation_scores(scores: torch.Tensor, masks: torch.Tensor, *, k: int = T
             for row, value in zip(rows.nonzero().flatten().tolist(), values, strict=True):
                 out[name][row] = float(value)
     return out
-    a = scores.detach().cpu().double()[finite].numpy()[:, None, :]
-    s = masks.cpu()[finite].double().numpy()[:, None, :]
-    x, y = np.zeros_like(a), np.zeros(a.shape[0], dtype=np.int64)  # x is read for its shape only
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        metrics = {"pointing_game": (quantus.PointingGame(disable_warnings=True), a),
-                   "relevance_mass_accuracy": (quantus.RelevanceMassAccuracy(disable_warnings=True), a.clip(min=0)),
-                   "relevance_rank_accuracy": (quantus.RelevanceRankAccuracy(disable_warnings=True), a),
-                   "top_k_intersection": (quantus.TopKIntersection(k=k, disable_warnings=True), a)}  # fmt: skip
-        rows = finite.nonzero().flatten().tolist()
-        for name, (metric, attribution) in metrics.items():
-            with np.errstate(invalid="ignore", divide="ignore"):  # 0 / 0 relevance mass: NaN
-                values = metric(model=None, x_batch=x, y_batch=y, a_batch=attribution, s_batch=s, channel_first=True)
-            for row, value in zip(rows, values, strict=True):
-                out[name][row] = float(value)
-    return out
 
 
 def road_scores(
@@ -178,6 +162,11 @@ def road_scores(
 ) -> list[float]:
     """ROAD (Rong et al. 2022) of patch scores (B, N) on model-space images: pytorch-grad-cam's ``ROADCombined``.
 
+    Its parts, as ``ROADCombined`` puts them together: pytorch-grad-cam's
+    ``PerturbationConfidenceMetric`` with ``RemoveMostRelevantFirst`` and
+    ``RemoveLeastRelevantFirst`` at each percentile and its
+    ``NoisyLinearImputer``, whose noise is seeded per image.
+
     For each percentile p, the pixels of the patches above it are removed
     (most relevant first, MoRF) or those below it (least relevant first,
     LeRF) and filled by noisy linear imputation from their neighbours; the
@@ -186,13 +175,17 @@ def road_scores(
     the attribution calls relevant costs more than removing the rest). The
     imputation is linear, so it works the same on model-space (normalised)
     images; its noise (0.01) is drawn from torch's generator seeded with
-    ``seed + i`` for image i (so an image's value does not depend on the
-    others of its batch; the global state is restored after). An image
+    ``seed + i`` at each imputation of image i (so an image's value does not
+    depend on the others of its batch; the global state is restored after). An image
     whose scores are not all finite gets NaN.
     """
     vit = as_vit(vit)
     try:
-        from pytorch_grad_cam.metrics.road import ROADCombined
+        from pytorch_grad_cam.metrics.perturbation_confidence import (
+            PerturbationConfidenceMetric,
+            RemoveLeastRelevantFirst,
+            RemoveMostRelevantFirst,
+        )
         from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
     except ImportError as exc:
         raise CaptumSiftError(
@@ -217,14 +210,34 @@ def road_scores(
         return out
     picked = scores.detach().cpu().double()[finite]
     cams = patch_scores_to_pixels(picked, (len(rows), 1, *images.shape[2:]), vit.patch_size)[:, 0].float().numpy()
-    road, model = ROADCombined(percentiles=percentiles), _Logits(vit)
-    values = []
+    imputer = _seeded_imputer([seed + row for row in rows])
+    model, x = _Logits(vit), images.detach()[finite.to(images.device)]
+    chosen = [ClassifierOutputTarget(int(t)) for t in targets[finite.to(targets.device)]]
     with torch.random.fork_rng(devices=[]), torch.no_grad(), eval_mode(vit.model), warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # numpy 2's, on pytorch-grad-cam's tensors
-        for i, row in enumerate(rows):  # one image at a time: its noise depends on its own seed only
-            torch.manual_seed(seed + row)
-            target = [ClassifierOutputTarget(int(targets[row]))]
-            values.append(float(road(images.detach()[row : row + 1], cams[i : i + 1], target, model)[0]))
+        lerf = [PerturbationConfidenceMetric(RemoveLeastRelevantFirst(p, imputer))(x, cams, chosen, model)
+                for p in percentiles]  # fmt: skip
+        morf = [PerturbationConfidenceMetric(RemoveMostRelevantFirst(p, imputer))(x, cams, chosen, model)
+                for p in percentiles]  # fmt: skip
+    values = ((np.mean(lerf, axis=0) - np.mean(morf, axis=0)) / 2).tolist()  # ROADCombined's value
     for row, value in zip(rows, values, strict=True):
         out[row] = float(value)
     return out
+
+
+def _seeded_imputer(seeds: list[int]) -> Any:
+    """pytorch-grad-cam's NoisyLinearImputer, the generator seeded with ``seeds[i]`` before image i's imputation.
+
+    ``PerturbationConfidenceMetric`` imputes the images of a batch in order, once per call.
+    """
+    from pytorch_grad_cam.metrics.road import NoisyLinearImputer
+
+    class SeededImputer(NoisyLinearImputer):
+        calls = 0
+
+        def __call__(self, img: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+            torch.manual_seed(seeds[self.calls % len(seeds)])
+            self.calls += 1
+            return super().__call__(img, mask)
+
+    return SeededImputer()

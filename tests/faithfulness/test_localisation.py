@@ -147,7 +147,8 @@ def embedded():
     return default_model(), (images - MEAN) / STD, labels
 
 
-def test_road_is_pytorch_grad_cams_and_fails_an_attribution_built_to_miss(embedded):
+def test_road_is_pytorch_grad_cams_and_fails_an_attribution_built_to_miss(embedded, monkeypatch):
+    from pytorch_grad_cam.metrics import road
     from pytorch_grad_cam.metrics.road import ROADCombined
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
@@ -158,24 +159,25 @@ def test_road_is_pytorch_grad_cams_and_fails_an_attribution_built_to_miss(embedd
     good = patch_attribution(explain("feature_ablation", vit, x, y), 16)
     percentiles = (20, 50, 80)
     ours = road_scores(vit, x, y, good, percentiles=percentiles, seed=3)
-    cams = patch_scores_to_pixels(good.double(), (2, 1, 112, 112), 16)[:, 0].float().numpy()
-    theirs = []
-    for i in range(2):  # image i's imputation noise is seeded with seed + i
-        torch.manual_seed(3 + i)
-        with torch.no_grad():
-            theirs += ROADCombined(percentiles=list(percentiles))(
-                x[i : i + 1], cams[i : i + 1], [ClassifierOutputTarget(int(y[i]))], model
-            ).tolist()
-    np.testing.assert_allclose(ours, theirs, rtol=1e-5)
     missed = road_scores(vit, x, y, -good, percentiles=percentiles, seed=3)
     assert min(ours) > 0 > max(missed)
+    # each image's value is its own: alone, or beside another image (or a NaN one), with the same seed + index
+    alone = road_scores(vit, x[1:], y[1:], good[1:], percentiles=percentiles, seed=4)
+    assert alone[0] == pytest.approx(ours[1], rel=1e-6)
     nan = good.clone()
     nan[1, 0] = float("nan")
     with_nan = road_scores(vit, x, y, nan, percentiles=percentiles, seed=3)
-    assert with_nan[0] == pytest.approx(ours[0], rel=1e-5) and math.isnan(with_nan[1])
+    assert with_nan[0] == pytest.approx(ours[0], rel=1e-6) and math.isnan(with_nan[1])
     state = torch.random.get_rng_state()
     road_scores(vit, x[:1], y[:1], good[:1], percentiles=(50,))
     assert torch.equal(torch.random.get_rng_state(), state)  # the global generator is left as it was
+    # without the imputation noise, the value is ROADCombined's on the batch
+    monkeypatch.setattr(road.NoisyLinearImputer.__init__, "__defaults__", (0.0, road.neighbors_weights))
+    cams = patch_scores_to_pixels(good.double(), (2, 1, 112, 112), 16)[:, 0].float().numpy()
+    with torch.no_grad():
+        theirs = ROADCombined(percentiles=list(percentiles))(x, cams, [ClassifierOutputTarget(int(t)) for t in y],
+                                                             model)  # fmt: skip
+    np.testing.assert_allclose(road_scores(vit, x, y, good, percentiles=percentiles), theirs, rtol=1e-5)
     with pytest.raises(CaptumSiftError, match=r"expected scores of shape \(2, 49\)"):
         road_scores(vit, x, y, good[:, :48])
     with pytest.raises(CaptumSiftError, match=r"expected every ROAD percentile to be an int >= 1 and <= 99"):
@@ -233,17 +235,19 @@ def test_compare_road_row_and_the_table_carries_localisation(embedded):
     model, x, y = embedded
     masks = _marker_masks(torch.tensor([3, 4]))
     kwargs = {"methods": ("random",), "steps": 2, "quantus_metrics": False, "timing_rounds": 0, "progress": False}
-    table = compare(model, x[:2], y[:2], masks=masks, road=True, **kwargs)
+    table = compare(model, x[:2], y[:2], masks=masks, road=(50,), **kwargs)
     assert "road (higher is better)" in str(table) and "relevance_mass_accuracy (higher is better)" in str(table)
     vit = as_vit(model)
     random = patch_attribution(explain("random", vit, x[:2], y[:2]), 16)
-    assert table.values["random"]["road"] == pytest.approx(road_scores(vit, x[:2], y[:2], random), rel=1e-5)
-    halves = compare(model, x[:1], y[:1], masks=masks[:1], road=True, **kwargs).merge(
-        compare(model, x[1:2], y[1:2], masks=masks[1:], road=True, **kwargs))  # fmt: skip
+    assert table.values["random"]["road"] == pytest.approx(road_scores(vit, x[:2], y[:2], random, percentiles=(50,)))
+    halves = compare(model, x[:1], y[:1], masks=masks[:1], road=(50,), **kwargs).merge(
+        compare(model, x[1:2], y[1:2], masks=masks[1:], road=(50,), **kwargs))  # fmt: skip
     for metric in (*LOCALISATION_METRICS, "road"):
         assert len(halves.values["random"][metric]) == 2
     back = ComparisonTable.from_dict(halves.state_dict())
     assert back.values == halves.values
+    with pytest.raises(CaptumSiftError, match="expected road to be True, False or a sequence of percentiles"):
+        compare(model, x[:2], y[:2], masks=masks, road="yes", **kwargs)
     rows = {r["metric"]: r for r in back.rows()}
     assert rows["relevance_rank_accuracy"]["n"] == 2 and rows["road"]["better"] == "higher"
 
