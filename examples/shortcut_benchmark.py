@@ -120,7 +120,7 @@ def main() -> None:
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     if args.quick:
-        args.data, args.train, args.test, args.epochs, args.localise = "embedded", 200, 40, 1, 8
+        args.data, args.train, args.test, args.epochs, args.localise = "embedded", 200, 40, 1, 4
     train_x, train_y, test_x, test_y = load(args.data, args.train, args.test)
     marked_train, _, _ = plant_markers(train_x, train_y, correlated=True, seed=0, agreement=args.agreement)
     marked_test, marker, _ = plant_markers(test_x, test_y, correlated=False, seed=1)
@@ -177,10 +177,11 @@ def main() -> None:
           f"of the images where it holds keypoints ({results['spurious']['marker_is_key_share']:.2f} of all); "
           f"masking it: {results['spurious']['mask_accuracy']:.3f}")  # fmt: skip
     n_loc = min(args.localise, len(x))
-    road = ROAD if not args.quick else (50,)
+    road, steps = (ROAD, 8) if not args.quick else ((50,), 2)
     start = time.perf_counter()
     table = compare(vit, x[:n_loc], predicted[:n_loc], METHODS, masks=marker_masks(marker[:n_loc], x.shape[-2:]),
-                    road=road, quantus_metrics=False, timing_rounds=0, batch_size=50, progress=False)  # fmt: skip
+                    road=road, steps=steps, quantus_metrics=False, timing_rounds=0, batch_size=50,
+                    progress=False)  # fmt: skip
     print(f"localisation of the marker, {n_loc} decorrelated test images (ROAD percentiles {road}; "
           f"{time.perf_counter() - start:.0f} s):\n{table}")  # fmt: skip
     results["localisation"] = {"images": n_loc, "road_percentiles": list(road), "rows": table.rows()}
