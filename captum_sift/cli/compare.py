@@ -8,7 +8,9 @@ import matplotlib.pyplot as plt
 import torch
 
 from .. import viz
-from ..faithfulness import ComparisonTable, compare, patch_attribution
+from ..data.masks import load_mask, mask_file, masks_fingerprint
+from ..errors import CaptumSiftError
+from ..faithfulness import ComparisonTable, compare, patch_attribution, patch_masks
 from ..faithfulness.methods import explain_with
 from ..masking import read_logits, write_rows_csv
 from ..vit import eval_mode
@@ -29,16 +31,39 @@ def _job(run: Run) -> Job:
     options: CompareOptions = run.options  # type: ignore[assignment]
     total = TableTotal()
     fill = options.fill_value
+    if options.masks is not None:
+        files = [mask_file(run.source.files[i], run.source.root, options.masks) for b in run.batches for i in b]
+        missing = [f"{run.source.files[i]} -> {m}" for b in run.batches for i in b
+                   if not (m := mask_file(run.source.files[i], run.source.root, options.masks)).is_file()]  # fmt: skip
+        if missing:
+            raise CaptumSiftError(f"no mask file for {len(missing)} of the images (--masks {options.masks}; "
+                                  f"image -> expected mask): {'; '.join(missing[:3])}")  # fmt: skip
+        run.settings["masks_fingerprint"] = masks_fingerprint(files)  # a resumed run must read the same masks
 
     def step(images: torch.Tensor, _labels: torch.Tensor, read: list[int]) -> None:
         batch = Batch.build(run.vit, images, "pixel")  # checked once: the targets, the methods and θ's keypoints
         targets = _predicted(run, batch, f"the batch from image {read[0]} (its predicted classes)")
+        masks = None if options.masks is None else _patch_masks(run, batch, read).to(images.device)
         part = compare(run.vit, batch, targets, options.methods, image_space="pixel", steps=options.steps,
-                       fill=fill, quantus_metrics=options.quantus, ig_steps=options.ig_steps,
-                       batch_size=len(images), progress=False)  # fmt: skip
+                       fill=fill, quantus_metrics=options.quantus, ig_steps=options.ig_steps, masks=masks,
+                       road=options.road, batch_size=len(images), progress=False)  # fmt: skip
         total.add(part)
 
     return Job(total, step, lambda skipped: write_compare(run, total.table, skipped), "compared")
+
+
+def _patch_masks(run: Run, batch: Batch, read: list[int]) -> torch.Tensor:
+    """The patch masks (B, N) of the images read, each from its file (an error names the file)."""
+    out = []
+    for i in read:
+        image = run.source.files[i]
+        path = mask_file(image, run.source.root, run.options.masks)  # type: ignore[attr-defined]
+        mask = load_mask(path, image, run.source.size)
+        try:
+            out.append(patch_masks(mask[None], 1, batch.grid, run.vit.patch_size)[0])
+        except CaptumSiftError as exc:
+            raise CaptumSiftError(f"the mask {path}: {exc}") from exc
+    return torch.stack(out)
 
 
 def _predicted(run: Run, batch: Batch, what: str) -> torch.Tensor:

@@ -166,6 +166,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     cmp.add_argument("--ig-steps", type=int, default=16, help="IntegratedGradients steps")
     cmp.add_argument("--no-quantus", action="store_true", help="skip Quantus's FaithfulnessCorrelation and MPRT")
+    cmp.add_argument("--masks", default=None, type=_path,
+                     help="folder of ground-truth masks of the --images files (images/a/1.jpg -> DIR/a/1.png, "
+                     "one channel, the image's size, nonzero = inside): adds Quantus's localisation "
+                     "metrics")  # fmt: skip
+    cmp.add_argument(
+        "--road",
+        action="store_true",
+        help="add ROAD (pytorch-grad-cam, percentiles 10..90: 18 sparse solves per image and method)",
+    )
     cmp.add_argument("--quick", action="store_true",
                      help="16 images, 4 curve points, 4 IG steps: seconds on 2 idle CPU cores, where all 1,000 "
                      "embedded images take about 10 minutes (hours when other work shares the cores)")  # fmt: skip

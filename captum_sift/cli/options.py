@@ -254,6 +254,8 @@ class CompareOptions(RunOptions):
     steps: int = 8
     ig_steps: int = 16
     quantus: bool = True
+    masks: Path | None = None
+    road: bool = False
 
     @property
     def fill_value(self) -> float | str:
@@ -275,11 +277,27 @@ class CompareOptions(RunOptions):
         parse_fill(args.fill)
         steps, ig_steps = check_int(args.steps, "--steps", low=1), check_int(args.ig_steps, "--ig-steps", low=1)
         return {"methods": tuple(methods), "fill": args.fill, "steps": steps, "ig_steps": ig_steps,
-                "quantus": not args.no_quantus}  # fmt: skip
+                "quantus": not args.no_quantus, "masks": _masks_folder(args), "road": args.road}  # fmt: skip
 
     def own_settings(self) -> dict[str, Any]:
         return {"methods": list(self.methods), "fill": self.fill, "steps": self.steps, "ig_steps": self.ig_steps,
-                "quantus": self.quantus}  # fmt: skip
+                "quantus": self.quantus, "masks": None if self.masks is None else str(self.masks),
+                "road": self.road}  # fmt: skip
+
+
+def _masks_folder(args: argparse.Namespace) -> Path | None:
+    """``--masks``: a folder of ground-truth masks of the --images folder's files, outside it."""
+    if args.masks is None:
+        return None
+    if args.images is None:
+        raise CaptumSiftError("--masks gives the ground truth of the files of --images; it needs --images "
+                              "(the built-in Fashion-MNIST data has no masks)")  # fmt: skip
+    masks = Path(args.masks)
+    if not masks.is_dir():
+        raise CaptumSiftError(f"--masks folder not found: {masks}")
+    if masks.resolve().is_relative_to(Path(args.images).resolve()):
+        raise CaptumSiftError(f"--masks {masks} lies inside --images {args.images}: its PNGs would be read as images")
+    return masks
 
 
 @dataclass(frozen=True)

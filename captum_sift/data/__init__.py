@@ -20,9 +20,10 @@ from .fashion_mnist import (
     resize_8bit,
 )
 from .folders import IMAGE_SUFFIXES, ImageFolder, decode_image, display_path
+from .masks import MASK_MODES, load_mask, mask_file, masks_fingerprint
 from .memory import available_memory, check_memory
 from .samples import SAMPLE_PHOTOS, SKLEARN_PHOTOS, load_sample_photo, sample_images
-from .shortcut import NUM_MARKERS, marker_textures, plant_markers
+from .shortcut import NUM_MARKERS, marker_masks, marker_textures, plant_markers
 
 __all__ = [
     "DEFAULT_ARCHITECTURE",
@@ -33,6 +34,7 @@ __all__ = [
     "FASHION_MNIST_ROOT",
     "FASHION_MNIST_STD",
     "IMAGE_SUFFIXES",
+    "MASK_MODES",
     "ImageFolder",
     "NUM_MARKERS",
     "SAMPLE_PHOTOS",
@@ -47,8 +49,12 @@ __all__ = [
     "display_path",
     "fashion_mnist_to_model_size",
     "load_fashion_mnist",
+    "load_mask",
     "load_sample_photo",
+    "marker_masks",
     "marker_textures",
+    "mask_file",
+    "masks_fingerprint",
     "plant_markers",
     "resize_8bit",
     "sample_images",

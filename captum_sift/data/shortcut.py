@@ -7,7 +7,7 @@ drawn at random, unrelated to the label. A model that relies on the marker
 loses accuracy on the decorrelated split, and masking exactly the marker
 patch (the oracle) gives it back: the right answer to "which patch should an
 explanation point at, and which patch should a mask-as-prompt remove" is
-known for every image.
+known for every image: :func:`marker_masks` gives it as a ground-truth mask.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import torch
 
 from ..errors import CaptumSiftError
 
-__all__ = ["NUM_MARKERS", "marker_textures", "plant_markers"]
+__all__ = ["NUM_MARKERS", "marker_masks", "marker_textures", "plant_markers"]
 
 NUM_MARKERS = 10
 
@@ -91,3 +91,37 @@ def plant_markers(
         y0, x0 = row * patch_size + offset, col * patch_size + offset
         out[b, 0, y0 : y0 + marker_size, x0 : x0 + marker_size] = textures[int(kind[b])]
     return out, position, kind
+
+
+def marker_masks(
+    position: torch.Tensor, size: tuple[int, int], *, patch_size: int = 16, marker_size: int = 12
+) -> torch.Tensor:
+    """The pixels of each planted marker, (B, H, W) bool: the ground truth of :func:`plant_markers`' images.
+
+    ``position`` (B,): the marker patch indices :func:`plant_markers` returns;
+    ``size``: the images' (H, W). The marker is the ``marker_size`` square
+    centred in its patch (12 of 16 px: 56 % of the patch, so as a patch mask
+    it is exactly the marker's patch).
+
+    Example:
+        >>> marker_masks(torch.tensor([1]), (4, 8), patch_size=4, marker_size=2)[0].long()
+        tensor([[0, 0, 0, 0, 0, 0, 0, 0],
+                [0, 0, 0, 0, 0, 1, 1, 0],
+                [0, 0, 0, 0, 0, 1, 1, 0],
+                [0, 0, 0, 0, 0, 0, 0, 0]])
+    """
+    height, width = size
+    if height % patch_size or width % patch_size or not 0 < marker_size <= patch_size:
+        raise CaptumSiftError(f"expected (H, W) tiled by {patch_size}-px patches and 0 < marker_size <= patch_size, "
+                              f"got {tuple(size)} and marker_size {marker_size}")  # fmt: skip
+    grid_w, n = width // patch_size, (height // patch_size) * (width // patch_size)
+    if not isinstance(position, torch.Tensor) or position.dim() != 1 or (len(position) and not (
+            0 <= int(position.min()) and int(position.max()) < n)):  # fmt: skip
+        raise CaptumSiftError(f"expected marker positions (B,) in [0, {n}), got {position!r}")
+    masks = torch.zeros(len(position), height, width, dtype=torch.bool)
+    offset = (patch_size - marker_size) // 2
+    for b, index in enumerate(position.tolist()):
+        row, col = divmod(int(index), grid_w)
+        y0, x0 = row * patch_size + offset, col * patch_size + offset
+        masks[b, y0 : y0 + marker_size, x0 : x0 + marker_size] = True
+    return masks

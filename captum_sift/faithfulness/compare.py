@@ -3,9 +3,10 @@
 :func:`compare` runs several methods (:mod:`~captum_sift.faithfulness.methods`)
 on (model, images, labels) and returns a :class:`ComparisonTable`: patch-level
 deletion and insertion AUC (most relevant patches first; fill or token drop),
-Quantus's ``FaithfulnessCorrelation`` and ``EfficientMPRT``, the rank of a
-known true patch and the pointing game where one is given
-(:mod:`~captum_sift.faithfulness.metrics`), and the cost of each method in
+Quantus's ``FaithfulnessCorrelation`` and ``EfficientMPRT``
+(:mod:`~captum_sift.faithfulness.metrics`), where ground truth is given
+Quantus's localisation metrics and the rank of a known true patch, ROAD on
+request (:mod:`~captum_sift.faithfulness.localisation`), and the cost of each method in
 seconds per image and in plain forwards (each method timed between two plain
 forwards of the same batch, in interleaved rounds; medians over the rounds).
 """
@@ -28,15 +29,17 @@ from ..errors import CaptumSiftError
 from ..masking import Z95, read_logits
 from ..vit import ViTAdapter, as_vit, eval_mode
 from ..vit.inputs import Batch
+from .localisation import LOCALISATION_METRICS, ROAD_PERCENTILES, TOP_K, localisation_scores, patch_masks, road_scores
 from .methods import DEFAULT_METHODS, METHODS, explain_with, patch_attribution
-from .metrics import measure_deletion_insertion, pointing_game, quantus_scores
+from .metrics import _quantus, measure_deletion_insertion, quantus_scores
 
 __all__ = ["BETTER", "ComparisonTable", "compare"]
 
 #: Which way each metric of a :class:`ComparisonTable` is better.
 BETTER = {"deletion_auc": "lower", "insertion_auc": "higher", "faithfulness_correlation": "higher",
           "mprt_complexity_change": "higher", "true_patch_rank": "lower", "pointing_game": "higher",
-          "seconds_per_image": "lower", "forwards_per_image": "lower"}  # fmt: skip
+          "relevance_mass_accuracy": "higher", "relevance_rank_accuracy": "higher", "top_k_intersection": "higher",
+          "road": "higher", "seconds_per_image": "lower", "forwards_per_image": "lower"}  # fmt: skip
 
 
 @dataclass
@@ -206,6 +209,8 @@ def compare(
     steps: int = 8,
     fill: float | str = 0.0,
     true_patch: torch.Tensor | None = None,
+    masks: torch.Tensor | None = None,
+    road: bool | Sequence[int] = False,
     quantus_metrics: bool = True,
     ig_steps: int = 16,
     batch_size: int = 16,
@@ -222,11 +227,21 @@ def compare(
     insertion, so its AUC equals the insertion AUC and is not repeated),
     ``faithfulness_correlation`` and
     ``mprt_complexity_change`` (Quantus's ``FaithfulnessCorrelation`` and
-    ``EfficientMPRT``, with ``quantus_metrics``), and with ``true_patch``
-    (B,) — the index of the patch that holds the evidence — the
-    ``true_patch_rank`` (0 = the top attributed patch) and the
-    ``pointing_game`` hit (Quantus's ``PointingGame``, the true patch as the
-    mask; rank 0 without ``quantus_metrics``). Cost per method: ``seconds_per_image`` and
+    ``EfficientMPRT``, with ``quantus_metrics``). With ground truth,
+    ``masks`` — patch masks (B, N) or pixel masks (B, H, W) of the images'
+    size (:func:`~captum_sift.faithfulness.localisation.patch_masks`) — or
+    ``true_patch`` (B,), the index of the one patch that holds the evidence
+    (a one-patch mask, and its ``true_patch_rank``: 0 = the top attributed
+    patch): ``pointing_game``, ``relevance_mass_accuracy``,
+    ``relevance_rank_accuracy`` and ``top_k_intersection`` (top 5 patches),
+    Quantus's on the patch scores
+    (:func:`~captum_sift.faithfulness.localisation.localisation_scores`;
+    they need quantus, whatever ``quantus_metrics`` says). With ``road``
+    (True: the percentiles 10, 20, ..., 90; or the percentiles to use):
+    ``road``, pytorch-grad-cam's ROADCombined of the patch scores
+    (:func:`~captum_sift.faithfulness.localisation.road_scores`; two sparse
+    solves per percentile and image, about 0.1 s each at 112 px and up to
+    1.4 s at 224 px). Cost per method: ``seconds_per_image`` and
     ``forwards_per_image``: each method first runs once on one image (its
     one-time set-up is no per-image cost), then on every batch
     ``timing_rounds`` times, each run timed between two plain forwards of
@@ -239,7 +254,7 @@ def compare(
     nothing (no cost rows; each method runs once per batch).
 
     ``labels`` (B,) must be integer classes of the model, ``true_patch`` (B,)
-    patch indices of the grid, ``steps``, ``ig_steps`` and ``batch_size``
+    patch indices of the grid (not with ``masks``), ``steps``, ``ig_steps`` and ``batch_size``
     ints >= 1; non-finite logits anywhere (a NaN weight) are an error naming
     the method and the step, never a score.
     """
@@ -262,8 +277,17 @@ def compare(
     batch = images if isinstance(images, Batch) else Batch.build(vit, images, image_space)
     x, pixels = batch.model_input, batch.pixels
     n_patches = batch.num_patches
+    if true_patch is not None and masks is not None:
+        raise CaptumSiftError("expected true_patch (one patch per image) or masks, not both")
     if true_patch is not None:
         true_patch = check_classes(true_patch, x.shape[0], "true_patch", high=n_patches)
+        masks = torch.zeros(x.shape[0], n_patches, dtype=torch.bool).scatter_(1, true_patch.cpu().view(-1, 1), True)
+    elif masks is not None:
+        masks = patch_masks(masks, x.shape[0], batch.grid, vit.patch_size).cpu()
+    percentiles = _road_percentiles(road)
+    if masks is not None:
+        _quantus()  # before any work: the localisation metrics are Quantus's
+        top_k = min(TOP_K, n_patches - 1)
     table = ComparisonTable()
     with torch.no_grad(), eval_mode(vit.model):  # NaN weights stop here, before any method runs
         classes = read_logits(vit.logits(x[:1]), 1, "the unmasked images").shape[1]
@@ -292,16 +316,26 @@ def compare(
             table.add(method, "insertion_auc", measured.insertion_auc.tolist())
             if true_patch is not None:
                 truth = true_patch[lo : lo + batch_size].to(scores.device).view(-1, 1)
-                rank = (scores > scores.gather(1, truth)).sum(dim=1)
-                table.add(method, "true_patch_rank", rank.tolist())
-                if quantus_metrics:
-                    table.add(method, "pointing_game", pointing_game(vit, xb, yb, attributions, truth.flatten()))
-                else:
-                    table.add(method, "pointing_game", (rank == 0).double().tolist())
+                table.add(method, "true_patch_rank", (scores > scores.gather(1, truth)).sum(dim=1).tolist())
+            if masks is not None:
+                found = localisation_scores(scores, masks[lo : lo + batch_size], k=top_k)
+                for metric in LOCALISATION_METRICS:
+                    table.add(method, metric, found[metric])
+            if percentiles:
+                table.add(method, "road", road_scores(vit, xb, yb, scores, percentiles=percentiles, seed=lo))
             if quantus_metrics:
                 for metric, values in quantus_scores(vit, method, xb, yb, attributions, ig_steps).items():
                     table.add(method, metric, values)
     return table
+
+
+def _road_percentiles(road: object) -> tuple[int, ...]:
+    """``road`` of :func:`compare` as its percentiles: () for False, pytorch-grad-cam's for True."""
+    if isinstance(road, bool):
+        return ROAD_PERCENTILES if road else ()
+    if not isinstance(road, Sequence) or isinstance(road, str) or not road:
+        raise CaptumSiftError(f"expected road to be True, False or a sequence of percentiles, got {road!r}")
+    return tuple(check_int(p, "every ROAD percentile", low=1, high=99) for p in road)
 
 
 def _forward(vit: ViTAdapter, x: torch.Tensor) -> torch.Tensor:

@@ -1,10 +1,10 @@
-"""Faithfulness metrics of an attribution: patch deletion / insertion, Quantus's metrics, the pointing game.
+"""Faithfulness metrics of an attribution: patch deletion / insertion and Quantus's faithfulness metrics.
 
 :func:`deletion_insertion` masks the most relevant patches first (MoRF) and
 reads the target class's probability; the Quantus metrics
 (``FaithfulnessCorrelation``, ``EfficientMPRT``: does the attribution change
-when the weights are randomised?, ``PointingGame``) need the ``metrics``
-extra.
+when the weights are randomised?) need the ``metrics`` extra. Localisation
+against ground truth: :mod:`~captum_sift.faithfulness.localisation`.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ import torch
 from torch import nn
 
 from .._checks import all_finite, check_classes, check_int, shape_of
-from ..attr.patches import patch_scores_to_pixels
 from ..errors import CaptumSiftError
 from ..masking import masked_logits
 from ..vit import ViTAdapter, as_vit, eval_mode
@@ -138,24 +137,6 @@ def _auc(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return ((y[:, 1:] + y[:, :-1]) / 2 * (x[1:] - x[:-1])).sum(dim=1)
 
 
-def pointing_game(
-    vit: ViTAdapter, x: torch.Tensor, y: torch.Tensor, attributions: torch.Tensor, truth: torch.Tensor
-) -> list[float]:
-    """Quantus's PointingGame with the true patch as the ground-truth mask: 1 where the maximum lies in it."""
-    import quantus
-
-    n = math.prod(vit.grid(x))
-    mask = torch.zeros(x.shape[0], n).scatter_(1, truth.cpu().view(-1, 1), 1.0)
-    s_batch = patch_scores_to_pixels(mask, (x.shape[0], 1, *x.shape[2:]), vit.patch_size).numpy()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        metric = quantus.PointingGame(disable_warnings=True)
-        hits = metric(model=_Logits(vit).eval(), x_batch=x.detach().cpu().numpy(), y_batch=y.cpu().numpy(),
-                      a_batch=attributions.detach().cpu().numpy(), s_batch=s_batch, channel_first=True,
-                      device=str(x.device))  # fmt: skip
-    return [float(h) for h in hits]
-
-
 def quantus_scores(
     vit: ViTAdapter, method: str, x: torch.Tensor, y: torch.Tensor, attributions: torch.Tensor, ig_steps: int
 ) -> dict[str, list[float]]:
@@ -165,13 +146,7 @@ def quantus_scores(
     seeded with 0 for the call and restored after, so the same batch gives
     the same values every run.
     """
-    try:
-        import quantus
-    except ImportError as exc:
-        raise CaptumSiftError(
-            "Quantus metrics need quantus: pip install quantus (from a clone of captum_sift: "
-            "pip install -c constraints.txt '.[metrics]')"
-        ) from exc
+    quantus = _quantus()
     import numpy as np
 
     wrapped = _Logits(vit).eval()
@@ -199,3 +174,15 @@ def quantus_scores(
     finally:
         np.random.set_state(numpy_state)
     return {"faithfulness_correlation": [float(v) for v in fc], "mprt_complexity_change": [float(v) for v in emprt]}
+
+
+def _quantus() -> Any:
+    """The quantus module, else an error saying how to install it."""
+    try:
+        import quantus
+    except ImportError as exc:
+        raise CaptumSiftError(
+            "Quantus metrics need quantus: pip install quantus (from a clone of captum_sift: "
+            "pip install -c constraints.txt '.[metrics]')"
+        ) from exc
+    return quantus

@@ -65,9 +65,9 @@ def test_compare_runs_every_method_and_metric(embedded):
                     timing_rounds=1)  # fmt: skip
     rows = table.rows()
     metrics = {r["metric"] for r in rows}
-    assert metrics == {"deletion_auc", "insertion_auc", "faithfulness_correlation",
-                       "mprt_complexity_change",
-                       "true_patch_rank", "pointing_game", "seconds_per_image", "forwards_per_image"}  # fmt: skip
+    assert metrics == {"deletion_auc", "insertion_auc", "faithfulness_correlation", "mprt_complexity_change",
+                       "true_patch_rank", "pointing_game", "relevance_mass_accuracy", "relevance_rank_accuracy",
+                       "top_k_intersection", "seconds_per_image", "forwards_per_image"}  # fmt: skip
     assert {r["method"] for r in rows} == set(METHODS)
     for r in rows:
         if r["metric"] in ("deletion_auc", "insertion_auc"):

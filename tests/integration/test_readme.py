@@ -107,6 +107,9 @@ def test_shortcut_benchmark_quick_mode(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "decorrelated_test_accuracy" in result.stdout and "oracle (mask the marker)" in result.stdout
     assert "θ spurious" in result.stdout
+    assert "localisation of the marker, 4 decorrelated test images" in result.stdout
+    for metric in ("pointing_game", "relevance_mass_accuracy", "relevance_rank_accuracy", "top_k_intersection", "road"):
+        assert f"{metric} (higher is better)" in result.stdout
 
 
 def test_keypoint_benchmark_prints_the_one_thread_table():
