@@ -45,8 +45,8 @@ from captum_sift.masking.apply import mask_images, select_patches
 from captum_sift.theta.settings import ThetaSettings
 from captum_sift.vit.adapter import as_vit
 
-METHODS = ("theta", "rollout", "raw_attention", "gradient_rollout", "attnlrp", "saliency", "integrated_gradients", "gradcam",
-           "random")  # fmt: skip
+METHODS = ("theta", "rollout", "raw_attention", "gradient_rollout", "attnlrp", "saliency", "integrated_gradients",
+           "gradcam", "random")  # fmt: skip
 #: ROAD's percentiles here (pytorch-grad-cam's default is 10, ..., 90: three times the sparse solves).
 ROAD = (20, 50, 80)
 
