@@ -177,7 +177,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     cmp.add_argument("--quick", action="store_true",
                      help="16 images, 4 curve points, 4 IG steps: seconds on 2 idle CPU cores, where all 1,000 "
-                     "embedded images take about 10 minutes (hours when other work shares the cores)")  # fmt: skip
+                     "embedded images take about 12 minutes (hours when other work shares the cores)")  # fmt: skip
     pre = sub.add_parser("pretrain", help="MAE pre-training with random or guided masking (Fig. 9)")
     pre.add_argument("--masking", choices=("guided", "random"), required=True, help="which patches are masked")
     pre.add_argument("--epochs", type=int, default=20, help="training epochs")
