@@ -114,8 +114,10 @@ def localisation_scores(scores: torch.Tensor, masks: torch.Tensor, *, k: int = T
         >>> {m: round(v[0], 3) for m, v in localisation_scores(scores, masks, k=2).items()}
         {'pointing_game': 1.0, 'relevance_mass_accuracy': 0.529, 'relevance_rank_accuracy': 1.0, 'top_k_intersection': 0.5}
     """  # noqa: E501
-    if not isinstance(scores, torch.Tensor) or scores.dim() != 2 or scores.is_complex():
+    if not isinstance(scores, torch.Tensor) or scores.dim() != 2:
         raise CaptumSiftError(f"expected real scores of shape (B, N), got {shape_of(scores)}")
+    if not scores.is_floating_point():  # bool or integer scores order patches by ties only
+        raise CaptumSiftError(f"expected floating-point scores, got dtype {scores.dtype}")
     if not isinstance(masks, torch.Tensor) or masks.shape != scores.shape:
         raise CaptumSiftError(f"expected masks of the scores' shape {tuple(scores.shape)}, got {shape_of(masks)}")
     masks = _binary(masks.detach(), "masks")
@@ -177,7 +179,8 @@ def road_scores(
     images; its noise (0.01) is drawn from torch's generator seeded with
     ``seed + i`` at each imputation of image i (so an image's value does not
     depend on the others of its batch; the global state is restored after). An image
-    whose scores are not all finite gets NaN.
+    whose scores are not all finite or all equal (they rank nothing) gets NaN. ``targets``
+    are checked against the model's classes.
     """
     vit = as_vit(vit)
     try:
@@ -199,11 +202,18 @@ def road_scores(
     if not isinstance(scores, torch.Tensor) or tuple(scores.shape) != (batch, grid[0] * grid[1]):
         raise CaptumSiftError(f"expected scores of shape ({batch}, {grid[0] * grid[1]}) (one per patch of the "
                               f"{grid[0]} x {grid[1]} grid), got {shape_of(scores)}")  # fmt: skip
-    targets = check_classes(targets, batch, "targets")
+    classes = vit.num_classes
+    if classes is None:
+        vit.check_classifier()
+        with torch.no_grad(), eval_mode(vit.model):
+            classes = int(vit.logits(images[:1]).shape[1])
+    targets = check_classes(targets, batch, "targets", high=classes)
     percentiles = [check_int(p, "every ROAD percentile", low=1, high=99) for p in percentiles]
     if not percentiles:
         raise CaptumSiftError("expected at least one ROAD percentile, got none")
-    finite = torch.isfinite(scores.detach()).all(dim=1).cpu()
+    detached = scores.detach()
+    # an image whose scores are not finite or all equal ranks nothing: NaN, as in localisation_scores
+    finite = (torch.isfinite(detached).all(dim=1) & (detached.amax(dim=1) > detached.amin(dim=1))).cpu()
     out = [float("nan")] * batch
     rows = finite.nonzero().flatten().tolist()
     if not rows:

@@ -30,6 +30,7 @@ __all__ = [
     "excess",
     "excess_verdict",
     "exceeding_layers",
+    "decidable_layers",
     "joint_verdict",
     "locality_attention",
     "shuffled_counts",
@@ -197,7 +198,7 @@ def excess(real: torch.Tensor, control: torch.Tensor, *, resamples: int = 2000, 
     """How far a per-image, per-layer quantity exceeds its control, with an interval and a p-value.
 
     ``d = real - control`` per image and layer; images with NaN in either are left out of that layer.
-    The interval is the 2.5-97.5 % percentile of ``resamples`` bootstrap means over images; the
+    The interval is the 2.5-97.5 % percentile of ``resamples`` bootstrap means over images (NaN with fewer than 2); the
     p-value is one-sided, from ``resamples`` random sign flips of d (paired permutation test: under
     the null the control is exchangeable with the real measurement), (1 + #{flipped mean >= mean}) /
     (1 + resamples), so its floor is 1 / (1 + resamples).
@@ -230,22 +231,31 @@ def excess(real: torch.Tensor, control: torch.Tensor, *, resamples: int = 2000, 
     flipped = (signs @ d) / used  # (R, L)
     p_value = (1 + (flipped >= mean - 1e-12).sum(0)).double() / (1 + resamples)
     nan = torch.full_like(mean, float("nan"))
-    empty = used == 0
+    empty, single = used == 0, used < 2  # one image has no interval
     return Excess(
         mean=mean,
-        low=torch.where(empty, nan, low),
-        high=torch.where(empty, nan, high),
+        low=torch.where(single, nan, low),
+        high=torch.where(single, nan, high),
         p_value=torch.where(empty, nan, p_value),
         images=used,
     )
 
 
 def exceeding_layers(result: Excess, alpha: float = 0.01, min_excess: float = 0.0) -> torch.Tensor:
-    """(L,) bool: the layers where the excess counts (mean > 0 and >= ``min_excess``, interval above 0, p < alpha)."""
+    """(L,) bool: the layers where the excess counts (mean > 0 and >= ``min_excess``, interval above 0,
+    p < alpha) and the test could have found it (:func:`decidable_layers`)."""
     min_excess = float(min_excess)
     if not min_excess >= 0:
         raise CaptumSiftError(f"expected min_excess >= 0, got {min_excess!r}")
-    return (result.mean > 0) & (result.mean >= min_excess) & (result.low > 0) & (result.p_value < alpha)
+    above = (result.mean > 0) & (result.mean >= min_excess) & (result.low > 0) & (result.p_value < alpha)
+    return above & decidable_layers(result, alpha)
+
+
+def decidable_layers(result: Excess, alpha: float = 0.01) -> torch.Tensor:
+    """(L,) bool: the layers where a sign-flip p-value can fall below ``alpha`` at all: at least 2 images
+    entered and 2^-images < alpha (with n images no p is smaller than 2^-n, so 7 images for 0.01)."""
+    images = result.images.double()
+    return (images >= 2) & (torch.pow(0.5, images) < alpha)
 
 
 def excess_verdict(
@@ -259,12 +269,9 @@ def excess_verdict(
     """One line naming the layers where ``quantity`` exceeds ``control`` (:func:`exceeding_layers`),
     e.g. ``"θ_KK exceeds the locality control at layers 3-9 (p < 0.01)"``; ``layers`` are the layer
     numbers of the L entries (default 0 .. L-1). A floor ``min_excess`` > 0 names the size too:
-    ``"... (p < 0.01, excess >= 0.05)"``."""
-    found = _layer_numbers(exceeding_layers(result, alpha, min_excess), layers)
-    bar = _bar(alpha, min_excess)
-    if not found:
-        return f"{quantity} does not exceed the {control} control at any layer ({bar})"
-    return f"{quantity} exceeds the {control} control at layers {_ranges(found)} ({bar})"
+    ``"... (p < 0.01, excess >= 0.05)"``. Layers too few images entered to reach ``alpha``
+    (:func:`decidable_layers`) are named undetermined, never "does not exceed"."""
+    return _verdict(f"the {control} control", quantity, [result], layers, alpha, min_excess, joint=False)
 
 
 def joint_verdict(
@@ -276,21 +283,55 @@ def joint_verdict(
 ) -> str:
     """SPEC §9's verdict: the layers where ``quantity`` exceeds every control of ``results`` at once
     (``{"locality": ..., "shuffled": ...}``), e.g. ``"θ_KK exceeds the locality and shuffled controls
-    together at layers 4-5 (p < 0.01, excess >= 0.1): the paper's Key bias beyond geometry"``."""
+    together at layers 4-5 (p < 0.01, excess >= 0.1): the paper's Key bias beyond geometry"``; layers
+    where any control is untestable are undetermined."""
     if not results:
         raise CaptumSiftError("expected at least one control's excess, got none")
-    flags = [exceeding_layers(r, alpha, min_excess) for r in results.values()]
+    names = " and ".join(results)
+    return _verdict(f"the {names} controls", quantity, list(results.values()), layers, alpha, min_excess, joint=True)
+
+
+def _verdict(
+    what: str,
+    quantity: str,
+    results: list[Excess],
+    layers: Sequence[int] | None,
+    alpha: float,
+    min_excess: float,
+    *,
+    joint: bool,
+) -> str:
+    flags = [exceeding_layers(r, alpha, min_excess) for r in results]
     if len({f.numel() for f in flags}) != 1:
         raise CaptumSiftError(f"expected one number of layers for every control, got {[f.numel() for f in flags]}")
+    testable = torch.stack([decidable_layers(r, alpha) for r in results]).all(dim=0)
     found = _layer_numbers(torch.stack(flags).all(dim=0), layers)
-    names = " and ".join(results)
+    tested, untested = _layer_numbers(testable, layers), _layer_numbers(~testable, layers)
     bar = _bar(alpha, min_excess)
-    if not found:
-        return f"{quantity} exceeds the {names} controls together at no layer ({bar}): no Key bias beyond geometry"
-    return (
-        f"{quantity} exceeds the {names} controls together at layers {_ranges(found)} ({bar}): "
-        "the paper's Key bias beyond geometry"
-    )
+    together = " together" if joint else ""
+    if not tested:
+        return f"{quantity} vs {what}{together}: undetermined at every layer ({_why(results, ~testable, alpha)})"
+    if found:
+        line = f"{quantity} exceeds {what}{together} at layers {_ranges(found)} ({bar})"
+        line += ": the paper's Key bias beyond geometry" if joint else ""
+    elif joint:
+        where = "no layer" if not untested else f"none of layers {_ranges(tested)}"
+        line = f"{quantity} exceeds {what} together at {where} ({bar}): no Key bias beyond geometry"
+    else:
+        where = "any layer" if not untested else f"layers {_ranges(tested)}"
+        line = f"{quantity} does not exceed {what} at {where} ({bar})"
+    if untested:
+        line += f"; undetermined at layers {_ranges(untested)} ({_why(results, ~testable, alpha)})"
+    return line
+
+
+def _why(results: list[Excess], untested: torch.Tensor, alpha: float) -> str:
+    """Why the ``untested`` layers cannot be tested: no image, or too few for a p-value below alpha."""
+    images = int(torch.stack([r.images for r in results]).amin(dim=0)[untested].max())
+    if images == 0:
+        return "no image has a value there"
+    plural = "s" if images > 1 else ""
+    return f"{images} image{plural}: no sign-flip p-value falls below 2^-{images} = {0.5**images:.2g}"
 
 
 def _layer_numbers(flags: torch.Tensor, layers: Sequence[int] | None) -> list[int]:

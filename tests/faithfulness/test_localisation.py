@@ -117,6 +117,8 @@ def test_bad_masks_and_k_are_refused_with_the_shapes():
         localisation_scores(scores, CENTRE.view(1, 16), k=16)
     with pytest.raises(CaptumSiftError, match=r"expected real scores of shape \(B, N\), got \(16,\)"):
         localisation_scores(torch.tensor(HIT), CENTRE)
+    with pytest.raises(CaptumSiftError, match=r"expected floating-point scores, got dtype torch.bool"):
+        localisation_scores(CENTRE.view(1, 16), CENTRE.view(1, 16))
 
 
 def test_patch_masks_take_patch_masks_and_pixel_masks_by_half_cover():
@@ -168,6 +170,10 @@ def test_road_is_pytorch_grad_cams_and_fails_an_attribution_built_to_miss(embedd
     nan[1, 0] = float("nan")
     with_nan = road_scores(vit, x, y, nan, percentiles=percentiles, seed=3)
     assert with_nan[0] == pytest.approx(ours[0], rel=1e-6) and math.isnan(with_nan[1])
+    flat = good.clone()
+    flat[0] = 0.25  # ranks nothing: NaN, as in localisation_scores; the other image keeps its value
+    level = road_scores(vit, x, y, flat, percentiles=percentiles, seed=3)
+    assert math.isnan(level[0]) and level[1] == pytest.approx(ours[1], rel=1e-6)
     state = torch.random.get_rng_state()
     road_scores(vit, x[:1], y[:1], good[:1], percentiles=(50,))
     assert torch.equal(torch.random.get_rng_state(), state)  # the global generator is left as it was
@@ -182,6 +188,8 @@ def test_road_is_pytorch_grad_cams_and_fails_an_attribution_built_to_miss(embedd
         road_scores(vit, x, y, good[:, :48])
     with pytest.raises(CaptumSiftError, match=r"expected every ROAD percentile to be an int >= 1 and <= 99"):
         road_scores(vit, x, y, good, percentiles=(0, 50))
+    with pytest.raises(CaptumSiftError, match=r"expected targets in \[0, 10\), got values in \[0, 10\]"):
+        road_scores(vit, x, torch.tensor([0, 10]), good, percentiles=(50,))
 
 
 def _marker_masks(positions: torch.Tensor) -> torch.Tensor:

@@ -12,6 +12,7 @@ from captum_sift.data import sample_images
 from captum_sift.theta.control_theta import MIN_EXCESS
 from captum_sift.theta.controls import (
     Excess,
+    decidable_layers,
     excess,
     excess_verdict,
     joint_verdict,
@@ -202,6 +203,43 @@ def test_the_joint_verdict_names_only_the_layers_where_both_controls_are_exceede
         joint_verdict("θ_KK", {"locality": locality, "shuffled": _excess_of([0.2], [0.1], [0.001])})
     with pytest.raises(CaptumSiftError, match="at least one control"):
         joint_verdict("θ_KK", {})
+
+
+def test_layers_with_too_few_images_are_undetermined_never_without_bias():
+    # images 0, 1, 6 (2^-6 = 0.016 >= 0.01) cannot reach p < 0.01; 7 can (2^-7 = 0.0078)
+    result = Excess(*(torch.tensor(v, dtype=torch.float64) for v in ([0.3] * 4, [0.2] * 4, [0.4] * 4)),
+                    torch.tensor([0.001] * 4, dtype=torch.float64), torch.tensor([0, 1, 6, 7]))  # fmt: skip
+    assert decidable_layers(result).tolist() == [False, False, False, True]
+    assert excess_verdict("θ_KK", "locality", result) == (
+        "θ_KK exceeds the locality control at layers 3 (p < 0.01); undetermined at layers 0-2 "
+        "(6 images: no sign-flip p-value falls below 2^-6 = 0.016)"
+    )
+    low = result._replace(mean=torch.full((4,), -0.1, dtype=torch.float64))
+    assert excess_verdict("θ_KK", "locality", low).startswith("θ_KK does not exceed the locality control at layers 3 (")
+    both = {"locality": low, "shuffled": result}
+    assert joint_verdict("θ_KK", both).startswith(
+        "θ_KK exceeds the locality and shuffled controls together at none of layers 3"
+    )
+    none = result._replace(images=torch.tensor([0, 0, 1, 1]))
+    assert excess_verdict("θ_KK", "locality", none) == (
+        "θ_KK vs the locality control: undetermined at every layer "
+        "(1 image: no sign-flip p-value falls below 2^-1 = 0.5)"
+    )
+
+
+def test_one_image_or_no_keypoints_give_undetermined_verdicts_not_no_bias():
+    vit = as_vit(_random_vit("timm", 0, 64, 8).eval())
+    x, counts = _inputs(1, seed=4)
+    one = analyze(vit, x, counts, controls="fast")
+    result = one.control_excess("locality")
+    assert result.images.tolist() == [1] * len(one.layers) and torch.isnan(result.low).all()
+    for line in one.control_verdicts().values():
+        assert ": undetermined at every layer (1 image:" in line and "no Key bias" not in line, line
+    x, _ = _inputs(3, seed=4)
+    bare = analyze(vit, x, torch.zeros(3, GRID * GRID, dtype=torch.long), controls="fast")
+    assert bare.control_verdicts()["joint"] == (
+        "θ_KK vs the locality and shuffled controls together: undetermined at every layer (no image has a value there)"
+    )
 
 
 def test_a_key_to_key_attention_passes_the_verdict_with_the_floor_and_a_local_one_does_not():
