@@ -45,6 +45,10 @@ def _targets(target: Any, logits: torch.Tensor) -> torch.Tensor:
         if any(t is None for t in items):
             raise CaptumSiftError(f"expected target to be class indices (ints), got {target!r}")
         target = torch.tensor(items, dtype=torch.long)
+    elif not isinstance(target, torch.Tensor):
+        raise CaptumSiftError(
+            f"expected target to be a class index (an int), a list of them or a (B,) tensor, got {target!r}"
+        )
     return check_classes(target, batch, "target", high=classes).to(logits.device, torch.long)
 
 

@@ -117,4 +117,6 @@ def _heads(heads: int | Iterable[int] | None, num_heads: int) -> list[int]:
     chosen = [check_index(head, "every head", num_heads, "heads") for head in heads]
     if not chosen:
         raise CaptumSiftError("expected at least one head, got an empty selection")
+    if len(set(chosen)) != len(chosen):  # -1 and num_heads - 1 are the same head
+        raise CaptumSiftError(f"expected distinct heads, got {list(heads)} (heads {chosen})")
     return chosen

@@ -58,7 +58,10 @@ def write_json(report: Any, path: str | Path, per_image: bool = True) -> None:
 
 def write_csv(report: Any, path: str | Path) -> None:
     """:meth:`InterrelationReport.save_csv`: one row per layer x head; with controls, each control's θ_KK,
-    θ_NK and the excess of θ_KK and of the gap θ_KK − θ_NK over it (means over images) too."""
+    θ_NK and the excess of θ_KK and of the gap θ_KK − θ_NK over it too. Per head the excess is the difference
+    of the two means, each over the images where it is defined (only sums are kept per head); the paired
+    per-layer excess with its interval is :meth:`InterrelationReport.control_excess` (report.json); the two agree
+    where every image has a value in both, and differ where NaN sets differ (γ > 1, images without Key patches)."""
     stored, controls = report.stored_names, report.controls
     excess = tuple(f"excess_{q}_{c}" for c in controls for q in ("kk", "gap"))
     columns = QUANTITIES + stored[len(STORED) :] + excess

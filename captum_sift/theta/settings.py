@@ -70,8 +70,9 @@ class ThetaSettings:
             ``"kornia"`` (kornia's detector) or ``"opencv"``.
         controls: the null attentions of SPEC §9 that :func:`~captum_sift.analyze`
             computes in the same pass (:mod:`~captum_sift.theta.control_theta`):
-            ``"none"`` (default), ``"fast"`` (uniform, locality and 2 shuffled
-            draws) or ``"all"`` (the same with SPEC's 8 draws). Default none:
+            ``"none"`` (default), ``"fast"`` (uniform, locality fitted per layer
+            and 2 shuffled draws) or ``"all"`` (locality fitted per layer and
+            head, SPEC's 8 draws). Default none:
             a library call is often one small batch, where a bootstrap over its
             images says little, and its report keeps the fields it always had;
             ``captum-sift analyze`` runs ``"fast"`` over the data set.

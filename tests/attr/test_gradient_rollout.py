@@ -154,7 +154,7 @@ def test_default_target_is_the_predicted_class_and_the_model_is_left_as_it_was()
 @pytest.mark.parametrize(
     "target, message",
     [(4, r"expected target in \[0, 4\)"), (-1, r"expected target in \[0, 4\)"),
-     ([0, 1], r"expected target of shape \(3,\)"), (0.5, "expected target of shape"),
+     ([0, 1], r"expected target of shape \(3,\)"), (0.5, r"expected target to be a class index \(an int\), .* got 0.5"),
      (torch.tensor([0.0, 1.0, 2.0]), "expected integer target")],
 )  # fmt: skip
 def test_bad_targets_are_refused(target, message):

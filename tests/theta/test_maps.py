@@ -96,6 +96,8 @@ def test_bad_heads_and_layers_are_refused(families, pixels, counts):  # noqa: F8
         patch_theta_maps(model, x, counts, heads=[0, -5])
     with pytest.raises(CaptumSiftError, match="at least one head"):
         patch_theta_maps(model, x, counts, heads=[])
+    with pytest.raises(CaptumSiftError, match=r"expected distinct heads, got \[0, -4\] \(heads \[0, 0\]\)"):
+        patch_theta_maps(model, x, counts, heads=[0, -4])
     with pytest.raises(CaptumSiftError, match="expected heads to be None"):
         patch_theta_maps(model, x, counts, heads="all")
     with pytest.raises(CaptumSiftError, match=r"layer indices in \[-3, 3\)"):
