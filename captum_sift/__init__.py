@@ -23,7 +23,7 @@ from .vit.adapter import ViTAdapter, as_vit
 if TYPE_CHECKING:
     from .faithfulness import ComparisonTable
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 
 def evaluate(*args: Any, **kwargs: Any) -> ComparisonTable:
