@@ -9,9 +9,14 @@ of a patch is the class token's row of R (for a model without a class token,
 the mean of the patch rows).
 
 Only that row is needed, so the product is taken from the left during the
-backward pass: r ← r + r Ā_l as the gradient of each block's map arrives
-(last block first). No map is kept beyond what autograd keeps anyway, and one
-block's (B, T, T) product is alive at a time.
+backward pass: r ← r + r Ā_l as the gradient of each block's attention output
+arrives (last block first). The model runs as it is (fused attention stays
+fused): a hook keeps each block's attention input, which autograd keeps anyway
+for the q/k/v projection, and in the backward, with g the gradient at the
+heads' output A·V (the attention output's gradient times the output
+projection's weight), block l's A = softmax(q kᵀ · scale) and ∇A = g vᵀ are
+recomputed from it and the block's weights (:func:`~captum_sift.vit.parts.vit_parts`),
+folded in and dropped: one image's (h, T, T) maps of one block are alive at a time.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from .._checks import as_int, check_classes, check_index
 from ..errors import CaptumSiftError
 from ..vit.adapter import ViTAdapter
 from ..vit.capture import eval_mode
+from ..vit.parts import BlockParts, vit_parts
 from .patches import _PatchAttribution
 
 __all__ = ["GradientRollout"]
@@ -61,9 +67,11 @@ class GradientRollout(_PatchAttribution):
     patches (the mean of the patch rows for a model without a class token).
     Unlike :class:`AttentionRollout` the map depends on ``target``.
 
-    One forward and one backward: each block runs with eager (non-fused)
-    attention during that forward only, and its map's gradient is folded
-    into the row as it arrives, so memory is that of a forward and backward.
+    One forward and one backward of the model as it is (fused attention
+    stays fused); in the backward each block's map and its gradient are
+    recomputed from the block's attention input and the gradient at its
+    attention output, folded into the row and dropped, so memory is that of
+    a forward and backward.
 
     Args:
         model: a timm, torchvision or Hugging Face ViT classifier, or an adapter.
@@ -95,40 +103,30 @@ class GradientRollout(_PatchAttribution):
         """Relevance of every patch for ``target`` (None: each image's predicted class), (B, N)."""
         batch = self._batch(images)
         prefix, cls = self.vit.num_prefix_tokens, self.vit.class_token
+        parts, _ = vit_parts(self.vit)
         done: list[int] = []
-        first: list[torch.Tensor] = []  # block start_layer's map: the backward goes as far as it, no further
         row = torch.zeros(0)
 
-        def fold(index: int, attn: torch.Tensor, grad: torch.Tensor) -> None:
+        def fold(index: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, grad: torch.Tensor) -> None:
             nonlocal row
             if done and index != done[-1] - 1:  # autograd's order, checked rather than assumed
                 raise CaptumSiftError(f"gradients reached block {index} after block {done[-1]}")
-            cam = (grad.reshape(attn.shape) * attn).clamp(min=0).mean(dim=1).float()  # Ā_l (B, T, T)
+            cam = _weighted_map(parts[index], q, k, v, grad).float()  # Ā_l (B, T, T)
             if not done:
                 row = _start_row(cam, prefix, cls)
             row = row + torch.bmm(row.unsqueeze(1), cam).squeeze(1)  # r (I + Ā_l)
             done.append(index)
 
-        def hook(index: int, attn: torch.Tensor) -> None:
-            if index < self.start_layer:
-                return
-            # torchvision hands over a view of the map its product used: the gradient arrives at the base
-            base = attn._base
-            carrier = base if base is not None and base.numel() == attn.numel() else attn
-            if not carrier.requires_grad:
-                raise CaptumSiftError(f"the attention of block {index} carries no gradient")
-            carrier.register_hook(lambda grad: fold(index, attn.detach(), grad))
-            if index == self.start_layer:
-                first.append(carrier)
-
-        with eval_mode(self.vit.model), torch.enable_grad():
-            with self.vit.capturing(batch, hook):
-                logits = self.vit.logits(batch.model_input)
+        hooks = _AttentionHooks(self.vit, parts, self.start_layer, fold)
+        with eval_mode(self.vit.model), torch.enable_grad(), hooks as first:
+            logits = self.vit.logits(batch.model_input)
             if not bool(torch.isfinite(logits).all()):
                 raise CaptumSiftError("the model's logits are not finite: check the weights and the input")
             chosen = _targets(target, logits)
-            # the gradient with respect to the first map only: every later map lies on the way, the
-            # parameters do not (their .grad is left alone)
+            if not first:
+                raise CaptumSiftError(f"the attention of block {self.start_layer} carries no gradient")
+            # the gradient with respect to the first block's attention output only: every later block lies
+            # on the way, the parameters do not (their .grad is left alone)
             torch.autograd.grad(logits.gather(1, chosen[:, None]).sum(), first)
         expected = list(range(self.vit.depth - 1, self.start_layer - 1, -1))
         if done != expected:
@@ -155,3 +153,121 @@ def _start_row(like: torch.Tensor, prefix: int, class_token: bool) -> torch.Tens
     else:
         row[:, prefix:] = 1.0 / (tokens - prefix)
     return row
+
+
+#: Per family: the attention module of a block, the modules whose outputs are its q, k, v (one fused module or
+#: three), and the module whose input is the heads' output A·V (empty: torchvision's nn.MultiheadAttention, whose
+#: projections are not modules: q, k, v are recomputed from its input, the gradient at A·V from its output's).
+_SITES = {
+    "timm": ("attn", ("qkv",), "proj"),
+    "hf": ("attention", ("q_proj", "k_proj", "v_proj"), "o_proj"),
+    "torchvision": ("self_attention", (), ""),
+}
+
+
+def _weighted_map(
+    part: BlockParts, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, grad: torch.Tensor
+) -> torch.Tensor:
+    """E_h[(∇A ⊙ A)⁺] (B, T, T) of one block from its q, k, v and the gradient at A·V, each (B, T, h·d).
+
+    One image at a time, in place: a single image's (h, T, T) maps are alive at once.
+    """
+    tokens = q.shape[1]
+
+    def heads(t: torch.Tensor) -> torch.Tensor:
+        return t.reshape(tokens, part.heads, -1).transpose(0, 1)  # (h, T, d)
+
+    def one(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+        attn = torch.softmax((heads(q) * part.scale) @ heads(k).transpose(-2, -1), dim=-1)
+        grad_attn = heads(grad) @ heads(v).transpose(-2, -1)  # ∇A = g vᵀ
+        return grad_attn.mul_(attn).clamp_(min=0).mean(dim=0)
+
+    return torch.stack([one(*rows) for rows in zip(q, k, v, grad, strict=True)])
+
+
+class _AttentionHooks:
+    """Hooks on every block's attention from ``start`` on: its q, k, v (or its input) are kept, and
+    ``fold(index, q, k, v, grad)`` is called with the gradient at A·V during the backward; every hook is
+    removed on exit. Entered, it gives the list that receives block ``start``'s tensor whose gradient ends the
+    backward.
+    """
+
+    def __init__(self, vit: ViTAdapter, parts: tuple[BlockParts, ...], start: int, fold: Any) -> None:
+        self.vit, self.parts, self.start, self.fold = vit, parts, start, fold
+        self.handles: list[Any] = []
+        self.first: list[torch.Tensor] = []
+
+    def __enter__(self) -> list[torch.Tensor]:
+        name, qkv, out = _SITES[self.vit.family]
+        try:
+            for index, block in enumerate(self.vit.blocks[self.start :], start=self.start):
+                attention, kept = getattr(block, name), {}
+                if qkv:
+                    for site in qkv:
+                        self.handles.append(getattr(attention, site).register_forward_hook(self._keep(site, kept)))
+                    self.handles.append(getattr(attention, out).register_forward_pre_hook(self._watch(index, kept)))
+                else:
+                    self.handles.append(attention.register_forward_pre_hook(self._input(index, kept), with_kwargs=True))
+                    self.handles.append(attention.register_forward_hook(self._output(index, kept)))
+        except BaseException:
+            self.__exit__()
+            raise
+        return self.first
+
+    def __exit__(self, *_exc: object) -> None:
+        for handle in self.handles:
+            handle.remove()
+        self.handles.clear()
+
+    @staticmethod
+    def _keep(site: str, kept: dict[str, torch.Tensor]) -> Any:
+        def hook(_module: nn.Module, _args: tuple, out: torch.Tensor) -> None:
+            kept[site] = out.detach()  # the same storage the attention's backward keeps
+
+        return hook
+
+    def _grad_hook(self, index: int, tensor: torch.Tensor, kept: dict[str, torch.Tensor], project: bool) -> None:
+        if not tensor.requires_grad:
+            raise CaptumSiftError(f"the attention of block {index} carries no gradient")
+        part = self.parts[index]
+
+        def fold(grad: torch.Tensor) -> None:
+            if project:  # the gradient at the output projection's output -> at its input A·V
+                grad = grad @ part.proj.weight
+            if "x" in kept:
+                x = kept.pop("x")
+                q, k, v = (nn.functional.linear(x, d.weight, d.bias) for d in (part.query, part.key, part.value))
+            elif "qkv" in kept:
+                q, k, v = kept.pop("qkv").chunk(3, dim=-1)
+            else:
+                q, k, v = (kept.pop(site) for site in ("q_proj", "k_proj", "v_proj"))
+            self.fold(index, q, k, v, grad)  # what was kept is let go, as autograd lets go of the block's
+
+        tensor.register_hook(fold)
+        if index == self.start:
+            self.first.append(tensor)
+
+    def _watch(self, index: int, kept: dict[str, torch.Tensor]) -> Any:
+        def hook(_module: nn.Module, args: tuple) -> None:
+            self._grad_hook(index, args[0], kept, project=False)
+
+        return hook
+
+    def _input(self, index: int, kept: dict[str, torch.Tensor]) -> Any:
+        def hook(_module: nn.Module, args: tuple, kwargs: dict) -> None:
+            x = args[0] if args else kwargs.get("query")
+            others = [a for a in (*args[1:], *kwargs.values()) if isinstance(a, torch.Tensor) and a is not x]
+            if not isinstance(x, torch.Tensor) or others:
+                raise CaptumSiftError(
+                    f"expected the attention of block {index} to be self-attention over its tokens without a mask, "
+                    f"got {len(others)} more tensor argument(s)"
+                )
+            kept["x"] = x.detach()
+
+        return hook
+
+    def _output(self, index: int, kept: dict[str, torch.Tensor]) -> Any:
+        def hook(_module: nn.Module, _args: tuple, out: Any) -> None:
+            self._grad_hook(index, out[0] if isinstance(out, (tuple, list)) else out, kept, project=True)
+
+        return hook
