@@ -100,38 +100,65 @@ class GradientRollout(_PatchAttribution):
         self.start_layer = check_index(start_layer, "start_layer", self.vit.depth, "blocks")
 
     def patch_scores(self, images: torch.Tensor, target: Any = None) -> torch.Tensor:  # type: ignore[override]
-        """Relevance of every patch for ``target`` (None: each image's predicted class), (B, N)."""
+        """Relevance of every patch for ``target`` (None: each image's predicted class), (B, N).
+
+        Blocks :func:`~captum_sift.vit.parts.vit_parts` models (timm's ``Block``, torchvision's
+        ``EncoderBlock``, Hugging Face's ``ViTLayer``) recompute each map in the backward from fused
+        attention; any other block the adapter captures (EVA, BEiT, q/k norms, ...) runs with eager
+        attention and its captured map (memory: every block's map until the backward).
+        """
         batch = self._batch(images)
-        prefix, cls = self.vit.num_prefix_tokens, self.vit.class_token
-        parts, _ = vit_parts(self.vit)
-        done: list[int] = []
-        row = torch.zeros(0)
+        try:
+            parts, _ = vit_parts(self.vit)
+        except CaptumSiftError:
+            return self._captured_scores(batch, target)
+        row = _Row(self.vit)
 
         def fold(index: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, grad: torch.Tensor) -> None:
-            nonlocal row
-            if done and index != done[-1] - 1:  # autograd's order, checked rather than assumed
-                raise CaptumSiftError(f"gradients reached block {index} after block {done[-1]}")
-            cam = _weighted_map(parts[index], q, k, v, grad).float()  # Ā_l (B, T, T)
-            if not done:
-                row = _start_row(cam, prefix, cls)
-            row = row + torch.bmm(row.unsqueeze(1), cam).squeeze(1)  # r (I + Ā_l)
-            done.append(index)
+            row.fold(index, _weighted_map(parts[index], q, k, v, grad).float())
 
         hooks = _AttentionHooks(self.vit, parts, self.start_layer, fold)
         with eval_mode(self.vit.model), torch.enable_grad(), hooks as first:
             logits = self.vit.logits(batch.model_input)
-            if not bool(torch.isfinite(logits).all()):
-                raise CaptumSiftError("the model's logits are not finite: check the weights and the input")
-            chosen = _targets(target, logits)
-            if not first:
-                raise CaptumSiftError(f"the attention of block {self.start_layer} carries no gradient")
-            # the gradient with respect to the first block's attention output only: every later block lies
-            # on the way, the parameters do not (their .grad is left alone)
-            torch.autograd.grad(logits.gather(1, chosen[:, None]).sum(), first)
-        expected = list(range(self.vit.depth - 1, self.start_layer - 1, -1))
-        if done != expected:
-            raise CaptumSiftError(f"expected gradients at blocks {expected} in that order, got {done}")
-        return row[:, prefix:]
+            self._backward(logits, target, first)
+        return row.result(self.start_layer)
+
+    def _captured_scores(self, batch: Any, target: Any) -> torch.Tensor:
+        """The same from the adapter's capture: eager attention per block, each map's gradient by a tensor hook."""
+        row = _Row(self.vit)
+        first: list[torch.Tensor] = []
+
+        def hook(index: int, attn: torch.Tensor) -> None:
+            if index < self.start_layer:
+                return
+            # torchvision hands over a view of the map its product used: the gradient arrives at the base
+            base = attn._base
+            carrier = base if base is not None and base.numel() == attn.numel() else attn
+            if not carrier.requires_grad:
+                raise CaptumSiftError(f"the attention of block {index} carries no gradient")
+            carrier.register_hook(
+                lambda grad: row.fold(
+                    index, (grad.reshape(attn.shape) * attn.detach()).clamp(min=0).mean(dim=1).float()
+                )
+            )
+            if index == self.start_layer:
+                first.append(carrier)
+
+        with eval_mode(self.vit.model), torch.enable_grad():
+            with self.vit.capturing(batch, hook):
+                logits = self.vit.logits(batch.model_input)
+            self._backward(logits, target, first)
+        return row.result(self.start_layer)
+
+    def _backward(self, logits: torch.Tensor, target: Any, first: list[torch.Tensor]) -> None:
+        if not bool(torch.isfinite(logits).all()):
+            raise CaptumSiftError("the model's logits are not finite: check the weights and the input")
+        chosen = _targets(target, logits)
+        if not first:
+            raise CaptumSiftError(f"the attention of block {self.start_layer} carries no gradient")
+        # the gradient with respect to block start_layer's tensor only: every later block lies on the way,
+        # the parameters do not (their .grad is left alone)
+        torch.autograd.grad(logits.gather(1, chosen[:, None]).sum(), first)
 
     @log_usage()
     def attribute(self, inputs: Any, target: Any = None) -> Any:  # type: ignore[override]
@@ -142,6 +169,30 @@ class GradientRollout(_PatchAttribution):
         """
         images, as_tuple = self._images(inputs)
         return self._spread(self.patch_scores(images, target), images, as_tuple)
+
+
+class _Row:
+    """The read row r of R, folded r ← r (I + Ā_l) as each block's Ā_l arrives, last block first (checked)."""
+
+    def __init__(self, vit: ViTAdapter) -> None:
+        self.prefix, self.class_token = vit.num_prefix_tokens, vit.class_token
+        self.depth = vit.depth
+        self.done: list[int] = []
+        self.row = torch.zeros(0)
+
+    def fold(self, index: int, cam: torch.Tensor) -> None:
+        if self.done and index != self.done[-1] - 1:  # autograd's order, checked rather than assumed
+            raise CaptumSiftError(f"gradients reached block {index} after block {self.done[-1]}")
+        if not self.done:
+            self.row = _start_row(cam, self.prefix, self.class_token)
+        self.row = self.row + torch.bmm(self.row.unsqueeze(1), cam).squeeze(1)  # r (I + Ā_l)
+        self.done.append(index)
+
+    def result(self, start: int) -> torch.Tensor:
+        expected = list(range(self.depth - 1, start - 1, -1))
+        if self.done != expected:
+            raise CaptumSiftError(f"expected gradients at blocks {expected} in that order, got {self.done}")
+        return self.row[:, self.prefix :]
 
 
 def _start_row(like: torch.Tensor, prefix: int, class_token: bool) -> torch.Tensor:

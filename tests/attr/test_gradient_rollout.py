@@ -191,3 +191,19 @@ def test_a_timm_or_hf_model_with_zero_classes_is_no_classifier():
     for model in headless:
         with pytest.raises(CaptumSiftError, match="without a classification head"):
             GradientRollout(model)
+
+
+def test_blocks_the_recompute_does_not_model_take_the_captured_maps():
+    # q/k norms: vit_parts refuses the block, so the eager capture serves it, with the same numbers as the loop
+    from captum_sift.vit.parts import vit_parts
+
+    model = tiny_timm(qk_norm=True)
+    with torch.no_grad():
+        for blk in model.blocks:  # LayerNorm starts as the identity up to centring: make it matter
+            torch.nn.init.normal_(blk.attn.q_norm.weight, 1.0, 0.5)
+    with pytest.raises(CaptumSiftError):
+        vit_parts(as_vit(model))
+    got = GradientRollout(model, image_space="pixel").patch_scores(PIXELS, [0, 1, 3])
+    torch.testing.assert_close(got, reference(model, timm_maps_and_logits, PIXELS, [0, 1, 3]), rtol=1e-4, atol=1e-6)
+    assert all(blk.attn.fused_attn == model.blocks[0].attn.fused_attn for blk in model.blocks)
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
