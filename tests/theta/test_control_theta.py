@@ -7,8 +7,7 @@ import math
 import pytest
 import torch
 
-from captum_sift import CaptumSiftError, ThetaSettings, analyze, count_keypoints
-from captum_sift.data import sample_images
+from captum_sift import CaptumSiftError, ThetaSettings, analyze
 from captum_sift.theta.control_theta import MIN_EXCESS
 from captum_sift.theta.controls import (
     Excess,
@@ -23,7 +22,13 @@ from captum_sift.theta.controls import (
 from captum_sift.theta.functional import interrelation, patch_block, patch_theta
 from captum_sift.theta.report import InterrelationReport
 from captum_sift.vit import as_vit, iter_attention
-from tests.theta.test_controls import _clustered_counts, _random_vit, _synthetic_attention, _theta_kk
+from tests.theta.test_controls import (  # noqa: F401 (photo_crops: the fixture of 40 real crops, shared)
+    _clustered_counts,
+    _random_vit,
+    _synthetic_attention,
+    _theta_kk,
+    photo_crops,
+)
 
 GRID = 8
 
@@ -252,15 +257,8 @@ def test_a_key_to_key_attention_passes_the_verdict_with_the_floor_and_a_local_on
         assert verdict.startswith(f"θ_KK {word} the locality control"), verdict
 
 
-@pytest.fixture(scope="module")
-def photo_crops():
-    photos = sample_images(size=128)
-    crops = photos.unfold(2, 64, 64).unfold(3, 64, 64).permute(0, 2, 3, 1, 4, 5).reshape(-1, 3, 64, 64)
-    return crops, count_keypoints(crops, 8).flatten(1)
-
-
 @pytest.mark.parametrize("family", ["timm", "torchvision", "hf"])
-def test_random_weight_vits_get_no_exceeds_verdict_over_locality_or_shuffled(family, photo_crops):
+def test_random_weight_vits_get_no_exceeds_verdict_over_locality_or_shuffled(family, photo_crops):  # noqa: F811
     crops, counts = photo_crops
     for seed, level in zip(range(3), ("all", "fast", "all"), strict=True):
         vit = as_vit(_random_vit(family, seed, 64, 8).eval())
