@@ -66,15 +66,7 @@ class ImageFolder:
 
     def fingerprint(self) -> str:
         """sha256 of the sorted relative paths, sizes and modification times (what a resume must match)."""
-        digest = hashlib.sha256()
-        for path in self.files:
-            try:
-                stat = path.stat()
-                info = f"{stat.st_size}:{stat.st_mtime_ns}"
-            except OSError:
-                info = "unreadable"
-            digest.update(f"{display_path(path.relative_to(self.root))}\t{info}\n".encode())
-        return digest.hexdigest()
+        return files_fingerprint(self.files, [display_path(path.relative_to(self.root)) for path in self.files])
 
     def load(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor, list[int], list[tuple[str, str]]]:
         """Images (n, C, S, S) in [0, 1], labels (n,), the indices read, and (path, reason) of unreadable files."""
@@ -100,6 +92,19 @@ class ImageFolder:
         if not images:
             return torch.zeros(0, self.channels, self.size, self.size), torch.zeros(0, dtype=torch.long), read, skipped
         return torch.stack(images), torch.tensor(labels), read, skipped
+
+
+def files_fingerprint(paths: Sequence[Path], names: Sequence[str]) -> str:
+    """sha256 of each file's name, size and modification time ("unreadable" where it cannot be read), in order."""
+    digest = hashlib.sha256()
+    for path, name in zip(paths, names, strict=True):
+        try:
+            stat = path.stat()
+            info = f"{stat.st_size}:{stat.st_mtime_ns}"
+        except OSError:
+            info = "unreadable"
+        digest.update(f"{name}\t{info}\n".encode())
+    return digest.hexdigest()
 
 
 def display_path(path: str | Path) -> str:

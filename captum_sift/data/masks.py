@@ -9,7 +9,6 @@ binary).
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +17,7 @@ import torchvision.transforms.v2.functional as TF
 from PIL import Image
 
 from ..errors import CaptumSiftError
-from .folders import display_path
+from .folders import display_path, files_fingerprint
 
 __all__ = ["MASK_MODES", "load_mask", "mask_file", "masks_fingerprint"]
 
@@ -59,12 +58,4 @@ def load_mask(path: Path, image: Path, size: int) -> torch.Tensor:
 
 def masks_fingerprint(paths: list[Path]) -> str:
     """sha256 of the mask files' paths, sizes and modification times (what a resumed run must match)."""
-    digest = hashlib.sha256()
-    for path in paths:
-        try:
-            stat = path.stat()
-            info = f"{stat.st_size}:{stat.st_mtime_ns}"
-        except OSError:
-            info = "missing"
-        digest.update(f"{display_path(path)}\t{info}\n".encode())
-    return digest.hexdigest()
+    return files_fingerprint(paths, [display_path(path) for path in paths])
